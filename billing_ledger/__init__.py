@@ -1,0 +1,1 @@
+"""An event-sourced Stripe billing ledger."""

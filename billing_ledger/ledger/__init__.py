@@ -1,0 +1,1 @@
+"""Write side: verify a webhook, normalise a payload, append it once."""

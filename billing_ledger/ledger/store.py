@@ -1,0 +1,249 @@
+"""The event store: each Stripe event id stored once, on SQLite or PostgreSQL.
+
+Built on the eventsourcing library's application recorders: one stream per Stripe event
+id (the originator id is the event id itself), version 1 the first body received, later
+versions alternate renderings of the same id (another API version, from backfill). The
+recorder's notification id is the ledger position.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import orjson
+import psycopg
+from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
+
+from billing_ledger.ledger.records import AppendResult, Incoming, Recorded, decode_state, encode_state
+
+TABLE = "ledger_events"
+_T = TypeVar("_T")
+
+
+class StorageError(RuntimeError):
+    """The store is unreachable or failed; nothing was acknowledged."""
+
+
+class DatabaseUrlError(ValueError):
+    """LEDGER_DATABASE_URL is not a URL the ledger understands."""
+
+
+@dataclass(frozen=True)
+class DatabaseUrl:
+    """A parsed LEDGER_DATABASE_URL."""
+
+    dialect: str  # sqlite | postgres
+    path: str = ""
+    host: str = "127.0.0.1"
+    port: int = 5432
+    user: str = "postgres"
+    password: str = ""
+    dbname: str = "postgres"
+    schema: str = "public"
+
+    @classmethod
+    def parse(cls, url: str) -> DatabaseUrl:
+        """Parse `sqlite:///relative.db`, `sqlite:////absolute.db` or `postgresql://...`."""
+        parts = urlsplit(url)
+        if parts.scheme == "sqlite":
+            # sqlite:///x.db -> "x.db"; sqlite:////tmp/x.db -> "/tmp/x.db" (the URL convention)
+            path = unquote(parts.path[1:]) if parts.path.startswith("/") else ""
+            if not path or parts.netloc:
+                raise DatabaseUrlError(f"expected sqlite:///PATH, got {url!r}")
+            return cls(dialect="sqlite", path=path)
+        if parts.scheme in ("postgresql", "postgres"):
+            query = parse_qs(parts.query)
+            return cls(
+                dialect="postgres",
+                host=parts.hostname or "127.0.0.1",
+                port=parts.port or 5432,
+                user=unquote(parts.username or "postgres"),
+                password=unquote(parts.password or ""),
+                dbname=parts.path.lstrip("/") or "postgres",
+                schema=query.get("schema", ["public"])[0],
+            )
+        raise DatabaseUrlError(f"unsupported database URL scheme {parts.scheme!r} in {url!r}")
+
+
+class Database:
+    """One datastore shared by the event store and the views, with its SQL dialect."""
+
+    def __init__(self, url: DatabaseUrl) -> None:
+        self.url = url
+        self.dialect = url.dialect
+        if url.dialect == "sqlite":
+            Path(url.path).parent.mkdir(parents=True, exist_ok=True)
+            self.sqlite = SQLiteDatastore(url.path, originator_id_type="text", lock_timeout=30)
+            self.datastore: SQLiteDatastore | PostgresDatastore = self.sqlite
+        else:
+            self.postgres = PostgresDatastore(
+                dbname=url.dbname,
+                host=url.host,
+                port=url.port,
+                user=url.user,
+                password=url.password,
+                pool_size=4,
+                max_overflow=12,
+                schema=url.schema,
+                originator_id_type="text",
+                connect_timeout=5,
+            )
+            self.datastore = self.postgres
+
+    @property
+    def param(self) -> str:
+        """The driver's placeholder for one parameter."""
+        return "?" if self.dialect == "sqlite" else "%s"
+
+    def table(self, name: str) -> str:
+        """A table name qualified by the configured schema (PostgreSQL) or as it is (SQLite)."""
+        return name if self.dialect == "sqlite" else f'"{self.url.schema}"."{name}"'
+
+    @contextmanager
+    def transaction(self, *, commit: bool = True) -> Iterator[Any]:
+        """A cursor inside one transaction, committed on success when `commit`."""
+        with guard(), self.datastore.transaction(commit=commit) as cursor:
+            yield cursor
+
+    def ensure_schema(self) -> None:
+        """Create the configured PostgreSQL schema when it is missing."""
+        if self.dialect == "postgres" and self.url.schema != "public":
+            with guard(), self.postgres.get_connection() as conn:
+                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.url.schema}"')
+
+    def close(self) -> None:
+        """Release every connection."""
+        self.datastore.close()
+
+
+@contextmanager
+def guard() -> Iterator[None]:
+    """Translate driver failures into StorageError, once, at the edge of the store."""
+    try:
+        yield
+    except IntegrityError:
+        raise
+    except (PersistenceError, sqlite3.Error, psycopg.Error, OSError) as error:
+        raise StorageError(f"storage unavailable: {type(error).__name__}: {error}") from error
+
+
+class EventStore:
+    """Append Stripe events once; read them back in position order."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.recorder: SQLiteApplicationRecorder | PostgresApplicationRecorder
+        if db.dialect == "sqlite":
+            self.recorder = SQLiteApplicationRecorder(db.sqlite, events_table_name=TABLE)
+        else:
+            self.recorder = PostgresApplicationRecorder(db.postgres, events_table_name=TABLE)
+        p = db.param
+        self._versions_sql = (
+            f"SELECT {'rowid' if db.dialect == 'sqlite' else 'notification_id'} AS position, "
+            f"originator_version, state FROM {db.table(TABLE)} "
+            f"WHERE originator_id = {p} ORDER BY originator_version"
+        )
+
+    def create(self) -> None:
+        """Create the store's tables (idempotent)."""
+        self.db.ensure_schema()
+        with guard():
+            self.recorder.create_table()
+
+    def append(self, events: Sequence[Incoming]) -> list[AppendResult]:
+        """Append a batch in one transaction; fall back to one by one when any id is known."""
+        if not events:
+            return []
+        try:
+            positions = self._insert(events, version=1)
+        except IntegrityError:
+            return [self._append_one(event) for event in events]
+        return [AppendResult(e.event_id, "recorded", p) for e, p in zip(events, positions, strict=True)]
+
+    def _append_one(self, event: Incoming) -> AppendResult:
+        try:
+            (position,) = self._insert([event], version=1)
+        except IntegrityError:
+            return self._append_known(event)
+        return AppendResult(event.event_id, "recorded", position)
+
+    def _append_known(self, event: Incoming) -> AppendResult:
+        """A known id: a duplicate. A different rendering is kept as a further version."""
+        for _ in range(10):
+            versions = self.versions(event.event_id)
+            if not versions:
+                continue  # the conflicting writer rolled back: the id is free again
+            if any(_same_json(v.body, event.body) for v in versions):
+                return AppendResult(event.event_id, "duplicate", versions[0].position)
+            try:
+                self._insert([event], version=versions[-1].version + 1)
+            except IntegrityError:
+                continue  # a concurrent alternate took that version: look again
+            return AppendResult(event.event_id, "duplicate", versions[0].position)
+        raise StorageError(f"could not settle concurrent appends of {event.event_id}")
+
+    def _insert(self, events: Sequence[Incoming], version: int) -> list[int]:
+        stored = [StoredEvent(e.event_id, version, e.type, encode_state(e)) for e in events]
+        with guard():
+            ids = self.recorder.insert_events(stored)
+        if ids is None or len(ids) != len(events):
+            raise StorageError("the recorder did not return a position for every event")
+        return list(ids)
+
+    def versions(self, event_id: str) -> list[Recorded]:
+        """Every stored rendering of one event id, the canonical first."""
+        with self.db.transaction(commit=False) as cursor:
+            cursor.execute(self._versions_sql, (event_id,))
+            rows = cursor.fetchall()
+        return [decode_state(r["position"], event_id, r["originator_version"], r["state"]) for r in rows]
+
+    def get(self, event_id: str) -> Recorded | None:
+        """The canonical (first stored) copy of one event, or None."""
+        versions = self.versions(event_id)
+        return versions[0] if versions else None
+
+    def read(self, after: int, limit: int = 1000) -> list[Recorded]:
+        """Up to `limit` stored events with positions greater than `after`, in position order."""
+        with guard():
+            rows = self.recorder.select_notifications(start=after, limit=limit, inclusive_of_start=False)
+        return [decode_state(n.id, str(n.originator_id), n.originator_version, n.state) for n in rows]
+
+    def head(self) -> int:
+        """The greatest position stored, 0 when empty."""
+        with guard():
+            return self.recorder.max_notification_id() or 0
+
+
+def _same_json(a: bytes, b: bytes) -> bool:
+    if a == b:
+        return True
+    try:
+        return bool(orjson.loads(a) == orjson.loads(b))
+    except orjson.JSONDecodeError:
+        return False
+
+
+def retrying(attempts: int, action: Callable[[], _T]) -> _T:
+    """Run `action`, trying again on StorageError up to `attempts` times."""
+    for attempt in range(attempts):
+        try:
+            return action()
+        except StorageError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def open_store(url: str) -> EventStore:
+    """Open (and create if needed) the store named by a LEDGER_DATABASE_URL."""
+    store = EventStore(Database(DatabaseUrl.parse(url)))
+    store.create()
+    return store

@@ -1,0 +1,83 @@
+"""Settings, read once from the environment (CONTRACT.md, Configuration)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    """A configuration variable holds a value the ledger cannot use."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+def _bundled_plans() -> Path:
+    return Path(str(resources.files("billing_ledger") / "plans.example.toml"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service reads from its environment."""
+
+    database_url: str = "sqlite:///ledger.db"
+    webhook_secrets: tuple[str, ...] = ()
+    webhook_tolerance: int = 300
+    stripe_api_key: str | None = None
+    stripe_api_base: str | None = None
+    plans_path: Path = field(default_factory=_bundled_plans)
+    api_token: str | None = None
+    livemode: bool = False
+    app_url: str = "http://127.0.0.1:8000"
+    max_body_bytes: int = 1024 * 1024
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read the CONTRACT.md variables; unset ones keep their defaults."""
+        env = os.environ if env is None else env
+        defaults = cls()
+        return cls(
+            database_url=env.get("LEDGER_DATABASE_URL") or defaults.database_url,
+            webhook_secrets=_secrets(env.get("STRIPE_WEBHOOK_SECRET", "")),
+            webhook_tolerance=_integer(env, "STRIPE_WEBHOOK_TOLERANCE", 300),
+            stripe_api_key=env.get("STRIPE_API_KEY") or None,
+            stripe_api_base=(env.get("STRIPE_API_BASE") or "").rstrip("/") or None,
+            plans_path=Path(env["LEDGER_PLANS"]) if env.get("LEDGER_PLANS") else defaults.plans_path,
+            api_token=env.get("LEDGER_API_TOKEN") or None,
+            livemode=_boolean(env, "LEDGER_LIVEMODE", False),
+            app_url=(env.get("LEDGER_APP_URL") or defaults.app_url).rstrip("/"),
+            max_body_bytes=_integer(env, "LEDGER_MAX_BODY_BYTES", defaults.max_body_bytes),
+        )
+
+
+def _secrets(raw: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in raw.split(",") if s.strip())
+
+
+def _integer(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(name, f"expected a whole number, got {raw!r}") from None
+    if value < 0:
+        raise SettingsError(name, f"must not be negative, got {value}")
+    return value
+
+
+def _boolean(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("true", "1", "yes"):
+        return True
+    if raw in ("false", "0", "no"):
+        return False
+    raise SettingsError(name, f"expected true or false, got {raw!r}")
