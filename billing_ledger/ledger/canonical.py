@@ -1,0 +1,161 @@
+"""The canonical shapes the projections read, whatever Stripe API version rendered the event.
+
+`normalise.py` turns a stored event into one `Snapshot` (or None when the event carries no
+state the projections use). Every shape here is a frozen dataclass and round-trips through
+JSON (`snapshot_to_json` / `snapshot_from_json`), which is how the views store them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+# Snapshot kinds.
+SUBSCRIPTION = "subscription"
+INVOICE = "invoice"
+CUSTOMER = "customer"
+CHECKOUT_SESSION = "checkout_session"
+ENTITLEMENT_SUMMARY = "entitlement_summary"
+LINK = "link"  # a user-to-customer link this service recorded itself (ledger.customer_link)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One subscription item: what is bought, and its billing period."""
+
+    price_id: str | None
+    lookup_key: str | None
+    product_id: str | None
+    current_period_start: int | None
+    current_period_end: int | None
+    quantity: int | None = None
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A subscription's state as one event rendered it."""
+
+    id: str
+    customer_id: str | None
+    status: str
+    items: tuple[Item, ...]
+    current_period_end: int | None  # max over items; the top-level field before basil
+    cancel_at: int | None
+    cancel_at_period_end: bool
+    canceled_at: int | None
+    ended_at: int | None
+    trial_end: int | None
+    app_user_id: str | None  # metadata.app_user_id
+    cancellation_reason: str | None = None
+    pause_collection: bool = False  # a collection pause: does not change access
+    has_pending_update: bool = False  # items still show the old prices while pending
+
+
+@dataclass(frozen=True)
+class Invoice:
+    """An invoice's state as one event rendered it."""
+
+    id: str
+    customer_id: str | None
+    subscription_id: str | None  # top level before basil, parent.subscription_details after
+    status: str | None
+    paid: bool  # status == "paid" (the `paid` boolean before basil)
+    amount_due: int
+    amount_paid: int
+    amount_remaining: int
+    currency: str | None
+    attempt_count: int
+    next_payment_attempt: int | None
+    billing_reason: str | None
+    hosted_invoice_url: str | None
+    created: int | None  # the invoice object's own `created`
+    paid_at: int | None  # status_transitions.paid_at
+    voided_at: int | None = None
+    finalized_at: int | None = None
+    marked_uncollectible_at: int | None = None
+
+
+@dataclass(frozen=True)
+class Customer:
+    """A customer as one event rendered it."""
+
+    id: str
+    deleted: bool
+    app_user_id: str | None  # metadata.app_user_id
+    email: str | None = None
+
+
+@dataclass(frozen=True)
+class CheckoutSession:
+    """A Checkout Session: the authoritative user link once complete."""
+
+    id: str
+    customer_id: str | None
+    subscription_id: str | None
+    client_reference_id: str | None
+    mode: str | None
+    status: str | None
+    payment_status: str | None
+
+
+@dataclass(frozen=True)
+class EntitlementSummary:
+    """A customer's active entitlement summary (customer-wide)."""
+
+    customer_id: str
+    lookup_keys: tuple[str, ...]
+    complete: bool  # False when Stripe truncated the list (has_more): never trust it whole
+
+
+@dataclass(frozen=True)
+class Link:
+    """A user-to-customer link this service recorded itself."""
+
+    user_id: str
+    customer_id: str
+
+
+State = Subscription | Invoice | Customer | CheckoutSession | EntitlementSummary | Link
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One object's state at one event, with what orders it among its siblings."""
+
+    kind: str
+    object_id: str
+    event_id: str
+    event_type: str
+    created: int  # the event's `created`; for an observation, the time observed
+    state: State
+    observation: bool = False  # a recorded re-fetch (ledger.observation)
+    previous: dict[str, Any] = field(default_factory=dict)  # data.previous_attributes
+
+
+_CLASSES: dict[str, type[State]] = {
+    SUBSCRIPTION: Subscription,
+    INVOICE: Invoice,
+    CUSTOMER: Customer,
+    CHECKOUT_SESSION: CheckoutSession,
+    ENTITLEMENT_SUMMARY: EntitlementSummary,
+    LINK: Link,
+}
+
+
+def snapshot_to_json(snapshot: Snapshot) -> bytes:
+    """Serialise a snapshot (orjson writes dataclasses natively)."""
+    return orjson.dumps(snapshot, option=orjson.OPT_SORT_KEYS)
+
+
+def snapshot_from_json(raw: bytes | str) -> Snapshot:
+    """Rebuild a snapshot serialised by `snapshot_to_json`."""
+    data = orjson.loads(raw)
+    state_data = dict(data["state"])
+    if data["kind"] == SUBSCRIPTION:
+        state_data["items"] = tuple(Item(**i) for i in state_data["items"])
+    if data["kind"] == ENTITLEMENT_SUMMARY:
+        state_data["lookup_keys"] = tuple(state_data["lookup_keys"])
+    data["state"] = _CLASSES[data["kind"]](**state_data)
+    return Snapshot(**data)
