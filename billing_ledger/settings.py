@@ -47,7 +47,9 @@ class Settings:
             webhook_tolerance=_integer(env, "STRIPE_WEBHOOK_TOLERANCE", 300),
             stripe_api_key=env.get("STRIPE_API_KEY") or None,
             stripe_api_base=(env.get("STRIPE_API_BASE") or "").rstrip("/") or None,
-            plans_path=Path(env["LEDGER_PLANS"]) if env.get("LEDGER_PLANS") else defaults.plans_path,
+            plans_path=Path(env["LEDGER_PLANS"])
+            if env.get("LEDGER_PLANS")
+            else defaults.plans_path,
             api_token=env.get("LEDGER_API_TOKEN") or None,
             livemode=_boolean(env, "LEDGER_LIVEMODE", False),
             app_url=(env.get("LEDGER_APP_URL") or defaults.app_url).rstrip("/"),

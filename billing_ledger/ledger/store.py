@@ -22,7 +22,13 @@ from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEv
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
 
-from billing_ledger.ledger.records import AppendResult, Incoming, Recorded, decode_state, encode_state
+from billing_ledger.ledger.records import (
+    AppendResult,
+    Incoming,
+    Recorded,
+    decode_state,
+    encode_state,
+)
 
 TABLE = "ledger_events"
 _T = TypeVar("_T")
@@ -166,7 +172,9 @@ class EventStore:
             positions = self._insert(events, version=1)
         except IntegrityError:
             return [self._append_one(event) for event in events]
-        return [AppendResult(e.event_id, "recorded", p) for e, p in zip(events, positions, strict=True)]
+        return [
+            AppendResult(e.event_id, "recorded", p) for e, p in zip(events, positions, strict=True)
+        ]
 
     def _append_one(self, event: Incoming) -> AppendResult:
         try:
@@ -203,7 +211,9 @@ class EventStore:
         with self.db.transaction(commit=False) as cursor:
             cursor.execute(self._versions_sql, (event_id,))
             rows = cursor.fetchall()
-        return [decode_state(r["position"], event_id, r["originator_version"], r["state"]) for r in rows]
+        return [
+            decode_state(r["position"], event_id, r["originator_version"], r["state"]) for r in rows
+        ]
 
     def get(self, event_id: str) -> Recorded | None:
         """The canonical (first stored) copy of one event, or None."""
@@ -213,8 +223,12 @@ class EventStore:
     def read(self, after: int, limit: int = 1000) -> list[Recorded]:
         """Up to `limit` stored events with positions greater than `after`, in position order."""
         with guard():
-            rows = self.recorder.select_notifications(start=after, limit=limit, inclusive_of_start=False)
-        return [decode_state(n.id, str(n.originator_id), n.originator_version, n.state) for n in rows]
+            rows = self.recorder.select_notifications(
+                start=after, limit=limit, inclusive_of_start=False
+            )
+        return [
+            decode_state(n.id, str(n.originator_id), n.originator_version, n.state) for n in rows
+        ]
 
     def head(self) -> int:
         """The greatest position stored, 0 when empty."""

@@ -1,0 +1,117 @@
+"""billing-ledger serve | project | replay | backfill | reconcile | explain | demo."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from billing_ledger.ledger.store import DatabaseUrlError, StorageError
+from billing_ledger.settings import Settings, SettingsError
+
+
+class UsageError(ValueError):
+    """The command line asks for something the ledger will not do."""
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the HTTP service with its projection runner."""
+    import uvicorn
+
+    if not settings.api_token and not _is_loopback(args.host):
+        raise UsageError(
+            f"refusing to serve on non-loopback host {args.host} without LEDGER_API_TOKEN"
+        )
+    from billing_ledger.bootstrap import build
+
+    build(settings).close()  # fail fast (one line) when storage is unreachable; creates tables once
+    uvicorn.run(
+        "billing_ledger.http.app:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level="info",
+        access_log=False,
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the bundled, signed lifecycle through the real pipeline and print the result."""
+    from billing_ledger.demo import run_demo
+
+    return run_demo(print)
+
+
+def _delegate(module: str, name: str) -> Callable[[argparse.Namespace, Settings], int]:
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        imported = __import__(module, fromlist=[name])
+        result: int = getattr(imported, name)(args, settings)
+        return result
+
+    return run
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+    "serve": cmd_serve,
+    "project": _delegate("billing_ledger.projections.commands", "cmd_project"),
+    "replay": _delegate("billing_ledger.replay.commands", "cmd_replay"),
+    "backfill": _delegate("billing_ledger.replay.commands", "cmd_backfill"),
+    "reconcile": _delegate("billing_ledger.replay.commands", "cmd_reconcile"),
+    "explain": _delegate("billing_ledger.replay.commands", "cmd_explain"),
+    "demo": cmd_demo,
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line of CONTRACT.md."""
+    top = argparse.ArgumentParser(prog="billing-ledger", description=__doc__)
+    sub = top.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="the HTTP service with its projection runner")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    sub.add_parser("project", help="the projection runner alone")
+    replay = sub.add_parser("replay", help="rebuild projections from the store")
+    replay.add_argument("--projection", default=None)
+    replay.add_argument("--dry-run", action="store_true")
+    backfill = sub.add_parser("backfill", help="append missing events from Stripe's Events API")
+    backfill.add_argument("--since", default=None)
+    backfill.add_argument("--types", default=None)
+    sub.add_parser("reconcile", help="record Stripe's current objects as observations")
+    explain = sub.add_parser("explain", help="why a user's access is what it is")
+    explain.add_argument("user_id")
+    explain.add_argument("--feature", default=None)
+    explain.add_argument("--at", default=None)
+    sub.add_parser("demo", help="a signed lifecycle through the real pipeline")
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `billing-ledger` console script."""
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = Settings.from_env()
+        return COMMANDS[args.command](args, settings)
+    except (UsageError, SettingsError, DatabaseUrlError, StorageError) as e:
+        print(f"billing-ledger {args.command}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""HTTP edge: the Stripe webhook, the /v1 reads, Checkout and portal sessions, pages."""

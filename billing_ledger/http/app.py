@@ -1,0 +1,94 @@
+"""The Starlette application: create_app(deps) takes its dependencies, builds nothing at import."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from billing_ledger.http.auth import BearerTokenMiddleware
+from billing_ledger.http.health import healthz, metrics
+from billing_ledger.http.webhooks import receive_webhook
+
+if TYPE_CHECKING:
+    from billing_ledger.bootstrap import Deps
+
+
+class LatencyMiddleware:
+    """Observe each request's latency under its route template (bounded label set)."""
+
+    def __init__(self, app: ASGIApp, deps: Deps) -> None:
+        self.app = app
+        self.histogram = deps.metrics.latency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            route = scope.get("route")
+            name = getattr(route, "path", "unmatched")
+            self.histogram.labels(name).observe(time.perf_counter() - started)
+
+
+def routes() -> list[BaseRoute]:
+    """Every route of the service."""
+    found: list[BaseRoute] = [
+        Route("/webhooks/stripe", receive_webhook, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    for module in ("reads", "sessions", "pages", "openapi"):
+        found += _optional_routes(module)
+    return found
+
+
+def _optional_routes(module: str) -> list[BaseRoute]:
+    try:
+        imported = __import__(f"billing_ledger.http.{module}", fromlist=["ROUTES"])
+    except ModuleNotFoundError as e:
+        if e.name != f"billing_ledger.http.{module}":
+            raise
+        return []
+    found: list[BaseRoute] = list(imported.ROUTES)
+    return found
+
+
+def create_app(deps: Deps) -> Starlette:
+    """The service's ASGI app; the lifespan starts the writer (and runner) and hands out deps."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        deps.writer.start()
+        if deps.runner is not None:
+            deps.runner.start()
+        try:
+            yield {"deps": deps}
+        finally:
+            deps.close()
+
+    return Starlette(
+        routes=routes(),
+        lifespan=lifespan,
+        middleware=[
+            Middleware(LatencyMiddleware, deps=deps),
+            Middleware(BearerTokenMiddleware, token=deps.settings.api_token),
+        ],
+    )
+
+
+def app_from_env() -> Starlette:
+    """Factory for `uvicorn --factory` (one per worker process)."""
+    from billing_ledger.bootstrap import build
+    from billing_ledger.settings import Settings
+
+    return create_app(build(Settings.from_env()))

@@ -1,0 +1,33 @@
+"""Bearer-token check for /v1 routes (constant-time), as pure ASGI middleware."""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from billing_ledger.http.errors import error
+
+
+class BearerTokenMiddleware:
+    """Require `Authorization: Bearer TOKEN` on every /v1/ route when a token is configured."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode() if token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.expected is None or scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        supplied = dict(scope["headers"]).get(b"authorization", b"")
+        if not hmac.compare_digest(supplied, self.expected):
+            response = error(
+                401,
+                "unauthorized",
+                "a valid bearer token is required",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

@@ -1,0 +1,46 @@
+"""Prometheus metrics, on a registry of the app's own (several apps can live in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """The service's counters, gauges and histograms."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.events = Counter(
+            "ledger_webhook_events_total",
+            "Verified webhook events by outcome (recorded, duplicate)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.rejections = Counter(
+            "ledger_webhook_rejections_total",
+            "Rejected webhook requests by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "ledger_http_request_seconds",
+            "HTTP request latency by route",
+            ["route"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self.head = Gauge(
+            "ledger_head_position", "Greatest stored position", registry=self.registry
+        )
+        self.projection_position = Gauge(
+            "ledger_projection_position",
+            "Position applied by each projection",
+            ["projection"],
+            registry=self.registry,
+        )
+        self.projection_lag = Gauge(
+            "ledger_projection_lag",
+            "Positions stored but not yet applied, by projection",
+            ["projection"],
+            registry=self.registry,
+        )

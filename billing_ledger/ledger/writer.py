@@ -1,0 +1,95 @@
+"""Group commit: concurrent deliveries share one transaction, each answered after its commit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+
+from billing_ledger.ledger.records import AppendResult, Incoming
+from billing_ledger.ledger.store import EventStore
+
+log = logging.getLogger("billing_ledger.ledger")
+
+
+@dataclass
+class _Pending:
+    event: Incoming
+    future: asyncio.Future[AppendResult]
+    loop: asyncio.AbstractEventLoop
+
+
+class GroupCommitWriter:
+    """One writer thread takes whatever is waiting (up to `max_batch`) and appends it at once."""
+
+    def __init__(self, store: EventStore, max_batch: int = 200) -> None:
+        self.store = store
+        self.max_batch = max_batch
+        self._queue: queue.Queue[_Pending | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
+        self._started = False
+
+    def start(self) -> None:
+        """Start the writer thread."""
+        if not self._started:
+            self._started = True
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Finish what is queued, then stop."""
+        if self._started:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+            self._started = False
+
+    async def append(self, event: Incoming) -> AppendResult:
+        """Queue one event; resolves once its batch is committed (or raises the store's error)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[AppendResult] = loop.create_future()
+        self._queue.put(_Pending(event, future, loop))
+        return await future
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stopping = self._drain(batch)
+            self._commit(batch)
+            if stopping:
+                return
+
+    def _drain(self, batch: list[_Pending]) -> bool:
+        while len(batch) < self.max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if item is None:
+                return True
+            batch.append(item)
+        return False
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            results = self.store.append([p.event for p in batch])
+        except Exception as error:  # every waiter hears the failure: nothing was acknowledged
+            log.warning("append of %d events failed: %s", len(batch), error)
+            for pending in batch:
+                pending.loop.call_soon_threadsafe(_fail, pending.future, error)
+            return
+        for pending, result in zip(batch, results, strict=True):
+            pending.loop.call_soon_threadsafe(_resolve, pending.future, result)
+
+
+def _resolve(future: asyncio.Future[AppendResult], result: AppendResult) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _fail(future: asyncio.Future[AppendResult], error: Exception) -> None:
+    if not future.done():
+        future.set_exception(error)

@@ -1,0 +1,1 @@
+"""Shared test helpers: signing, event builders, databases, servers."""
