@@ -1,0 +1,39 @@
+# make run: set up and serve on the embedded SQLite default. make test: set up and run every test.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+export LEDGER_TEST_PG ?= postgresql://postgres@127.0.0.1:5432/ledger_test
+
+.PHONY: setup run demo test test-fast lint bench services clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(VENV)/bin/billing-ledger serve
+
+demo: setup
+	$(VENV)/bin/billing-ledger demo
+
+services:
+	bash scripts/ensure-postgres.sh
+	bash scripts/ensure-chromium.sh
+
+test: setup services
+	$(PY) -m pytest -p no:cacheprovider
+
+lint: setup
+	$(VENV)/bin/ruff check billing_ledger tests bench
+	$(VENV)/bin/ruff format --check billing_ledger tests bench
+	$(VENV)/bin/mypy
+
+bench: setup services
+	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .hypothesis .schemathesis
