@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.databases import postgres_url, sqlite_url
+from tests.support.localstripe import localstripe_url  # noqa: F401  (a session fixture)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
