@@ -75,6 +75,7 @@ class Invoice:
     voided_at: int | None = None
     finalized_at: int | None = None
     marked_uncollectible_at: int | None = None
+    deleted: bool = False  # invoice.deleted: a draft removed for good
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,387 @@
+"""The upcaster: any supported Stripe API version's event body to one canonical `Snapshot`.
+
+Supported renderings: localstripe's 2017-08-15 (`plan` instead of `price`, periods on the
+subscription), 2020-08-27, 2025-02-24.acacia, and basil (2025-03-31) through
+2026-10-28.endive (periods on items, the invoice's subscription under `parent`).
+Pure: bytes in, a frozen snapshot (or None) out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from billing_ledger.ledger.canonical import (
+    CHECKOUT_SESSION,
+    CUSTOMER,
+    ENTITLEMENT_SUMMARY,
+    INVOICE,
+    LINK,
+    SUBSCRIPTION,
+    CheckoutSession,
+    Customer,
+    EntitlementSummary,
+    Invoice,
+    Item,
+    Link,
+    Snapshot,
+    State,
+    Subscription,
+)
+from billing_ledger.ledger.records import Recorded
+
+THIN_EVENT_OBJECT = "v2.core.event"
+OBSERVATION = "ledger.observation"
+CUSTOMER_LINK = "ledger.customer_link"
+
+Json = Mapping[str, Any]
+
+
+class NormaliseError(ValueError):
+    """A stored event whose body cannot be read as the Stripe object its type promises."""
+
+    def __init__(self, event_id: str, problem: str) -> None:
+        super().__init__(f"event {event_id}: {problem}")
+        self.event_id = event_id
+        self.problem = problem
+
+
+class _Malformed(Exception):
+    """Raised inside the readers; `normalise` adds the event id."""
+
+
+# -- small readers that never trust a field's type --------------------------------------
+
+
+def _str(obj: Json, key: str) -> str | None:
+    value = obj.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def _int(obj: Json, key: str) -> int | None:
+    value = obj.get(key)
+    # bool is an int in Python; a boolean is never a timestamp or an amount.
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _dict(obj: Json, key: str) -> Json:
+    value = obj.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _id_of(value: Any) -> str | None:
+    """An id, whether Stripe sent it bare or as an expanded object."""
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, dict):
+        return _str(value, "id")
+    return None
+
+
+def _required_id(obj: Json, key: str = "id") -> str:
+    value = _id_of(obj.get(key))
+    if value is None:
+        raise _Malformed(f"data.object has no {key}")
+    return value
+
+
+def _app_user_id(obj: Json) -> str | None:
+    return _str(_dict(obj, "metadata"), "app_user_id")
+
+
+# -- subscriptions ----------------------------------------------------------------------
+
+
+def _item(raw: Json) -> Item:
+    """One item; `price` since 2018, the legacy `plan` (whose id is the price id) before."""
+    price = raw.get("price")
+    plan = _dict(raw, "plan")
+    if isinstance(price, str):  # an unexpanded price: only its id is known
+        return _item_period(raw, price, None, _id_of(plan.get("product")))
+    source: Json = price if isinstance(price, dict) else plan
+    return _item_period(
+        raw, _str(source, "id"), _str(source, "lookup_key"), _id_of(source.get("product"))
+    )
+
+
+def _item_period(raw: Json, price_id: str | None, lookup: str | None, product: str | None) -> Item:
+    return Item(
+        price_id=price_id,
+        lookup_key=lookup,
+        product_id=product,
+        current_period_start=_int(raw, "current_period_start"),
+        current_period_end=_int(raw, "current_period_end"),
+        quantity=_int(raw, "quantity"),
+    )
+
+
+def _items(obj: Json) -> tuple[Item, ...]:
+    data = _dict(obj, "items").get("data")
+    raw_items = [raw for raw in data if isinstance(raw, dict)] if isinstance(data, list) else []
+    if not raw_items and isinstance(obj.get("plan"), dict):
+        # 2017-era single-plan subscriptions carry the plan and quantity at the top level.
+        raw_items = [{"plan": obj["plan"], "quantity": obj.get("quantity")}]
+    return tuple(_item(raw) for raw in raw_items)
+
+
+def _period_end(obj: Json, items: tuple[Item, ...]) -> int | None:
+    """Basil moved periods onto items; the subscription's field remains before it."""
+    ends = [i.current_period_end for i in items if i.current_period_end is not None]
+    return max(ends) if ends else _int(obj, "current_period_end")
+
+
+def subscription_state(event_type: str, obj: Json) -> Subscription:
+    """Read a Stripe subscription object of any supported version."""
+    status = _str(obj, "status")
+    if status is None:
+        raise _Malformed("subscription has no status")
+    items = _items(obj)
+    return Subscription(
+        id=_required_id(obj),
+        customer_id=_id_of(obj.get("customer")),
+        status=status,
+        items=items,
+        current_period_end=_period_end(obj, items),
+        cancel_at=_int(obj, "cancel_at"),
+        cancel_at_period_end=obj.get("cancel_at_period_end") is True,
+        canceled_at=_int(obj, "canceled_at"),
+        ended_at=_int(obj, "ended_at"),
+        trial_end=_int(obj, "trial_end"),
+        app_user_id=_app_user_id(obj),
+        cancellation_reason=_str(_dict(obj, "cancellation_details"), "reason"),
+        pause_collection=bool(obj.get("pause_collection")),
+        has_pending_update=bool(obj.get("pending_update")),
+    )
+
+
+# -- invoices ---------------------------------------------------------------------------
+
+
+def _invoice_subscription(obj: Json) -> str | None:
+    """Top-level `subscription` up to acacia; `parent.subscription_details` from basil."""
+    top = _id_of(obj.get("subscription"))
+    if top is not None:
+        return top
+    parent = _dict(obj, "parent")
+    if parent.get("type") not in (None, "subscription_details"):
+        return None  # e.g. quote_details: the invoice does not bill a subscription
+    return _id_of(_dict(parent, "subscription_details").get("subscription"))
+
+
+def _invoice_status(obj: Json) -> str | None:
+    status = _str(obj, "status")
+    # Invoices older than 2017 have no status, only the `paid` boolean.
+    if status is None and obj.get("paid") is True:
+        return "paid"
+    return status
+
+
+def invoice_state(event_type: str, obj: Json) -> Invoice:
+    """Read a Stripe invoice object of any supported version."""
+    status = _invoice_status(obj)
+    transitions = _dict(obj, "status_transitions")
+    amount_due = _int(obj, "amount_due") or 0
+    amount_paid = _int(obj, "amount_paid") or 0
+    remaining = _int(obj, "amount_remaining")
+    return Invoice(
+        id=_required_id(obj),
+        customer_id=_id_of(obj.get("customer")),
+        subscription_id=_invoice_subscription(obj),
+        status=status,
+        # Basil removed the `paid` boolean: derive it from the status, keep it before.
+        paid=status == "paid" or obj.get("paid") is True,
+        amount_due=amount_due,
+        amount_paid=amount_paid,
+        amount_remaining=remaining if remaining is not None else amount_due - amount_paid,
+        currency=_str(obj, "currency"),
+        attempt_count=_int(obj, "attempt_count") or 0,
+        next_payment_attempt=_int(obj, "next_payment_attempt"),
+        billing_reason=_str(obj, "billing_reason"),
+        hosted_invoice_url=_str(obj, "hosted_invoice_url"),
+        created=_int(obj, "created") or _int(obj, "date"),  # `date` before 2019
+        paid_at=_int(transitions, "paid_at"),
+        voided_at=_int(transitions, "voided_at"),
+        finalized_at=_int(transitions, "finalized_at"),
+        marked_uncollectible_at=_int(transitions, "marked_uncollectible_at"),
+        deleted=event_type == "invoice.deleted" or obj.get("deleted") is True,
+    )
+
+
+# -- customers, Checkout, entitlements, our own links -----------------------------------
+
+
+def customer_state(event_type: str, obj: Json) -> Customer:
+    """Read a customer; `customer.deleted` bodies do not always say `deleted: true`."""
+    return Customer(
+        id=_required_id(obj),
+        deleted=event_type == "customer.deleted" or obj.get("deleted") is True,
+        app_user_id=_app_user_id(obj),
+        email=_str(obj, "email"),
+    )
+
+
+# Older Checkout renderings have no `status`: the event type says what happened.
+_CHECKOUT_STATUS_BY_TYPE = {
+    "checkout.session.completed": "complete",
+    "checkout.session.async_payment_succeeded": "complete",
+    "checkout.session.async_payment_failed": "complete",
+    "checkout.session.expired": "expired",
+}
+
+
+def checkout_state(event_type: str, obj: Json) -> CheckoutSession:
+    """Read a Checkout Session."""
+    return CheckoutSession(
+        id=_required_id(obj),
+        customer_id=_id_of(obj.get("customer")),
+        subscription_id=_id_of(obj.get("subscription")),
+        client_reference_id=_str(obj, "client_reference_id"),
+        mode=_str(obj, "mode"),
+        status=_str(obj, "status") or _CHECKOUT_STATUS_BY_TYPE.get(event_type),
+        payment_status=_str(obj, "payment_status"),
+    )
+
+
+def _lookup_key(entry: Any) -> str | None:
+    if not isinstance(entry, dict):
+        return None
+    return _str(entry, "lookup_key") or _str(_dict(entry, "feature"), "lookup_key")
+
+
+def summary_state(event_type: str, obj: Json) -> EntitlementSummary:
+    """Read an active entitlement summary; a list cut short by `has_more` is incomplete."""
+    raw = obj.get("entitlements")
+    listed = raw if isinstance(raw, dict) else {"data": raw, "has_more": False}
+    data = listed.get("data")
+    keys = {k for k in map(_lookup_key, data if isinstance(data, list) else []) if k}
+    return EntitlementSummary(
+        customer_id=_required_id(obj, "customer"),
+        lookup_keys=tuple(sorted(keys)),
+        complete=listed.get("has_more") is not True,
+    )
+
+
+def link_state(event_type: str, obj: Json) -> Link:
+    """Read a user-to-customer link this service recorded."""
+    user_id = _str(obj, "user_id")
+    if user_id is None:
+        raise _Malformed("customer link has no user_id")
+    return Link(user_id=user_id, customer_id=_required_id(obj, "customer"))
+
+
+# -- dispatch ---------------------------------------------------------------------------
+
+Reader = Callable[[str, Json], State]
+
+_SUBSCRIPTION = (SUBSCRIPTION, subscription_state)
+_INVOICE = (INVOICE, invoice_state)
+_CUSTOMER = (CUSTOMER, customer_state)
+_CHECKOUT = (CHECKOUT_SESSION, checkout_state)
+_SUMMARY = (ENTITLEMENT_SUMMARY, summary_state)
+
+READERS: dict[str, tuple[str, Reader]] = {
+    "customer.subscription.created": _SUBSCRIPTION,
+    "customer.subscription.updated": _SUBSCRIPTION,
+    "customer.subscription.deleted": _SUBSCRIPTION,
+    "customer.subscription.paused": _SUBSCRIPTION,
+    "customer.subscription.resumed": _SUBSCRIPTION,
+    "customer.subscription.trial_will_end": _SUBSCRIPTION,  # a notification; same state
+    "customer.subscription.pending_update_applied": _SUBSCRIPTION,
+    "customer.subscription.pending_update_expired": _SUBSCRIPTION,
+    "invoice.created": _INVOICE,
+    "invoice.finalized": _INVOICE,
+    "invoice.updated": _INVOICE,
+    "invoice.paid": _INVOICE,
+    "invoice.payment_succeeded": _INVOICE,  # a logical duplicate of invoice.paid
+    "invoice.payment_failed": _INVOICE,
+    "invoice.payment_action_required": _INVOICE,
+    "invoice.voided": _INVOICE,
+    "invoice.marked_uncollectible": _INVOICE,
+    "invoice.deleted": _INVOICE,
+    # invoice.upcoming is absent on purpose: it renders a preview, not a stored invoice (S57).
+    "customer.created": _CUSTOMER,
+    "customer.updated": _CUSTOMER,
+    "customer.deleted": _CUSTOMER,
+    "checkout.session.completed": _CHECKOUT,
+    "checkout.session.async_payment_succeeded": _CHECKOUT,
+    "checkout.session.async_payment_failed": _CHECKOUT,
+    "checkout.session.expired": _CHECKOUT,
+    "entitlements.active_entitlement_summary.updated": _SUMMARY,
+    CUSTOMER_LINK: (LINK, link_state),
+}
+
+# What a recorded re-fetch (`ledger.observation`) may hold, keyed by the object's `object`.
+OBSERVED: dict[str, tuple[str, Reader]] = {
+    "subscription": _SUBSCRIPTION,
+    "invoice": _INVOICE,
+    "customer": _CUSTOMER,
+    "entitlements.active_entitlement_summary": _SUMMARY,
+}
+
+
+def _body(event: Recorded) -> Json:
+    try:
+        body = event.payload()
+    except orjson.JSONDecodeError:
+        raise NormaliseError(event.event_id, "body is not JSON") from None
+    if not isinstance(body, dict):
+        raise NormaliseError(event.event_id, "body is not a JSON object")
+    return body
+
+
+def _data(event: Recorded, body: Json) -> tuple[Json, dict[str, Any]]:
+    data = body.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not isinstance(obj, dict):
+        raise NormaliseError(event.event_id, "data.object is missing or not an object")
+    previous = data.get("previous_attributes")
+    return obj, dict(previous) if isinstance(previous, dict) else {}
+
+
+def _snapshot(event: Recorded, kind: str, state: State, created: int, **extra: Any) -> Snapshot:
+    object_id = state.customer_id if isinstance(state, EntitlementSummary | Link) else state.id
+    return Snapshot(
+        kind=kind,
+        object_id=object_id,
+        event_id=event.event_id,
+        event_type=event.type,
+        created=created,
+        state=state,
+        **extra,
+    )
+
+
+def _read(event: Recorded, reader: Reader, event_type: str, obj: Json) -> State:
+    try:
+        return reader(event_type, obj)
+    except _Malformed as e:
+        raise NormaliseError(event.event_id, str(e)) from None
+
+
+def _observation(event: Recorded, obj: Json, body: Json) -> Snapshot | None:
+    """A recorded re-fetch: the object's snapshot, timed when it was observed."""
+    entry = OBSERVED.get(obj.get("object") or "")
+    if entry is None:
+        return None
+    kind, reader = entry
+    observed_at = _int(body, "observed_at")
+    created = observed_at if observed_at is not None else event.created
+    state = _read(event, reader, OBSERVATION, obj)
+    return _snapshot(event, kind, state, created, observation=True)
+
+
+def normalise(event: Recorded) -> Snapshot | None:
+    """The canonical snapshot an event carries, or None when it carries no state we use."""
+    if event.thin or (event.type not in READERS and event.type != OBSERVATION):
+        return None
+    body = _body(event)
+    if body.get("object") == THIN_EVENT_OBJECT:
+        return None
+    obj, previous = _data(event, body)
+    if event.type == OBSERVATION:
+        return _observation(event, obj, body)
+    kind, reader = READERS[event.type]
+    state = _read(event, reader, event.type, obj)
+    return _snapshot(event, kind, state, event.created, previous=previous)
