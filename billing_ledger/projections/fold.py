@@ -1,0 +1,207 @@
+"""The order-independent choice of an object's state among its snapshots (STRIPE-SEMANTICS 6.3).
+
+Stripe delivers out of order and stamps `created` in whole seconds, so "the latest event
+wins" is wrong twice over. Instead every snapshot of one object gets a key that depends
+only on the *set* of snapshots, and the state at time `at` is the greatest eligible one.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from billing_ledger.ledger.canonical import (
+    Customer,
+    Invoice,
+    Snapshot,
+    State,
+    Subscription,
+    snapshot_to_json,
+)
+
+TERMINAL_SUBSCRIPTION = frozenset({"canceled", "incomplete_expired"})
+TERMINAL_INVOICE = frozenset({"paid", "void"})
+
+# Within one second, *.created comes before *.updated before *.deleted (default 1).
+_TYPE_RANK = {
+    "customer.subscription.created": 0,
+    "customer.subscription.deleted": 2,
+    "invoice.created": 0,
+    "invoice.deleted": 2,
+    "customer.created": 0,
+    "customer.deleted": 2,
+    # The async outcome of a delayed payment follows the session's completion.
+    "checkout.session.async_payment_succeeded": 2,
+    "checkout.session.async_payment_failed": 2,
+}
+
+# Subscription statuses that only ever come first (1.2's graph never returns to them).
+_EARLY_SUBSCRIPTION = frozenset({"incomplete", "trialing"})
+# Invoices move draft < open < uncollectible < paid/void, never back.
+_INVOICE_RANK = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3}
+
+# previous_attributes keys that mean the same thing on the canonical state.
+_WITNESS_FIELDS = {
+    Subscription: ("status", "cancel_at", "cancel_at_period_end", "canceled_at", "ended_at"),
+    Invoice: ("status", "paid", "attempt_count", "amount_paid", "amount_remaining"),
+}
+
+
+def is_terminal(state: State) -> bool:
+    """A state no later snapshot may replace (terminal absorption)."""
+    if isinstance(state, Subscription):
+        return state.status in TERMINAL_SUBSCRIPTION
+    if isinstance(state, Invoice):
+        return state.status in TERMINAL_INVOICE or state.deleted
+    if isinstance(state, Customer):
+        return state.deleted
+    return False
+
+
+def _status_rank(state: State) -> tuple[int, ...]:
+    if isinstance(state, Subscription):
+        return (0 if state.status in _EARLY_SUBSCRIPTION else 1,)
+    if isinstance(state, Invoice):
+        transitions = (state.finalized_at, state.marked_uncollectible_at, state.paid_at)
+        done = sum(t is not None for t in (*transitions, state.voided_at))
+        return (_INVOICE_RANK.get(state.status or "", 0), done, state.attempt_count)
+    return (0,)
+
+
+def _names_as_before(previous: Mapping[str, Any], state: State) -> bool:
+    """Whether `previous` (another snapshot's previous_attributes) describes `state`."""
+    fields = [k for k in _WITNESS_FIELDS.get(type(state), ()) if k in previous]
+    return bool(fields) and all(getattr(state, k) == previous[k] for k in fields)
+
+
+def _superseded(group: Sequence[Snapshot]) -> list[bool]:
+    """For one second's snapshots: which ones another names as its "before"."""
+    return [
+        any(j != i and _names_as_before(other.previous, s.state) for j, other in enumerate(group))
+        for i, s in enumerate(group)
+    ]
+
+
+@dataclass(frozen=True, eq=False)
+class _Rendering:
+    """The very last resort, for two renderings of one event id: compare their bytes."""
+
+    snapshot: Snapshot
+
+    def __lt__(self, other: _Rendering) -> bool:
+        return snapshot_to_json(self.snapshot) < snapshot_to_json(other.snapshot)
+
+
+Key = tuple[Any, ...]
+
+
+def _key(s: Snapshot, superseded: bool) -> Key:
+    return (
+        is_terminal(s.state),  # (a)
+        s.created,  # (b)
+        s.observation,  # (c) a recorded re-fetch outranks same-second webhooks
+        not superseded,
+        _TYPE_RANK.get(s.event_type, 1),
+        _status_rank(s.state),
+        s.event_id,  # (d) deterministic, but arbitrary: see is_ambiguous
+        _Rendering(s),
+    )
+
+
+def _keyed(snapshots: Iterable[Snapshot]) -> list[tuple[Key, Snapshot]]:
+    """Each snapshot with its key, ascending; ties are judged per same-second group."""
+    groups: dict[int, list[Snapshot]] = defaultdict(list)
+    for s in snapshots:
+        groups[s.created].append(s)
+    keyed = [
+        (_key(s, lost), s)
+        for group in groups.values()
+        for s, lost in zip(group, _superseded(group), strict=True)
+    ]
+    return sorted(keyed, key=lambda pair: pair[0])
+
+
+def ordered(snapshots: Iterable[Snapshot]) -> list[Snapshot]:
+    """One object's snapshots in the fold's total order; the last one is the state."""
+    return [s for _, s in _keyed(snapshots)]
+
+
+def _eligible(snapshots: Iterable[Snapshot], at: int) -> list[Snapshot]:
+    return [s for s in snapshots if s.created <= at]
+
+
+def state_at(snapshots: Iterable[Snapshot], at: int) -> Snapshot | None:
+    """The chosen snapshot of one object among those created at or before `at`."""
+    keyed = _keyed(_eligible(snapshots, at))
+    return keyed[-1][1] if keyed else None
+
+
+def is_ambiguous(snapshots: Iterable[Snapshot], at: int) -> bool:
+    """Whether only the event id chose between differing states (S17: ask Stripe)."""
+    keyed = _keyed(_eligible(snapshots, at))
+    if not keyed:
+        return False
+    top_key, winner = keyed[-1]
+    rivals = [s for key, s in keyed[:-1] if key[:-2] == top_key[:-2]]
+    return any(s.state != winner.state for s in rivals)
+
+
+def _is_past_due(s: Snapshot) -> bool:
+    return isinstance(s.state, Subscription) and s.state.status == "past_due"
+
+
+def past_due_since(snapshots: Iterable[Snapshot], at: int) -> int | None:
+    """Start of the current past_due episode: first of the trailing run of past_due states."""
+    order = ordered(_eligible(snapshots, at))
+    if not order or not _is_past_due(order[-1]):
+        return None
+    start = order[-1]
+    for s in reversed(order):
+        if not _is_past_due(s):
+            break
+        start = s
+    return start.created
+
+
+ObjectKey = tuple[str, str]
+
+
+def by_object(snapshots: Iterable[Snapshot]) -> dict[ObjectKey, list[Snapshot]]:
+    """Group snapshots by (kind, object id), the unit the fold chooses within."""
+    objects: dict[ObjectKey, list[Snapshot]] = defaultdict(list)
+    for s in snapshots:
+        objects[(s.kind, s.object_id)].append(s)
+    return dict(objects)
+
+
+FAILED = "failed"
+SUCCEEDED = "succeeded"
+
+# Payment attempts are append-only facts, not states: accumulate them (6.3, layer 1).
+_ATTEMPT_OUTCOME = {
+    "invoice.payment_failed": FAILED,
+    "invoice.paid": SUCCEEDED,
+    "invoice.payment_succeeded": SUCCEEDED,
+}
+
+
+@dataclass(frozen=True, order=True)
+class Attempt:
+    """One payment attempt on an invoice and how it ended."""
+
+    number: int
+    outcome: str
+
+
+def attempts(snapshots: Iterable[Snapshot], at: int) -> tuple[Attempt, ...]:
+    """The set of (attempt_count, outcome) facts of one invoice up to `at`, sorted."""
+    found = {
+        Attempt(s.state.attempt_count, _ATTEMPT_OUTCOME[s.event_type])
+        for s in _eligible(snapshots, at)
+        if isinstance(s.state, Invoice)
+        and s.event_type in _ATTEMPT_OUTCOME
+        and s.state.attempt_count > 0  # a $0 invoice is paid without any attempt
+    }
+    return tuple(sorted(found))
