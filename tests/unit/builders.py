@@ -1,0 +1,298 @@
+"""Real-shaped Stripe event payloads for the pure read-side tests (2026-10-28.endive unless told).
+
+Field names and nesting follow Stripe's current objects (see the stripe-openapi fixture):
+periods on subscription items, the invoice's subscription under `parent`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+from billing_ledger.ledger.canonical import Snapshot
+from billing_ledger.ledger.normalise import normalise
+from billing_ledger.ledger.records import Recorded
+from billing_ledger.projections.policy import UserInputs, gather
+
+T = 1767225600  # 2026-01-01T00:00Z
+M = 2592000  # 30 days
+DAY = 86400
+ENDIVE = "2026-10-28.endive"
+
+Json = dict[str, Any]
+
+# price -> (product, lookup_key), the constants of STRIPE-SEMANTICS section 7.
+PRICES = {
+    "price_basic": ("prod_basic", "basic_monthly"),
+    "price_pro": ("prod_pro", "pro_monthly"),
+    "price_addon": ("prod_addon", "addon_monthly"),
+}
+
+
+def event(
+    type_: str,
+    obj: Json,
+    *,
+    id: str,
+    created: int,
+    previous: Json | None = None,
+    api_version: str | None = ENDIVE,
+) -> Json:
+    """A Stripe snapshot-event envelope."""
+    data: Json = {"object": obj}
+    if previous is not None:
+        data["previous_attributes"] = previous
+    return {
+        "id": id,
+        "object": "event",
+        "api_version": api_version,
+        "created": created,
+        "data": data,
+        "livemode": False,
+        "pending_webhooks": 1,
+        "request": {"id": None, "idempotency_key": None},
+        "type": type_,
+    }
+
+
+def recorded(envelope: Json, position: int = 1, *, thin: bool = False) -> Recorded:
+    """The envelope as the store hands it to the projections."""
+    return Recorded(
+        position=position,
+        version=1,
+        event_id=envelope["id"],
+        type=envelope["type"],
+        created=envelope["created"],
+        livemode=bool(envelope.get("livemode", False)),
+        api_version=envelope.get("api_version"),
+        received_at=float(envelope["created"]),
+        source="webhook",
+        thin=thin,
+        body=orjson.dumps(envelope),
+    )
+
+
+def snap(envelope: Json) -> Snapshot:
+    """Normalise one envelope that must carry state."""
+    snapshot = normalise(recorded(envelope))
+    assert snapshot is not None, envelope["type"]
+    return snapshot
+
+
+def snapshots(envelopes: Iterable[Json]) -> list[Snapshot]:
+    """Normalise envelopes, dropping those that carry no state (as the runner does)."""
+    found = (normalise(recorded(e, i)) for i, e in enumerate(envelopes, 1))
+    return [s for s in found if s is not None]
+
+
+def inputs(user_id: str, envelopes: Iterable[Json]) -> UserInputs:
+    """A user's inputs built from events, as the views would gather them."""
+    return gather(user_id, snapshots(envelopes))
+
+
+def price(price_id: str) -> Json:
+    """A Price object; products and lookup keys from PRICES."""
+    product, lookup_key = PRICES.get(price_id, (None, None))
+    return {
+        "id": price_id,
+        "object": "price",
+        "active": True,
+        "currency": "usd",
+        "lookup_key": lookup_key,
+        "product": product,
+        "recurring": {"interval": "month", "interval_count": 1, "usage_type": "licensed"},
+        "type": "recurring",
+        "unit_amount": 2000,
+    }
+
+
+def item(price_id: str, start: int, end: int, n: int = 0) -> Json:
+    """A subscription item, periods on the item as since basil."""
+    return {
+        "id": f"si_{price_id}_{n}",
+        "object": "subscription_item",
+        "current_period_start": start,
+        "current_period_end": end,
+        "price": price(price_id),
+        "quantity": 1,
+    }
+
+
+def subscription(
+    *,
+    id: str = "sub_1",
+    customer: str = "cus_1",
+    status: str = "active",
+    prices: Iterable[str] = ("price_pro",),
+    period: tuple[int, int] = (T, T + M),
+    cancel_at: int | None = None,
+    cancel_at_period_end: bool = False,
+    canceled_at: int | None = None,
+    ended_at: int | None = None,
+    trial: tuple[int, int] | None = None,
+    app_user_id: str | None = None,
+    reason: str | None = None,
+    pending_update: Json | None = None,
+    billing_mode: str = "classic",
+    paused_type: str | None = None,
+) -> Json:
+    """A Subscription object in the endive shape."""
+    details = {"paused": {"subscription": {"type": paused_type}}} if paused_type else None
+    return {
+        "id": id,
+        "object": "subscription",
+        "billing_mode": {"type": billing_mode},
+        "cancel_at": cancel_at,
+        "cancel_at_period_end": cancel_at_period_end,
+        "canceled_at": canceled_at,
+        "cancellation_details": {"comment": None, "feedback": None, "reason": reason},
+        "collection_method": "charge_automatically",
+        "created": T,
+        "customer": customer,
+        "ended_at": ended_at,
+        "items": {
+            "object": "list",
+            "data": [item(p, *period, n) for n, p in enumerate(prices)],
+            "has_more": False,
+        },
+        "latest_invoice": None,
+        "livemode": False,
+        "metadata": {"app_user_id": app_user_id} if app_user_id else {},
+        "pause_collection": None,
+        "pending_update": pending_update,
+        "start_date": T,
+        "status": status,
+        "status_details": details,
+        "trial_end": trial[1] if trial else None,
+        "trial_start": trial[0] if trial else None,
+    }
+
+
+def invoice(
+    *,
+    id: str = "in_1",
+    customer: str = "cus_1",
+    subscription: str | None = "sub_1",
+    status: str = "draft",
+    amount_due: int = 2000,
+    amount_paid: int = 0,
+    attempt_count: int = 0,
+    next_payment_attempt: int | None = None,
+    billing_reason: str = "subscription_create",
+    created: int = T,
+    finalized_at: int | None = None,
+    paid_at: int | None = None,
+    voided_at: int | None = None,
+) -> Json:
+    """An Invoice object in the basil+ shape (subscription under parent)."""
+    parent = (
+        {
+            "type": "subscription_details",
+            "quote_details": None,
+            "subscription_details": {"metadata": {}, "subscription": subscription},
+        }
+        if subscription
+        else None
+    )
+    return {
+        "id": id,
+        "object": "invoice",
+        "amount_due": amount_due,
+        "amount_paid": amount_paid,
+        "amount_remaining": amount_due - amount_paid,
+        "attempt_count": attempt_count,
+        "attempted": attempt_count > 0,
+        "billing_reason": billing_reason,
+        "collection_method": "charge_automatically",
+        "created": created,
+        "currency": "usd",
+        "customer": customer,
+        "hosted_invoice_url": f"https://invoice.stripe.com/i/{id}",
+        "livemode": False,
+        "next_payment_attempt": next_payment_attempt,
+        "parent": parent,
+        "status": status,
+        "status_transitions": {
+            "finalized_at": finalized_at,
+            "marked_uncollectible_at": None,
+            "paid_at": paid_at,
+            "voided_at": voided_at,
+        },
+    }
+
+
+def checkout_session(
+    *,
+    id: str = "cs_1",
+    customer: str | None = "cus_1",
+    subscription: str | None = "sub_1",
+    client_reference_id: str | None = "u_1",
+    status: str = "complete",
+    payment_status: str = "paid",
+) -> Json:
+    """A Checkout Session in subscription mode."""
+    return {
+        "id": id,
+        "object": "checkout.session",
+        "client_reference_id": client_reference_id,
+        "customer": customer,
+        "livemode": False,
+        "metadata": {},
+        "mode": "subscription",
+        "payment_status": payment_status,
+        "status": status,
+        "subscription": subscription,
+    }
+
+
+def customer(*, id: str = "cus_1", app_user_id: str | None = None, deleted: bool = False) -> Json:
+    """A Customer (or, deleted, what customer.deleted carries)."""
+    obj: Json = {
+        "id": id,
+        "object": "customer",
+        "email": "customer@example.com",
+        "livemode": False,
+        "metadata": {"app_user_id": app_user_id} if app_user_id else {},
+    }
+    if deleted:
+        obj["deleted"] = True
+    return obj
+
+
+def summary(*keys: str, customer: str = "cus_1", has_more: bool = False) -> Json:
+    """An entitlements.active_entitlement_summary."""
+    return {
+        "object": "entitlements.active_entitlement_summary",
+        "customer": customer,
+        "livemode": False,
+        "entitlements": {
+            "object": "list",
+            "data": [
+                {
+                    "id": f"ent_{k}",
+                    "object": "entitlements.active_entitlement",
+                    "feature": f"feat_{k}",
+                    "livemode": False,
+                    "lookup_key": k,
+                }
+                for k in keys
+            ],
+            "has_more": has_more,
+            "url": "/v1/customer/cus_1/entitlements",
+        },
+    }
+
+
+def link(*, user_id: str = "u_1", customer: str = "cus_1", id: str, created: int) -> Json:
+    """A ledger.customer_link event of our own."""
+    obj = {"object": "ledger.customer_link", "user_id": user_id, "customer": customer}
+    return event("ledger.customer_link", obj, id=id, created=created, api_version=None)
+
+
+def observation(obj: Json, *, id: str, observed_at: int) -> Json:
+    """A ledger.observation: a recorded re-fetch of `obj` at `observed_at`."""
+    envelope = event("ledger.observation", obj, id=id, created=observed_at)
+    envelope["observed_at"] = observed_at
+    return envelope
