@@ -1,0 +1,359 @@
+"""The SQL read models: every snapshot and every user link, as sets of rows, with tracking.
+
+The rows are a function of the set of stored events, never of their arrival order: no
+ledger position is stored in a row, and applying a batch twice changes nothing
+(`ON CONFLICT DO NOTHING`). Each batch commits its rows and the projection's position in
+one transaction through eventsourcing's tracking recorders. A `suffix` names a second set
+of tables, so replay can rebuild beside the live views and `promote` swaps them in at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from eventsourcing.persistence import Tracking
+from eventsourcing.postgres import PostgresTrackingRecorder
+from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
+
+from billing_ledger.ledger.canonical import Snapshot, snapshot_from_json, snapshot_to_json
+from billing_ledger.ledger.store import Database, guard
+from billing_ledger.projections.links import LinkRow, customer_of, links_of
+from billing_ledger.projections.policy import UserInputs
+
+log = logging.getLogger("billing_ledger.projections")
+
+SNAPSHOTS = "billing_snapshots"
+LINKS = "billing_links"
+TRACKING = "billing_tracking"  # our own table: other projections keep theirs
+CACHE_SIZE = 100_000  # users whose inputs a process keeps loaded
+
+SnapshotRow = tuple[str, str, str | None, str, str, int, bool, str]
+LinkTuple = tuple[str, str, int, str, str]
+
+
+class PositionMovedError(RuntimeError):
+    """The tracked position is not where the batch expected it: read again from `tracked`."""
+
+    def __init__(self, name: str, tracked: int, after: int, position: int) -> None:
+        super().__init__(f"projection {name} is at {tracked}, not ready for ({after}, {position}]")
+        self.tracked = tracked
+
+
+@dataclass(frozen=True)
+class ViewRows:
+    """Every row of the views, sorted: what replay compares."""
+
+    snapshots: tuple[SnapshotRow, ...]
+    links: tuple[LinkTuple, ...]
+
+
+def snapshot_row(snapshot: Snapshot) -> SnapshotRow:
+    """One snapshot as a row of the snapshot table."""
+    return (
+        snapshot.kind,
+        snapshot.object_id,
+        customer_of(snapshot),
+        snapshot.event_id,
+        snapshot.event_type,
+        snapshot.created,
+        snapshot.observation,
+        snapshot_to_json(snapshot).decode(),
+    )
+
+
+def link_tuple(link: LinkRow) -> LinkTuple:
+    """One link as a row of the links table."""
+    return (link.user_id, link.customer_id, link.created, link.event_id, link.via)
+
+
+class _SQLiteTracking(SQLiteTrackingRecorder):
+    """eventsourcing's SQLite tracking recorder, on a table named by us (its own is fixed)."""
+
+    def __init__(self, datastore: SQLiteDatastore, table: str) -> None:
+        self.table = table  # read by construct_create_table_statements during __init__
+        super().__init__(datastore)
+        self.insert_tracking_statement = (
+            f"INSERT INTO {table} VALUES (:application_name, :notification_id) "
+            "ON CONFLICT (application_name) DO UPDATE SET notification_id = :notification_id "
+            f"WHERE {table}.notification_id < :notification_id RETURNING notification_id"
+        )
+        self.select_max_tracking_id_statement = (
+            f"SELECT MAX(notification_id) FROM {table} WHERE application_name=?"
+        )
+
+    def construct_create_table_statements(self) -> list[str]:
+        return [
+            f"CREATE TABLE IF NOT EXISTS {self.table} (application_name TEXT, "
+            "notification_id INTEGER, PRIMARY KEY (application_name)) WITHOUT ROWID"
+        ]
+
+
+class Views:
+    """The snapshot and link tables of one projection, in the store's database."""
+
+    def __init__(self, db: Database, *, name: str = "billing", suffix: str = "") -> None:
+        if not (name + suffix).replace("_", "").isalnum():
+            raise ValueError(f"projection names are letters, digits and _: {name + suffix!r}")
+        self.db = db
+        self.name = name
+        self.suffix = suffix
+        self.names = {base: base + suffix for base in (SNAPSHOTS, LINKS, TRACKING)}
+        self.snapshots = db.table(self.names[SNAPSHOTS])
+        self.links = db.table(self.names[LINKS])
+        self.tracking = db.table(self.names[TRACKING])
+        self.tracker: _SQLiteTracking | PostgresTrackingRecorder
+        if db.dialect == "sqlite":
+            self.tracker = _SQLiteTracking(db.sqlite, self.names[TRACKING])
+        else:
+            self.tracker = PostgresTrackingRecorder(
+                db.postgres, tracking_table_name=self.names[TRACKING]
+            )
+        self._sql = _Statements(self)
+        # user_id -> (views position when loaded, inputs): reads reuse them until it moves.
+        self._cache: dict[str, tuple[int, UserInputs]] = {}
+        self.cache_size = CACHE_SIZE
+        self._cache_lock = threading.Lock()
+        self._recent: tuple[float, int] = (-1.0, 0)
+
+    def shadow(self, suffix: str) -> Views:
+        """The same projection under other table names (for replay)."""
+        return Views(self.db, name=self.name, suffix=suffix)
+
+    def create(self) -> None:
+        """Create the tables and indexes (idempotent)."""
+        self.db.ensure_schema()
+        with self.db.transaction() as cursor:
+            for statement in self._sql.create:
+                cursor.execute(statement)
+        with guard():
+            self.tracker.create_table()
+
+    def drop(self) -> None:
+        """Drop the tables (replay's shadow, or a rebuild from nothing)."""
+        with self.db.transaction() as cursor:
+            for table in (self.snapshots, self.links, self.tracking):
+                cursor.execute(f"DROP TABLE IF EXISTS {table}")
+
+    def position(self) -> int:
+        """The position this projection has applied, 0 before its first batch."""
+        with self.db.transaction(commit=False) as cursor:
+            return self._tracked(cursor, lock=False)
+
+    def apply(self, snapshots: Sequence[Snapshot], after: int, position: int) -> None:
+        """Commit a batch's rows and the position (`after`, `position`] in one transaction."""
+        rows = [snapshot_row(s) for s in snapshots]
+        links = sorted({link_tuple(link) for s in snapshots for link in links_of(s)})
+        with self.db.transaction() as cursor:
+            self._insert(cursor, rows, links)
+            tracked = self._tracked(cursor, lock=True)
+            # A gap (tracked < after) or a batch already covered: another runner, or a
+            # swap by replay, moved the position. Roll back and read again from there.
+            if tracked < after or tracked >= position:
+                raise PositionMovedError(self.name, tracked, after, position)
+            self.tracker._insert_tracking(cursor, Tracking(self.name, position))
+
+    def _insert(self, cursor: Any, rows: list[SnapshotRow], links: list[LinkTuple]) -> None:
+        if self.db.dialect == "sqlite":
+            cursor.executemany(self._sql.insert_snapshots, rows)
+            cursor.executemany(self._sql.insert_links, links)
+            return
+        _copy_insert(cursor, self.snapshots, "_billing_snapshots_in", rows, _SNAPSHOT_COLUMNS)
+        _copy_insert(cursor, self.links, "_billing_links_in", links, _LINK_COLUMNS)
+
+    def _tracked(self, cursor: Any, *, lock: bool) -> int:
+        cursor.execute(self._sql.tracked_for_update if lock else self._sql.tracked, (self.name,))
+        row = cursor.fetchone()
+        return int(row[0] if self.db.dialect == "sqlite" else row["notification_id"]) if row else 0
+
+    def load_inputs(self, user_id: str) -> UserInputs:
+        """Everything the policy needs for one user: their links, their customers' snapshots."""
+        with self.db.transaction(commit=False) as cursor:
+            cursor.execute(self._sql.links_of_user, (user_id,))
+            links = [LinkRow(*t) for t in sorted(_link_values(r) for r in cursor.fetchall())]
+            customers = sorted({link.customer_id for link in links})
+            raws = self._snapshot_json(cursor, customers) if customers else []
+        snapshots = sorted(
+            (snapshot_from_json(raw) for raw in raws),
+            key=lambda s: (s.kind, s.object_id, s.created, s.event_id),
+        )
+        return UserInputs(user_id=user_id, links=tuple(links), snapshots=tuple(snapshots))
+
+    def cached_inputs(self, user_id: str, position: int) -> UserInputs | None:
+        """The user's inputs if they were loaded while the views stood at `position`."""
+        hit = self._cache.get(user_id)
+        return hit[1] if hit is not None and hit[0] == position else None
+
+    def inputs(self, user_id: str, position: int) -> UserInputs:
+        """The user's inputs, loaded at most once while the views stand at `position`.
+
+        `position` must be read before calling: rows loaded afterwards are at least as new.
+        """
+        found = self.cached_inputs(user_id, position)
+        if found is not None:
+            return found
+        loaded = self.load_inputs(user_id)
+        with self._cache_lock:
+            if len(self._cache) >= self.cache_size:
+                self._cache.pop(next(iter(self._cache)))  # the oldest entry
+            self._cache[user_id] = (position, loaded)
+        return loaded
+
+    def recent_position(self, max_age: float = 0.1) -> int:
+        """The applied position, read from the database at most every `max_age` seconds."""
+        read_at, position = self._recent
+        now = time.monotonic()
+        if now - read_at > max_age:
+            position = self.position()
+            self._recent = (now, position)
+        return position
+
+    def _snapshot_json(self, cursor: Any, customers: list[str]) -> list[str]:
+        if self.db.dialect == "sqlite":
+            marks = ",".join("?" * len(customers))
+            cursor.execute(f"{self._sql.snapshots_of_customers} IN ({marks})", customers)
+            return [r[0] for r in cursor.fetchall()]
+        cursor.execute(f"{self._sql.snapshots_of_customers} = ANY(%s)", (customers,))
+        return [r["json"] for r in cursor.fetchall()]
+
+    def users_of(self, customer_id: str) -> list[str]:
+        """The users linked to one customer (by any route), sorted."""
+        with self.db.transaction(commit=False) as cursor:
+            cursor.execute(self._sql.users_of_customer, (customer_id,))
+            return sorted({_values(r)[0] for r in cursor.fetchall()})
+
+    def rows(self) -> ViewRows:
+        """Every row, sorted: two views built from the same events compare equal."""
+        with self.db.transaction(commit=False) as cursor:
+            cursor.execute(f"SELECT {', '.join(_SNAPSHOT_COLUMNS)} FROM {self.snapshots}")
+            snapshots = sorted(_snapshot_values(r) for r in cursor.fetchall())
+            cursor.execute(f"SELECT {', '.join(_LINK_COLUMNS)} FROM {self.links}")
+            links = sorted(_link_values(r) for r in cursor.fetchall())
+        return ViewRows(snapshots=tuple(snapshots), links=tuple(links))
+
+    def promote(self, shadow: Views) -> None:
+        """Replace these tables by `shadow`'s in one transaction (its rows and its position)."""
+        if shadow.suffix == self.suffix or shadow.name != self.name:
+            raise ValueError("promote takes a shadow of the same projection")
+        with self.db.transaction() as cursor:
+            for base in (SNAPSHOTS, LINKS, TRACKING):
+                cursor.execute(f"DROP TABLE IF EXISTS {self.db.table(self.names[base])}")
+                cursor.execute(
+                    f"ALTER TABLE {self.db.table(shadow.names[base])} "
+                    f'RENAME TO "{self.names[base]}"'
+                )
+            for statement in self._sql.rename_indexes(shadow):
+                cursor.execute(statement)
+        with self._cache_lock:
+            self._cache.clear()
+        self._recent = (-1.0, 0)
+        log.info("projection %s: promoted tables of suffix %r", self.name, shadow.suffix)
+
+
+_SNAPSHOT_COLUMNS = (
+    "kind",
+    "object_id",
+    "customer_id",
+    "event_id",
+    "event_type",
+    "created",
+    "observation",
+    "json",
+)
+_LINK_COLUMNS = ("user_id", "customer_id", "created", "event_id", "via")
+
+
+def _values(row: Any) -> tuple[Any, ...]:
+    return tuple(row.values()) if isinstance(row, dict) else tuple(row)
+
+
+def _snapshot_values(row: Any) -> SnapshotRow:
+    kind, object_id, customer, event_id, event_type, created, observation, raw = _values(row)
+    return (kind, object_id, customer, event_id, event_type, created, bool(observation), raw)
+
+
+def _link_values(row: Any) -> LinkTuple:
+    user_id, customer_id, created, event_id, via = _values(row)
+    return (user_id, customer_id, created, event_id, via)
+
+
+def _copy_insert(
+    cursor: Any, table: str, temp: str, rows: Iterable[tuple[Any, ...]], columns: Sequence[str]
+) -> None:
+    """COPY into a temporary table, then insert what is new: COPY has no ON CONFLICT."""
+    names = ", ".join(columns)
+    cursor.execute(
+        f"CREATE TEMPORARY TABLE {temp} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP"
+    )
+    with cursor.copy(f"COPY {temp} ({names}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+    cursor.execute(
+        f"INSERT INTO {table} ({names}) SELECT {names} FROM {temp} ON CONFLICT DO NOTHING"
+    )
+
+
+class _Statements:
+    """The SQL of one set of view tables, in the database's dialect."""
+
+    def __init__(self, views: Views) -> None:
+        db, p = views.db, views.db.param
+        self.views = views
+        self.sqlite = db.dialect == "sqlite"
+        text, integer = ("TEXT", "INTEGER") if self.sqlite else ("text", "bigint")
+        boolean = "INTEGER" if self.sqlite else "boolean"
+        snap, links = views.names[SNAPSHOTS], views.names[LINKS]
+        self.create = [
+            f"CREATE TABLE IF NOT EXISTS {views.snapshots} (kind {text} NOT NULL, "
+            f"object_id {text} NOT NULL, customer_id {text}, event_id {text} NOT NULL, "
+            f"event_type {text} NOT NULL, created {integer} NOT NULL, "
+            f"observation {boolean} NOT NULL, json {text} NOT NULL, "
+            f'CONSTRAINT "{snap}_pkey" PRIMARY KEY (event_id, kind, object_id))',
+            f'CREATE INDEX IF NOT EXISTS "{snap}_customer" ON {views.snapshots} (customer_id)',
+            f'CREATE INDEX IF NOT EXISTS "{snap}_object" ON {views.snapshots} (kind, object_id)',
+            f"CREATE TABLE IF NOT EXISTS {views.links} (user_id {text} NOT NULL, "
+            f"customer_id {text} NOT NULL, created {integer} NOT NULL, "
+            f"event_id {text} NOT NULL, via {text} NOT NULL, "
+            f'CONSTRAINT "{links}_pkey" PRIMARY KEY (user_id, customer_id, event_id, via))',
+            f'CREATE INDEX IF NOT EXISTS "{links}_customer" ON {views.links} (customer_id)',
+        ]
+        ignore = "INSERT OR IGNORE" if self.sqlite else "INSERT"
+        self.insert_snapshots = (
+            f"{ignore} INTO {views.snapshots} ({', '.join(_SNAPSHOT_COLUMNS)}) "
+            f"VALUES ({', '.join([p] * len(_SNAPSHOT_COLUMNS))})"
+        )
+        self.insert_links = (
+            f"{ignore} INTO {views.links} ({', '.join(_LINK_COLUMNS)}) "
+            f"VALUES ({', '.join([p] * len(_LINK_COLUMNS))})"
+        )
+        self.tracked = f"SELECT notification_id FROM {views.tracking} WHERE application_name = {p}"
+        # SQLite holds the database's write lock by now; PostgreSQL locks the row.
+        self.tracked_for_update = self.tracked if self.sqlite else f"{self.tracked} FOR UPDATE"
+        self.links_of_user = (
+            f"SELECT {', '.join(_LINK_COLUMNS)} FROM {views.links} WHERE user_id = {p}"
+        )
+        self.users_of_customer = f"SELECT user_id FROM {views.links} WHERE customer_id = {p}"
+        self.snapshots_of_customers = f"SELECT json FROM {views.snapshots} WHERE customer_id"
+
+    def rename_indexes(self, shadow: Views) -> list[str]:
+        """Give the promoted tables' indexes the live names (index names are per schema)."""
+        live, db = self.views, self.views.db
+        pairs = [
+            (f"{shadow.names[SNAPSHOTS]}{end}", f"{live.names[SNAPSHOTS]}{end}")
+            for end in ("_pkey", "_customer", "_object")
+        ] + [
+            (f"{shadow.names[LINKS]}{end}", f"{live.names[LINKS]}{end}")
+            for end in ("_pkey", "_customer")
+        ]
+        if not self.sqlite:
+            schema = db.url.schema
+            return [f'ALTER INDEX "{schema}"."{old}" RENAME TO "{new}"' for old, new in pairs]
+        # SQLite cannot rename an index: drop the shadow's and build the live ones again.
+        # Its primary keys are automatic indexes that follow their table.
+        return [
+            f'DROP INDEX IF EXISTS "{old}"' for old, new in pairs if not old.endswith("pkey")
+        ] + [s for s in self.create if s.startswith("CREATE INDEX")]
