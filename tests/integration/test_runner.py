@@ -1,0 +1,280 @@
+"""The projection runner on SQLite and PostgreSQL: batches, skips, failures, one leader."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+from billing_ledger.ledger.records import Incoming
+from billing_ledger.ledger.store import Database, DatabaseUrl, EventStore
+from billing_ledger.ledger.verify import parse_event
+from billing_ledger.projections.runner import ProjectionError, Runner
+from billing_ledger.projections.views import Views
+from tests.support.databases import postgres_url
+from tests.support.ledger import incoming
+from tests.unit.builders import T, event, invoice, subscription
+
+Json = dict[str, Any]
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[EventStore]:
+    opened = EventStore(Database(DatabaseUrl.parse(database_url)))
+    opened.create()
+    yield opened
+    opened.db.close()
+
+
+@pytest.fixture
+def views(store: EventStore) -> Views:
+    created = Views(store.db)
+    created.create()
+    return created
+
+
+def subscription_events(count: int, prefix: str = "evt") -> list[Json]:
+    return [
+        event(
+            "customer.subscription.updated",
+            subscription(id=f"sub_{i}", customer=f"cus_{i}"),
+            id=f"{prefix}_{i}",
+            created=T + i,
+        )
+        for i in range(count)
+    ]
+
+
+def append(store: EventStore, envelopes: list[Json]) -> int:
+    results = store.append([incoming(e) for e in envelopes])
+    return max(r.position for r in results)
+
+
+def poisoned(event_id: str) -> Incoming:
+    """Stored fine (the webhook checks only the envelope), but no subscription inside."""
+    body = orjson.dumps(
+        {
+            "id": event_id,
+            "object": "event",
+            "type": "customer.subscription.updated",
+            "created": T,
+            "livemode": False,
+            "data": {"object": "sub_1"},
+        }
+    )
+    return parse_event(body)
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return check()
+
+
+def test_catch_up_applies_everything_in_batches(store: EventStore, views: Views) -> None:
+    head = append(store, subscription_events(10))
+    runner = Runner(store, views, livemode=False, batch=3)
+    assert runner.catch_up() == head
+    assert runner.position == head == views.position()
+    assert runner.applied == 10
+    assert len(views.rows().snapshots) == 10
+    assert runner.status() == {"billing": {"position": head, "error": None}}
+
+
+def test_a_second_catch_up_applies_nothing(store: EventStore, views: Views) -> None:
+    head = append(store, subscription_events(5))
+    Runner(store, views, livemode=False).catch_up()
+    rows = views.rows()
+    again = Runner(store, views, livemode=False)
+    assert again.catch_up() == head
+    assert again.applied == 0 and views.rows() == rows
+
+
+def test_a_runner_resumes_from_the_tracked_position(store: EventStore, views: Views) -> None:
+    append(store, subscription_events(4, "evt_a"))
+    Runner(store, views, livemode=False).catch_up()
+    head = append(store, subscription_events(3, "evt_b"))
+    later = Runner(store, views, livemode=False)
+    assert later.catch_up() == head
+    assert later.applied == 3
+
+
+def test_other_mode_thin_unknown_and_alternate_renderings_are_skipped(
+    store: EventStore, views: Views, caplog: pytest.LogCaptureFixture
+) -> None:
+    live = event(
+        "customer.subscription.updated", subscription(id="sub_live"), id="evt_live", created=T
+    )
+    live["livemode"] = True
+    thin = parse_event(
+        b'{"id": "evt_thin", "object": "v2.core.event", "type": "v1.billing.meter.error_report_triggered",'
+        b' "created": "2026-01-01T00:00:00.000Z", "livemode": false,'
+        b' "related_object": {"id": "mtr_1", "type": "billing.meter", "url": "/v1/billing/meters/mtr_1"}}'
+    )
+    good = event("customer.subscription.updated", subscription(), id="evt_good", created=T)
+    alternate = dict(good, api_version="2025-02-24.acacia")
+    store.append(
+        [
+            incoming(live),
+            thin,
+            incoming(event("billing.credit_grant.created", {"id": "cg_1"}, id="evt_x", created=T)),
+            incoming(
+                event("customer.subscription.frobnicated", subscription(), id="evt_y", created=T)
+            ),
+            incoming(event("invoice.upcoming", invoice(id="upcoming"), id="evt_up", created=T)),
+            incoming(good),
+        ]
+    )
+    assert store.append([incoming(alternate)])[0].status == "duplicate"  # version 2 of evt_good
+    runner = Runner(store, views, livemode=False)
+    with caplog.at_level(logging.WARNING, "billing_ledger.projections"):
+        assert runner.catch_up() == store.head()
+    assert [row[3] for row in views.rows().snapshots] == ["evt_good"]
+    assert runner.applied == 1
+    flagged = [r.getMessage() for r in caplog.records if "evt_live" in r.getMessage()]
+    assert len(flagged) == 1 and "livemode=True" in flagged[0]
+
+
+def test_a_live_deployment_projects_only_live_events(store: EventStore, views: Views) -> None:
+    live = event(
+        "customer.subscription.updated", subscription(id="sub_live"), id="evt_live", created=T
+    )
+    live["livemode"] = True
+    test = event("customer.subscription.updated", subscription(), id="evt_test", created=T)
+    append(store, [live, test])
+    Runner(store, views, livemode=True).catch_up()
+    assert [row[3] for row in views.rows().snapshots] == ["evt_live"]
+
+
+def test_a_failing_event_stops_the_projection_where_it_is(
+    store: EventStore, views: Views, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = append(store, subscription_events(2, "evt_before"))
+    bad = store.append([poisoned("evt_bad")])[0].position
+    append(store, subscription_events(2, "evt_after"))
+    runner = Runner(store, views, livemode=False)
+    with (
+        caplog.at_level(logging.ERROR, "billing_ledger.projections"),
+        pytest.raises(ProjectionError) as stopped,
+    ):
+        runner.catch_up()
+    assert stopped.value.event_id == "evt_bad" and stopped.value.position == bad
+    assert runner.position == first == views.position()  # everything before it, nothing after
+    error = runner.status()["billing"]["error"]
+    assert error is not None and "evt_bad" in error
+    assert any("evt_bad" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ProjectionError):
+        runner.catch_up()  # it does not skip the event by itself
+    assert runner.position == first
+
+
+def test_the_thread_keeps_stopping_at_a_failing_event_while_appends_go_on(
+    store: EventStore, views: Views
+) -> None:
+    store.append([poisoned("evt_bad")])
+    runner = Runner(store, views, livemode=False)
+    runner.start()
+    try:
+        assert wait_until(lambda: runner.status()["billing"]["error"] is not None)
+        head = append(store, subscription_events(3))  # ingestion is untouched
+        assert store.head() == head
+        assert runner.position == 0
+        assert not runner.wait_for(head, 0.3)
+    finally:
+        runner.stop()
+
+
+def test_the_thread_applies_new_events_and_wait_for_sees_them(
+    store: EventStore, views: Views
+) -> None:
+    runner = Runner(store, views, livemode=False, batch=2)
+    runner.start()
+    try:
+        head = append(store, subscription_events(5))
+        assert runner.wait_for(head, 10)
+        assert views.position() == head
+        assert not runner.wait_for(head + 1000, 0.2)
+        later = append(store, subscription_events(2, "evt_later"))
+        assert runner.wait_for(later, 10)
+    finally:
+        runner.stop()
+    assert runner.applied == 7
+
+
+def test_wait_for_follows_a_runner_in_another_process(store: EventStore, views: Views) -> None:
+    reader = Runner(store, views, livemode=False)  # never started: it only reads positions
+    head = append(store, subscription_events(2))
+    assert not reader.wait_for(head, 0.2)
+    Runner(store, Views(store.db), livemode=False).catch_up()
+    assert reader.wait_for(head, 2)
+
+
+def test_stop_releases_quickly_when_idle(store: EventStore, views: Views) -> None:
+    runner = Runner(store, views, livemode=False)
+    runner.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    runner.stop()
+    assert time.monotonic() - started < 2
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    yield from postgres_url()
+
+
+def _runner_on(url: str) -> Runner:
+    """A runner with its own connections, as a second process would have."""
+    store = EventStore(Database(DatabaseUrl.parse(url)))
+    store.create()
+    views = Views(store.db)
+    views.create()
+    return Runner(store, views, livemode=False, batch=7)
+
+
+@pytest.mark.postgres
+def test_two_runners_on_postgres_one_applies_each_event_once(pg_url: str) -> None:
+    first, second = _runner_on(pg_url), _runner_on(pg_url)
+    try:
+        first.start()
+        assert wait_until(lambda: first._leader.held)
+        second.start()
+        head = append(first.store, subscription_events(40))
+        assert first.wait_for(head, 10) and second.wait_for(head, 10)
+        assert (first.applied, second.applied) == (40, 0)
+        first.stop()  # the lock goes with its session: the other takes over
+        later = append(second.store, subscription_events(10, "evt_later"))
+        assert second.wait_for(later, 10)
+        assert (first.applied, second.applied) == (40, 10)
+        assert len(second.views.rows().snapshots) == 50
+    finally:
+        for runner in (first, second):
+            runner.stop()
+            runner.store.db.close()
+
+
+@pytest.mark.postgres
+def test_two_runners_racing_without_the_lock_never_apply_a_batch_twice(pg_url: str) -> None:
+    first, second = _runner_on(pg_url), _runner_on(pg_url)
+    try:
+        head = append(first.store, subscription_events(60))
+        threads = [threading.Thread(target=r.catch_up) for r in (first, second)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert first.views.position() == head
+        assert len(first.views.rows().snapshots) == 60
+        # Both read the same batches: each is committed by one and refused to the other.
+        assert first.applied + second.applied == 60
+    finally:
+        for runner in (first, second):
+            runner.store.db.close()
