@@ -7,13 +7,16 @@ periods on subscription items, the invoice's subscription under `parent`.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import orjson
 
+import billing_ledger
 from billing_ledger.ledger.canonical import Snapshot
 from billing_ledger.ledger.normalise import normalise
 from billing_ledger.ledger.records import Recorded
+from billing_ledger.projections.plans import Plans, load_plans
 from billing_ledger.projections.policy import UserInputs, gather
 
 T = 1767225600  # 2026-01-01T00:00Z
@@ -23,12 +26,39 @@ ENDIVE = "2026-10-28.endive"
 
 Json = dict[str, Any]
 
+EXAMPLE_PLANS = Path(billing_ledger.__file__).parent / "plans.example.toml"
+
 # price -> (product, lookup_key), the constants of STRIPE-SEMANTICS section 7.
 PRICES = {
     "price_basic": ("prod_basic", "basic_monthly"),
     "price_pro": ("prod_pro", "pro_monthly"),
     "price_addon": ("prod_addon", "addon_monthly"),
 }
+
+
+def example_plans() -> Plans:
+    """The shipped example plans: free (core), basic (core), pro (core, pro), addon (export)."""
+    return load_plans(EXAMPLE_PLANS)
+
+
+def sub_event(
+    type_: str, event_id: str, created: int, previous: Json | None = None, /, **fields: Any
+) -> Json:
+    """A customer.subscription.<type_> event around `subscription(**fields)`."""
+    obj = subscription(**fields)
+    kind = f"customer.subscription.{type_}"
+    return event(kind, obj, id=event_id, created=created, previous=previous)
+
+
+def invoice_event(type_: str, event_id: str, created: int, /, **fields: Any) -> Json:
+    """An invoice.<type_> event around `invoice(**fields)`."""
+    return event(f"invoice.{type_}", invoice(**fields), id=event_id, created=created)
+
+
+def summary_event(id: str, created: int, *keys: str, has_more: bool = False) -> Json:
+    """An entitlements.active_entitlement_summary.updated event for cus_1."""
+    obj = summary(*keys, has_more=has_more)
+    return event("entitlements.active_entitlement_summary.updated", obj, id=id, created=created)
 
 
 def event(
