@@ -8,7 +8,10 @@ from typing import Any
 from billing_ledger.http.metrics import Metrics
 from billing_ledger.ledger.store import Database, DatabaseUrl, EventStore
 from billing_ledger.ledger.writer import GroupCommitWriter
-from billing_ledger.settings import Settings
+from billing_ledger.projections.plans import Plans, PlansError, load_plans
+from billing_ledger.projections.runner import Runner
+from billing_ledger.projections.views import Views
+from billing_ledger.settings import Settings, SettingsError
 
 
 @dataclass
@@ -34,7 +37,29 @@ class Deps:
 
 def build(settings: Settings, *, run_projections: bool = True) -> Deps:
     """Open the store (creating its tables) and wire the write and read sides."""
+    plans = _plans(settings)
     store = EventStore(Database(DatabaseUrl.parse(settings.database_url)))
     store.create()
     deps = Deps(settings=settings, store=store, writer=GroupCommitWriter(store))
+    _wire_read_side(deps, plans, run_projections)
     return deps
+
+
+def _plans(settings: Settings) -> Plans:
+    try:
+        return load_plans(settings.plans_path)
+    except PlansError as e:
+        raise SettingsError("LEDGER_PLANS", str(e)) from None
+
+
+def _wire_read_side(deps: Deps, plans: Plans, run_projections: bool) -> None:
+    """The plans, the views (tables created) and, when asked, the projection runner."""
+    deps.plans = plans
+    deps.views = Views(deps.store.db)
+    try:
+        deps.views.create()
+    except BaseException:
+        deps.store.db.close()
+        raise
+    if run_projections:
+        deps.runner = Runner(deps.store, deps.views, livemode=deps.settings.livemode)

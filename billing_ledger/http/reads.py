@@ -1,0 +1,257 @@
+"""GET /v1/users/{user_id}/... and GET /v1/events/{event_id}: the reads of CONTRACT.md.
+
+A read loads the user's inputs (cached while the views' position stands still) off the
+event loop, then evaluates the pure policy at `at` per request: time rules need no write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from billing_ledger.http.errors import error
+from billing_ledger.ledger.store import StorageError
+from billing_ledger.projections.history import changes
+from billing_ledger.projections.invoices import user_invoices
+from billing_ledger.projections.policy import UserInputs, access, evaluate
+
+if TYPE_CHECKING:
+    from billing_ledger.bootstrap import Deps
+
+MIN_POSITION_WAIT = 5.0
+MAX_ID_LENGTH = 255
+LATEST_AT = 253402300799  # 9999-12-31T23:59:59Z: later times have no ISO rendering
+SUBSCRIPTION_FIELDS = (
+    "id",
+    "customer_id",
+    "status",
+    "price_ids",
+    "current_period_end",
+    "cancel_at",
+    "cancel_at_period_end",
+    "grants_access",
+    "access_until",
+)
+INVOICE_FIELDS = (
+    "id",
+    "status",
+    "amount_due",
+    "amount_paid",
+    "currency",
+    "subscription_id",
+    "created",
+    "hosted_invoice_url",
+)
+
+
+class BadParameterError(ValueError):
+    """A query or path parameter the reads cannot use."""
+
+
+class NotCaughtUpError(RuntimeError):
+    """The projections did not reach `min_position` in time."""
+
+
+@dataclass(frozen=True)
+class UserRead:
+    """What every user read works from: the inputs, the time, the views' position."""
+
+    inputs: UserInputs
+    at: int
+    position: int
+
+
+def parse_at(raw: str | None, now: float | None = None) -> int:
+    """`at` as Unix seconds, from Unix seconds or ISO 8601 (UTC when no offset is given)."""
+    if raw is None or raw == "":
+        return int(time.time() if now is None else now)
+    try:
+        seconds = int(float(raw)) if _numeric(raw) else _iso_seconds(raw)
+    except (ValueError, OverflowError):
+        seconds = -1
+    if not 0 <= seconds <= LATEST_AT:
+        raise BadParameterError(f"at: expected Unix seconds or ISO 8601, got {raw!r}")
+    return seconds
+
+
+def _numeric(raw: str) -> bool:
+    return raw.lstrip("-").replace(".", "", 1).isdigit()
+
+
+def _iso_seconds(raw: str) -> int:
+    parsed = datetime.fromisoformat(raw)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp())
+
+
+def parse_min_position(raw: str | None) -> int | None:
+    """`min_position` as a non-negative whole number, or None when absent."""
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        raise BadParameterError(f"min_position: expected a whole number, got {raw!r}")
+    return int(raw)
+
+
+def _path_id(request: Request, name: str) -> str:
+    value: str = request.path_params[name]
+    if not value or len(value) > MAX_ID_LENGTH:
+        raise BadParameterError(f"{name}: expected 1 to {MAX_ID_LENGTH} characters")
+    return value
+
+
+def _json(body: Mapping[str, Any], status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+async def _position(deps: Deps) -> int:
+    if deps.runner is not None:
+        position: int = deps.runner.position
+        return position
+    return int(await run_in_threadpool(deps.views.recent_position))
+
+
+async def _reached(deps: Deps, wanted: int) -> int:
+    """The views' position once it is at least `wanted` (waiting up to 5 s)."""
+    position = await _position(deps)
+    if position >= wanted:
+        return position
+    if deps.runner is not None:
+        if await run_in_threadpool(deps.runner.wait_for, wanted, MIN_POSITION_WAIT):
+            return await _position(deps)
+        raise NotCaughtUpError(f"the projections have not reached position {wanted}")
+    deadline = time.monotonic() + MIN_POSITION_WAIT
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        position = int(await run_in_threadpool(deps.views.position))
+        if position >= wanted:
+            return position
+    raise NotCaughtUpError(f"the projections have not reached position {wanted}")
+
+
+async def _user_read(request: Request) -> UserRead:
+    """Parse the common parameters, honour min_position, load the user's inputs."""
+    deps: Deps = request.state.deps
+    user_id = _path_id(request, "user_id")
+    at = parse_at(request.query_params.get("at"))
+    wanted = parse_min_position(request.query_params.get("min_position"))
+    position = await (_reached(deps, wanted) if wanted is not None else _position(deps))
+    inputs = deps.views.cached_inputs(user_id, position)
+    if inputs is None:
+        inputs = await run_in_threadpool(deps.views.inputs, user_id, position)
+    return UserRead(inputs=inputs, at=at, position=position)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _answering(read: Callable[[Request], Awaitable[Response]]) -> Handler:
+    """Translate the reads' errors into the contract's error bodies (once, here)."""
+
+    async def handler(request: Request) -> Response:
+        try:
+            return await read(request)
+        except BadParameterError as e:
+            return error(400, "invalid_parameter", str(e))
+        except NotCaughtUpError as e:
+            return error(503, "not_caught_up", str(e), headers={"Retry-After": "1"})
+        except StorageError:
+            return error(503, "storage_unavailable", "the ledger's storage is unavailable")
+
+    handler.__name__ = read.__name__
+    handler.__doc__ = read.__doc__
+    return handler
+
+
+def _pick(body: Mapping[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    return {name: body[name] for name in fields}
+
+
+@_answering
+async def entitlements(request: Request) -> Response:
+    """The user's features, plans, customers and subscriptions at `at`."""
+    read = await _user_read(request)
+    deps: Deps = request.state.deps
+    result = evaluate(read.inputs, deps.plans, read.at)
+    return _json(
+        {
+            "user_id": result.user_id,
+            "features": list(result.features),
+            "plans": list(result.plans),
+            "customer_ids": list(result.customer_ids),
+            "subscriptions": [
+                _pick(s.to_json(), SUBSCRIPTION_FIELDS) for s in result.subscriptions
+            ],
+            "warnings": list(result.warnings),
+            "position": read.position,
+            "at": read.at,
+        }
+    )
+
+
+@_answering
+async def feature_access(request: Request) -> Response:
+    """Whether the user may use one feature at `at`, and why."""
+    read = await _user_read(request)
+    feature = _path_id(request, "feature")
+    deps: Deps = request.state.deps
+    allowed, reason = access(evaluate(read.inputs, deps.plans, read.at), feature)
+    return _json({"allowed": allowed, "reason": reason})
+
+
+@_answering
+async def invoices(request: Request) -> Response:
+    """The invoices of the user's customers as of `at`, newest first."""
+    read = await _user_read(request)
+    found = user_invoices(read.inputs, read.at)
+    return _json({"invoices": [_pick(v.to_json(), INVOICE_FIELDS) for v in found]})
+
+
+@_answering
+async def history(request: Request) -> Response:
+    """Every change of the user's features up to `at`, oldest first."""
+    read = await _user_read(request)
+    deps: Deps = request.state.deps
+    found = await run_in_threadpool(changes, read.inputs, deps.plans, read.at)
+    return _json({"changes": [c.to_json() for c in found]})
+
+
+@_answering
+async def stored_event(request: Request) -> Response:
+    """One stored event: its envelope fields and the parsed first body."""
+    event_id = _path_id(request, "event_id")
+    deps: Deps = request.state.deps
+    event = await run_in_threadpool(deps.store.get, event_id)
+    if event is None:
+        return error(404, "unknown_event", f"no event {event_id} is stored")
+    return _json(
+        {
+            "event_id": event.event_id,
+            "type": event.type,
+            "created": event.created,
+            "livemode": event.livemode,
+            "received_at": int(event.received_at),
+            "position": event.position,
+            "payload": event.payload(),
+        }
+    )
+
+
+ROUTES = [
+    Route("/v1/users/{user_id}/entitlements", entitlements, methods=["GET"]),
+    Route("/v1/users/{user_id}/access/{feature}", feature_access, methods=["GET"]),
+    Route("/v1/users/{user_id}/invoices", invoices, methods=["GET"]),
+    Route("/v1/users/{user_id}/history", history, methods=["GET"]),
+    Route("/v1/events/{event_id}", stored_event, methods=["GET"]),
+]
