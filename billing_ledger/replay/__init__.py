@@ -1,0 +1,1 @@
+"""Operations on the ledger: rebuild (replay), backfill, reconcile, explain."""

@@ -1,0 +1,132 @@
+"""`billing-ledger replay | backfill | reconcile | explain`: parse, run, print, exit code."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+from billing_ledger.bootstrap import Deps, build
+from billing_ledger.ledger.store import Database, DatabaseUrl, EventStore
+from billing_ledger.replay import stripe_api
+from billing_ledger.replay.backfill import Backfill
+from billing_ledger.replay.reconcile import Reconcile
+from billing_ledger.settings import Settings
+
+Print = Callable[[str], None]
+
+
+class BadInputError(ValueError):
+    """An argument the command cannot use."""
+
+
+# The one-line reasons a command exits 2 with (storage errors are the CLI's own).
+_FAILURES = (BadInputError, stripe_api.NotConfiguredError, stripe_api.StripeUnavailableError)
+
+
+def parse_time(text: str, option: str) -> int:
+    """Unix seconds, or ISO 8601 (a date, or a date and time; UTC unless it says otherwise)."""
+    value = text.strip()
+    if value.isdigit():
+        return int(value)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadInputError(f"{option}: expected ISO 8601 or Unix seconds, got {text!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp())
+
+
+def parse_types(text: str | None) -> tuple[str, ...] | None:
+    """`--types a,b` as a tuple of names, None when absent."""
+    if text is None:
+        return None
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not names:
+        raise BadInputError("--types: expected event types separated by commas")
+    return names
+
+
+@contextmanager
+def _deps(settings: Settings) -> Iterator[Deps]:
+    """The store, views and plans, without a background runner."""
+    deps = build(settings, run_projections=False)
+    try:
+        yield deps
+    finally:
+        deps.close()
+
+
+@contextmanager
+def _store(settings: Settings) -> Iterator[EventStore]:
+    store = EventStore(Database(DatabaseUrl.parse(settings.database_url)))
+    try:
+        store.create()
+        yield store
+    finally:
+        store.db.close()
+
+
+def _failing(name: str, run: Callable[[], int]) -> int:
+    """Run a command body; a known failure becomes one line on stderr and exit status 2."""
+    try:
+        return run()
+    except _FAILURES as error:
+        print(f"billing-ledger {name}: {error}", file=sys.stderr)
+        return 2
+
+
+def cmd_backfill(args: argparse.Namespace, settings: Settings, out: Print = print) -> int:
+    """Append what Stripe's Events API holds and the ledger lacks; print the counts."""
+    return _failing("backfill", lambda: _backfill(args, settings, out))
+
+
+def _backfill(args: argparse.Namespace, settings: Settings, out: Print) -> int:
+    since = parse_time(args.since, "--since") if args.since else None
+    types = parse_types(args.types)
+    client = stripe_api.client(settings)
+    with _store(settings) as store:
+        report = Backfill(store, client, livemode=settings.livemode).run(since, types)
+    if report.gap is not None:
+        out(
+            f"warning: --since {_iso(report.gap[0])} is beyond Stripe's 30-day retention; "
+            f"events before {_iso(report.gap[1])} cannot be fetched (gap recorded); "
+            "run `billing-ledger reconcile` to record current state"
+        )
+    out(f"backfill since {_iso(report.since)}: {report.summary()}")
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace, settings: Settings, out: Print = print) -> int:
+    """Record Stripe's current objects where the projections differ; print the drift."""
+    return _failing("reconcile", lambda: _reconcile(settings, out))
+
+
+def _reconcile(settings: Settings, out: Print) -> int:
+    client = stripe_api.client(settings)
+    with _deps(settings) as deps:
+        reconcile = Reconcile(
+            deps.store, deps.views, deps.plans, client, livemode=settings.livemode
+        )
+        report = reconcile.run()
+    out(f"reconcile: {report.summary()}")
+    for drift in report.drifts:
+        out(f"  {drift.line()}")
+    if report.users:
+        out("users whose features changed:")
+        out_lines(out, (f"  {change.line()}" for change in report.users))
+    out_lines(out, (f"note: {note}" for note in report.notes))
+    return 0
+
+
+def out_lines(out: Print, lines: Iterable[str]) -> None:
+    """Print each line."""
+    for line in lines:
+        out(line)
+
+
+def _iso(t: int) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,86 @@
+"""Events of our own: what operations learn, appended to the ledger like any Stripe event.
+
+The ledger is the source of truth, so a backfill's cursor, a gap in Stripe's retention and
+a reconcile's observation are stored as events (`source="ledger"`) with ids Stripe never
+uses (`lgr_...`). Projections ignore the types they do not read; replay re-reads the
+observations and never calls Stripe again.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import orjson
+
+from billing_ledger.ledger.records import Incoming, Recorded, decode_state
+from billing_ledger.ledger.store import EventStore, guard
+
+OBSERVATION = "ledger.observation"
+BACKFILL_CURSOR = "ledger.backfill_cursor"
+BACKFILL_GAP = "ledger.backfill_gap"
+
+_PREFIX = {OBSERVATION: "lgr_obs_", BACKFILL_CURSOR: "lgr_bfc_", BACKFILL_GAP: "lgr_gap_"}
+
+
+def own_event(
+    event_type: str,
+    obj: Mapping[str, Any],
+    *,
+    created: int,
+    livemode: bool,
+    api_version: str | None = None,
+    **fields: Any,
+) -> Incoming:
+    """An event of our own in Stripe's envelope, ready to append."""
+    event_id = _PREFIX[event_type] + uuid.uuid4().hex
+    body = {
+        "id": event_id,
+        "object": "event",
+        "type": event_type,
+        "created": created,
+        "livemode": livemode,
+        "api_version": api_version,
+        **fields,
+        "data": {"object": dict(obj)},
+    }
+    return Incoming(
+        event_id=event_id,
+        type=event_type,
+        created=created,
+        livemode=livemode,
+        api_version=api_version,
+        body=orjson.dumps(body),
+        received_at=time.time(),
+        source="ledger",
+    )
+
+
+def observation(obj: Mapping[str, Any], observed_at: int, api_version: str) -> Incoming:
+    """A recorded re-fetch of one Stripe object (STRIPE-SEMANTICS 6.3, layer 3)."""
+    return own_event(
+        OBSERVATION,
+        obj,
+        created=observed_at,
+        livemode=obj.get("livemode") is True,
+        api_version=api_version,
+        observed_at=observed_at,
+        source="reconcile",
+    )
+
+
+def of_type(store: EventStore, event_type: str, page: int = 1000) -> Iterator[Recorded]:
+    """Every stored event of one type, in position order (a scan: operators only)."""
+    after = 0
+    while True:
+        with guard():
+            rows = store.recorder.select_notifications(
+                start=after, limit=page, topics=[event_type], inclusive_of_start=False
+            )
+        for n in rows:
+            yield decode_state(n.id, str(n.originator_id), n.originator_version, n.state)
+        if len(rows) < page:
+            return
+        after = rows[-1].id
