@@ -48,7 +48,12 @@ NEXT = {
     "paused": ("active", "canceled"),
 }
 STEPS = st.sampled_from((0, 0, 1, DAY, 6 * DAY, 20 * DAY))  # zeros make same-second ties
-PRICES = st.lists(st.sampled_from(("price_basic", "price_pro", "price_addon", "price_x")), min_size=1, max_size=2, unique=True)  # fmt: skip
+PRICES = st.lists(
+    st.sampled_from(("price_basic", "price_pro", "price_addon", "price_x")),
+    min_size=1,
+    max_size=2,
+    unique=True,
+)
 FEATURES = st.lists(st.sampled_from(("core", "pro", "export")), max_size=3, unique=True)
 
 
@@ -83,12 +88,18 @@ def invoice_lifecycle(draw: st.DrawFn, sub_id: str, cus: str) -> list[Json]:
     found = [invoice_event("created", f"evt_in_{sub_id}_0", t, **inv)]
     for n in range(1, draw(st.integers(0, 3)) + 1):
         t += draw(STEPS)
-        found.append(invoice_event("payment_failed", f"evt_in_{sub_id}_f{n}", t, status="open", attempt_count=n, **inv))  # fmt: skip
+        found.append(
+            invoice_event(
+                "payment_failed", f"evt_in_{sub_id}_f{n}", t, status="open", attempt_count=n, **inv
+            )
+        )
     end = draw(st.sampled_from(("paid", "voided", None)))
     if end is not None:
         status = "paid" if end == "paid" else "void"
         t += draw(STEPS)
-        found.append(invoice_event(end, f"evt_in_{sub_id}_end", t, status=status, amount_paid=2000, **inv))  # fmt: skip
+        found.append(
+            invoice_event(end, f"evt_in_{sub_id}_end", t, status=status, amount_paid=2000, **inv)
+        )
     return found
 
 
@@ -99,11 +110,21 @@ def customer_events(draw: st.DrawFn, user: str, cus: str) -> list[Json]:
     how = draw(st.sampled_from(("checkout", "ledger", "metadata")))
     found = [
         {
-            "checkout": event("checkout.session.completed", checkout_session(id=f"cs_{cus}", customer=cus, client_reference_id=user), id=f"evt_cs_{cus}", created=t),
+            "checkout": event(
+                "checkout.session.completed",
+                checkout_session(id=f"cs_{cus}", customer=cus, client_reference_id=user),
+                id=f"evt_cs_{cus}",
+                created=t,
+            ),
             "ledger": link(user_id=user, customer=cus, id=f"evt_link_{cus}", created=t),
-            "metadata": event("customer.updated", customer(id=cus, app_user_id=user), id=f"evt_cu_{cus}", created=t),
+            "metadata": event(
+                "customer.updated",
+                customer(id=cus, app_user_id=user),
+                id=f"evt_cu_{cus}",
+                created=t,
+            ),
         }[how]
-    ]  # fmt: skip
+    ]
     for i in range(draw(st.integers(1, 2))):
         sub_id = f"sub_{cus}_{i}"
         found += draw(subscription_lifecycle(sub_id, cus))
@@ -111,7 +132,14 @@ def customer_events(draw: st.DrawFn, user: str, cus: str) -> list[Json]:
     for i in range(draw(st.integers(0, 2))):
         obj = summary(*draw(FEATURES), customer=cus, has_more=draw(st.booleans()))
         when = T + draw(STEPS)
-        found.append(event("entitlements.active_entitlement_summary.updated", obj, id=f"evt_sum_{cus}_{i}", created=when))  # fmt: skip
+        found.append(
+            event(
+                "entitlements.active_entitlement_summary.updated",
+                obj,
+                id=f"evt_sum_{cus}_{i}",
+                created=when,
+            )
+        )
     if draw(st.booleans()):
         observed = summary(*draw(FEATURES), customer=cus)
         found.append(observation(observed, id=f"obs_{cus}", observed_at=T + draw(STEPS)))

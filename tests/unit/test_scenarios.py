@@ -281,9 +281,15 @@ def s20_events() -> list[Json]:
     start, end = T + 14 * DAY, T + 14 * DAY + M
     converted = sub_event("updated", "evt_c", start, {"status": "trialing"}, period=(start, end))
     cycle = invoice_event(
-        "paid", "evt_p", start, id="in_2", status="paid", amount_paid=2000, attempt_count=1,
+        "paid",
+        "evt_p",
+        start,
+        id="in_2",
+        status="paid",
+        amount_paid=2000,
+        attempt_count=1,
         billing_reason="subscription_cycle",
-    )  # fmt: skip
+    )
     return [*s18_events(), converted, cycle]
 
 
@@ -390,12 +396,33 @@ def s25_events() -> list[Json]:
     return [
         checkout(),
         sub_event("created", "evt_2", T),
-        invoice_event("payment_failed", "evt_f1", T + M, attempt_count=1, next_payment_attempt=T + M + 3 * DAY, **due),
+        invoice_event(
+            "payment_failed",
+            "evt_f1",
+            T + M,
+            attempt_count=1,
+            next_payment_attempt=T + M + 3 * DAY,
+            **due,
+        ),
         sub_event("updated", "evt_pd", T + M, {"status": "active"}, status="past_due", **renewed),
-        invoice_event("payment_failed", "evt_f2", T + M + 3 * DAY, attempt_count=2, next_payment_attempt=T + M + 5 * DAY, **due),
-        invoice_event("paid", "evt_ok", T + M + 5 * DAY, **(due | {"status": "paid"}), attempt_count=3, amount_paid=2000),
+        invoice_event(
+            "payment_failed",
+            "evt_f2",
+            T + M + 3 * DAY,
+            attempt_count=2,
+            next_payment_attempt=T + M + 5 * DAY,
+            **due,
+        ),
+        invoice_event(
+            "paid",
+            "evt_ok",
+            T + M + 5 * DAY,
+            **(due | {"status": "paid"}),
+            attempt_count=3,
+            amount_paid=2000,
+        ),
         sub_event("updated", "evt_back", T + M + 5 * DAY, {"status": "past_due"}, **renewed),
-    ]  # fmt: skip
+    ]
 
 
 def test_s25_renewal_fails_and_recovers_within_grace_without_losing_access() -> None:
@@ -433,9 +460,18 @@ def test_s29_first_payment_fails_and_expires_without_access_at_any_point() -> No
         checkout(),
         sub_event("created", "evt_c", T, status="incomplete"),
         invoice_event("payment_failed", "evt_f", T, status="open", attempt_count=1, **first),
-        sub_event("updated", "evt_x", T + 23 * 3600, {"status": "incomplete"}, status="incomplete_expired", canceled_at=T + 23 * 3600),
-        invoice_event("voided", "evt_v", T + 23 * 3600, status="void", voided_at=T + 23 * 3600, **first),
-    ]  # fmt: skip
+        sub_event(
+            "updated",
+            "evt_x",
+            T + 23 * 3600,
+            {"status": "incomplete"},
+            status="incomplete_expired",
+            canceled_at=T + 23 * 3600,
+        ),
+        invoice_event(
+            "voided", "evt_v", T + 23 * 3600, status="void", voided_at=T + 23 * 3600, **first
+        ),
+    ]
     for at in (T, T + 3600, T + 23 * 3600, T + 40 * DAY):
         assert features(events, at) == CORE
     assert only_sub(entitlements(events, T + DAY)).status == "incomplete_expired"
@@ -466,8 +502,16 @@ def test_s31_delayed_payment_voided_after_activation_keeps_access_and_is_flagged
         checkout(),
         sub_event("created", "evt_c", T),
         invoice_event("finalized", "evt_f", T, status="open", finalized_at=T, **ach),
-        invoice_event("voided", "evt_v", T + 4 * DAY, status="void", finalized_at=T, voided_at=T + 4 * DAY, **ach),
-    ]  # fmt: skip
+        invoice_event(
+            "voided",
+            "evt_v",
+            T + 4 * DAY,
+            status="void",
+            finalized_at=T,
+            voided_at=T + 4 * DAY,
+            **ach,
+        ),
+    ]
     ent = entitlements(events, T + 5 * DAY)
     assert (only_sub(ent).status, ent.features) == ("active", PRO)
     (inv,) = invoices(events, T + 5 * DAY)
@@ -523,10 +567,21 @@ def test_s36_reactivation_before_the_period_end_continues_into_the_next_period()
     renewed = {"period": (T + M, T + 2 * M)}
     events = [
         *s34_first(),
-        sub_event("updated", "evt_r", T + 20 * DAY, {"cancel_at_period_end": True, "cancel_at": T + M}),
-        invoice_event("paid", "evt_p", T + M, id="in_2", status="paid", amount_paid=2000, attempt_count=1, billing_reason="subscription_cycle"),
+        sub_event(
+            "updated", "evt_r", T + 20 * DAY, {"cancel_at_period_end": True, "cancel_at": T + M}
+        ),
+        invoice_event(
+            "paid",
+            "evt_p",
+            T + M,
+            id="in_2",
+            status="paid",
+            amount_paid=2000,
+            attempt_count=1,
+            billing_reason="subscription_cycle",
+        ),
         sub_event("updated", "evt_n", T + M, {"items": {}}, **renewed),
-    ]  # fmt: skip
+    ]
     ent = entitlements(events, T + 20 * DAY)
     assert (ent.warnings, only_sub(ent).cancel_at, only_sub(ent).cancel_at_period_end) == (
         (),
@@ -561,9 +616,21 @@ def test_s40_resubscribe_after_cancellation_uses_the_new_subscription() -> None:
         checkout(),
         sub_event("created", "evt_2", T),
         sub_event("deleted", "evt_d", now, status="canceled", ended_at=now, canceled_at=now),
-        event("checkout.session.completed", checkout_session(id="cs_2", subscription="sub_2"), id="evt_c2", created=now + DAY),
-        sub_event("created", "evt_s2", now + DAY, id="sub_2", prices=("price_basic",), period=(now + DAY, now + DAY + M)),
-    ]  # fmt: skip
+        event(
+            "checkout.session.completed",
+            checkout_session(id="cs_2", subscription="sub_2"),
+            id="evt_c2",
+            created=now + DAY,
+        ),
+        sub_event(
+            "created",
+            "evt_s2",
+            now + DAY,
+            id="sub_2",
+            prices=("price_basic",),
+            period=(now + DAY, now + DAY + M),
+        ),
+    ]
     ent = entitlements(events, now + DAY)
     assert [(s.id, s.status) for s in ent.subscriptions] == [
         ("sub_1", "canceled"),
@@ -606,9 +673,17 @@ def test_s42_pending_upgrade_whose_payment_fails_never_grants_pro() -> None:
         checkout(),
         sub_event("created", "evt_2", T, prices=("price_basic",)),
         s42_first(up),
-        invoice_event("payment_failed", "evt_f", up, id="in_10", status="open", attempt_count=1, billing_reason="subscription_update"),
+        invoice_event(
+            "payment_failed",
+            "evt_f",
+            up,
+            id="in_10",
+            status="open",
+            attempt_count=1,
+            billing_reason="subscription_update",
+        ),
         sub_event("pending_update_expired", "evt_x", up + DAY, prices=("price_basic",)),
-    ]  # fmt: skip
+    ]
     for at in (up, up + 3600, up + DAY, up + 2 * DAY):
         ent = entitlements(events, at)
         assert (ent.features, only_sub(ent).status) == (CORE, "active")
@@ -620,10 +695,19 @@ def test_s43_pending_upgrade_grants_pro_only_once_the_items_change() -> None:
         checkout(),
         sub_event("created", "evt_2", T, prices=("price_basic",)),
         s42_first(up),
-        invoice_event("paid", "evt_p", up + 1, id="in_10", status="paid", amount_paid=1000, attempt_count=1, billing_reason="subscription_update"),
+        invoice_event(
+            "paid",
+            "evt_p",
+            up + 1,
+            id="in_10",
+            status="paid",
+            amount_paid=1000,
+            attempt_count=1,
+            billing_reason="subscription_update",
+        ),
         sub_event("pending_update_applied", "evt_a", up + 2),
         sub_event("updated", "evt_u", up + 2, {"pending_update": {"expires_at": up + DAY}}),
-    ]  # fmt: skip
+    ]
     assert features(events, up + 1) == CORE
     assert features(events, up + 2) == PRO
 
@@ -650,8 +734,16 @@ def test_s46_two_subscriptions_then_one_deleted() -> None:
         checkout(),
         sub_event("created", "evt_1s", T, prices=("price_basic",)),
         sub_event("created", "evt_2s", T, id="sub_2", prices=("price_addon",)),
-        sub_event("deleted", "evt_2d", end, id="sub_2", prices=("price_addon",), status="canceled", ended_at=end),
-    ]  # fmt: skip
+        sub_event(
+            "deleted",
+            "evt_2d",
+            end,
+            id="sub_2",
+            prices=("price_addon",),
+            status="canceled",
+            ended_at=end,
+        ),
+    ]
     assert features(events, end - 1) == ("core", "export")
     ent = entitlements(events, end)
     assert ent.features == CORE
@@ -668,9 +760,17 @@ def test_s46_the_customer_wide_summary_is_applied_whole() -> None:
         sub_event("created", "evt_1s", T, prices=("price_basic",)),
         sub_event("created", "evt_2s", T, id="sub_2", prices=("price_addon",)),
         summary_event("evt_sum1", T, "core", "export"),
-        sub_event("deleted", "evt_2d", end, id="sub_2", prices=("price_addon",), status="canceled", ended_at=end),
+        sub_event(
+            "deleted",
+            "evt_2d",
+            end,
+            id="sub_2",
+            prices=("price_addon",),
+            status="canceled",
+            ended_at=end,
+        ),
         summary_event("evt_sum2", end, "core"),
-    ]  # fmt: skip
+    ]
     assert features(events, end - 1) == ("core", "export")
     assert features(events, end) == CORE
 
@@ -695,9 +795,19 @@ def test_deleted_customer_never_grants_again_but_stays_listed() -> None:
 
 def test_s50_unknown_and_future_event_types_change_nothing() -> None:
     unknown = [
-        event("billing.credit_grant.created", {"id": "credgr_1", "object": "billing.credit_grant"}, id="evt_x", created=T + 5),
-        event("customer.subscription.frobnicated", subscription(status="canceled"), id="evt_y", created=T + 5),
-    ]  # fmt: skip
+        event(
+            "billing.credit_grant.created",
+            {"id": "credgr_1", "object": "billing.credit_grant"},
+            id="evt_x",
+            created=T + 5,
+        ),
+        event(
+            "customer.subscription.frobnicated",
+            subscription(status="canceled"),
+            id="evt_y",
+            created=T + 5,
+        ),
+    ]
     assert all(normalise(recorded(e)) is None for e in unknown)
     assert entitlements([*s1_events(), *unknown], T + 10) == entitlements(s1_events(), T + 10)
 
@@ -746,8 +856,15 @@ def test_s59b_pause_on_first_payment_failure_grants_nothing_and_the_invoice_stay
     events = [
         checkout(),
         invoice_event("payment_failed", "evt_f", T, **failing),
-        sub_event("updated", "evt_p", T + 60, {"status": "incomplete"}, status="paused", paused_type="first_payment_failure"),
-    ]  # fmt: skip
+        sub_event(
+            "updated",
+            "evt_p",
+            T + 60,
+            {"status": "incomplete"},
+            status="paused",
+            paused_type="first_payment_failure",
+        ),
+    ]
     ent = entitlements(events, T + 60)
     assert (only_sub(ent).status, ent.features) == ("paused", CORE)
     assert invoices(events, T + 60)[0].status == "open"
@@ -757,8 +874,15 @@ def test_s62_dispute_driven_cancellation_records_its_reason() -> None:
     events = [
         checkout(),
         sub_event("created", "evt_2", T),
-        sub_event("deleted", "evt_d", T + DAY, status="canceled", ended_at=T + DAY, reason="payment_disputed"),
-    ]  # fmt: skip
+        sub_event(
+            "deleted",
+            "evt_d",
+            T + DAY,
+            status="canceled",
+            ended_at=T + DAY,
+            reason="payment_disputed",
+        ),
+    ]
     assert features(events, T + DAY) == CORE
     chosen = state_at([s for s in snapshots(events) if s.kind == "subscription"], T + DAY)
     assert chosen is not None and isinstance(chosen.state, Subscription)
