@@ -7,12 +7,21 @@ link's `created`, and each rule time (`access_until`) an evaluation announces.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from billing_ledger.ledger.canonical import Snapshot
+from billing_ledger.ledger.canonical import (
+    CHECKOUT_SESSION,
+    CUSTOMER,
+    ENTITLEMENT_SUMMARY,
+    INVOICE,
+    LINK,
+    SUBSCRIPTION,
+    Customer,
+    EntitlementSummary,
+    Snapshot,
+)
 from billing_ledger.projections.fold import ObjectKey, by_object, state_at
 from billing_ledger.projections.links import customer_of
 from billing_ledger.projections.plans import Plans
@@ -101,12 +110,26 @@ def _link_cause(
     return None
 
 
-def _chosen_at(objects: dict[ObjectKey, list[Snapshot]], at: int) -> Iterable[Snapshot]:
-    """Snapshots created at `at` that the fold chose for their object."""
-    for key in sorted(objects):
-        chosen = state_at(objects[key], at)
-        if chosen is not None and chosen.created == at:
-            yield chosen
+# Which object most likely explains a change nobody else claimed, most likely first.
+_KIND_PRIORITY = (ENTITLEMENT_SUMMARY, CUSTOMER, SUBSCRIPTION, LINK, CHECKOUT_SESSION, INVOICE)
+
+
+def _chosen_at(objects: dict[ObjectKey, list[Snapshot]], at: int) -> list[Snapshot]:
+    """Snapshots created at `at` that the fold chose for their object, likeliest cause first."""
+    chosen = [state_at(snaps, at) for snaps in objects.values()]
+    found = [s for s in chosen if s is not None and s.created == at]
+    rank = {kind: i for i, kind in enumerate(_KIND_PRIORITY)}
+    return sorted(found, key=lambda s: (rank.get(s.kind, len(rank)), s.object_id))
+
+
+def _describe(s: Snapshot) -> str:
+    state = s.state
+    if isinstance(state, EntitlementSummary):
+        listed = ", ".join(state.lookup_keys) or "nothing"
+        return f"entitlement summary of {state.customer_id} lists {listed}"
+    if isinstance(state, Customer) and state.deleted:
+        return f"customer {state.id} deleted"
+    return f"{s.event_type} for {s.object_id}"
 
 
 def _other_cause(inputs: UserInputs, after: Entitlements, at: int) -> _Cause | None:
@@ -114,7 +137,7 @@ def _other_cause(inputs: UserInputs, after: Entitlements, at: int) -> _Cause | N
     linked = set(after.customer_ids)
     objects = by_object(s for s in inputs.snapshots if customer_of(s) in linked)
     for s in _chosen_at(objects, at):
-        return _Cause(s.event_id, s.event_type, f"{s.event_type} for {s.object_id}")
+        return _Cause(s.event_id, s.event_type, _describe(s))
     return None
 
 

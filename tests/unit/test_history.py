@@ -9,11 +9,14 @@ from tests.unit.builders import (
     M,
     T,
     checkout_session,
+    customer,
     event,
     example_plans,
     inputs,
+    invoice,
     link,
     sub_event,
+    summary_event,
 )
 
 PLANS = example_plans()
@@ -140,3 +143,25 @@ def test_explain_skips_changes_that_do_not_touch_the_feature() -> None:
     assert not any("+export" in line for line in lines)
     assert lines[-1] == "pro: denied (no plan grants pro)"
     assert any("+export" in line for line in explain(inputs("u_1", events), PLANS, T + DAY))
+
+
+def test_a_summary_change_is_credited_to_the_summary_event() -> None:
+    events = [
+        link(id="evt_l", created=T),
+        sub_event("created", "evt_c", T),
+        event("invoice.created", invoice(), id="evt_i", created=T + DAY),
+        summary_event("evt_s", T + DAY, "core"),
+    ]
+    last = history(events, T + 2 * DAY)[-1]
+    assert (last.event_id, last.reason) == ("evt_s", "entitlement summary of cus_1 lists core")
+
+
+def test_a_deleted_customer_is_credited_with_the_loss() -> None:
+    gone = event("customer.deleted", customer(deleted=True), id="evt_cd", created=T + DAY)
+    events = [link(id="evt_l", created=T), sub_event("created", "evt_c", T), gone]
+    last = history(events, T + 2 * DAY)[-1]
+    assert (last.event_id, last.reason, last.features_after) == (
+        "evt_cd",
+        "customer cus_1 deleted",
+        CORE,
+    )
