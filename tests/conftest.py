@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.databases import postgres_url, sqlite_url
+from tests.support.fake_stripe import fake_stripe, fake_stripe_server  # noqa: F401  (fixtures)
 from tests.support.localstripe import localstripe_url  # noqa: F401  (a session fixture)
 
 

@@ -1,0 +1,224 @@
+"""The monetization flows: the user's Stripe customer, then a Checkout or portal session.
+
+A customer is looked up in the ledger's own links first (consistent the moment they are
+projected), then by Stripe's Search API (eventually consistent), then by listing (fakes
+without search); only then created, with an idempotency key derived from the user id. A
+customer learned from Stripe is recorded as a `ledger.customer_link` event of our own
+before anyone is answered, so replay knows the link without calling Stripe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+
+from billing_ledger.http.stripe_client import (
+    BillingError,
+    Json,
+    StripeApi,
+    StripeCallError,
+    UnknownCustomerError,
+    UnknownPriceError,
+)
+from billing_ledger.ledger.canonical import CUSTOMER, SUBSCRIPTION, Customer, Subscription
+from billing_ledger.ledger.records import Incoming
+from billing_ledger.projections.fold import TERMINAL_SUBSCRIPTION, by_object, state_at
+from billing_ledger.projections.links import customer_of
+from billing_ledger.projections.policy import UserInputs, linked_customers
+
+if TYPE_CHECKING:
+    from billing_ledger.bootstrap import Deps
+
+CUSTOMER_LINK = "ledger.customer_link"
+CHECKOUT_SESSION_ID = "{CHECKOUT_SESSION_ID}"  # Stripe fills in the session id on redirect
+
+
+class InvalidPriceError(BillingError):
+    """The price exists but cannot start a subscription (one-time, or no longer sold)."""
+
+    code = "invalid_price"
+
+
+@dataclass(frozen=True)
+class CheckoutRequest:
+    """What POST /v1/checkout-sessions (and the pricing page) asks for."""
+
+    user_id: str
+    price: str  # a price id or a lookup key
+    quantity: int = 1
+
+
+def success_url(app_url: str) -> str:
+    """Where Checkout sends the user after paying; the page waits for the webhooks."""
+    return f"{app_url}/billing?success=true&session_id={CHECKOUT_SESSION_ID}"
+
+
+def cancel_url(app_url: str) -> str:
+    """Where Checkout sends the user who backs out."""
+    return f"{app_url}/pricing?canceled=true"
+
+
+def checkout_params(app_url: str, request: CheckoutRequest, price_id: str, customer: str) -> Json:
+    """The Checkout Session parameters: the user id travels on the session and subscription."""
+    return {
+        "mode": "subscription",
+        "customer": customer,
+        "client_reference_id": request.user_id,
+        "line_items": [{"price": price_id, "quantity": request.quantity}],
+        # Session metadata is not copied to the subscription: subscription_data is (Stripe docs,
+        # "metadata"), and it is the fallback link should checkout.session.completed be lost.
+        "subscription_data": {"metadata": {"app_user_id": request.user_id}},
+        "metadata": {"app_user_id": request.user_id},
+        "success_url": success_url(app_url),
+        "cancel_url": cancel_url(app_url),
+    }
+
+
+async def create_checkout(deps: Deps, api: StripeApi, request: CheckoutRequest) -> Json:
+    """Resolve the price, find or create the customer, and open a Checkout Session."""
+    price = await resolve_price(api, request.price)
+    customer = await ensure_customer(deps, api, request.user_id)
+    params = checkout_params(deps.settings.app_url, request, str(price["id"]), customer)
+    # A fresh key per request: a retry is safe, yet a later purchase is a new session.
+    return await api.create_checkout_session(params, f"ledger-checkout-{uuid.uuid4().hex}")
+
+
+async def create_portal(deps: Deps, api: StripeApi, user_id: str, return_url: str) -> Json:
+    """A billing portal session for the user's customer; never creates a customer."""
+    customer = await find_customer(deps, api, user_id)
+    if customer is None:
+        raise UnknownCustomerError(
+            "There is no billing account for you yet: choose a plan on the pricing page first."
+        )
+    return await api.create_portal_session(customer, return_url)
+
+
+async def resolve_price(api: StripeApi, reference: str) -> Json:
+    """A `price_...` id, or a lookup key (falling back to an id: legacy plan ids have any form)."""
+    if reference.startswith("price_"):
+        price = await api.retrieve_price(reference)
+    else:
+        found = await api.prices_by_lookup_keys([reference])
+        price = found.get(reference) or await api.retrieve_price(reference)
+    if price is None:
+        raise UnknownPriceError(f"There is no price {reference!r}.")
+    if price.get("active") is False:
+        raise InvalidPriceError(f"The price {reference!r} is no longer for sale.")
+    if price.get("type") == "one_time":
+        raise InvalidPriceError(f"The price {reference!r} is not a subscription price.")
+    return price
+
+
+# -- the user's customer ----------------------------------------------------------------
+
+
+async def ensure_customer(deps: Deps, api: StripeApi, user_id: str) -> str:
+    """The user's customer, created (once, whatever the retries) when there is none."""
+    found = await find_customer(deps, api, user_id)
+    if found is not None:
+        return found
+    created = await api.create_customer(user_id)
+    await record_link(deps, user_id, created, api.livemode)
+    return created
+
+
+async def find_customer(deps: Deps, api: StripeApi, user_id: str) -> str | None:
+    """The ledger's link first; then Stripe's, which is recorded in the ledger."""
+    known = await ledger_customer(deps, user_id, api.livemode)
+    if known is not None:
+        return known
+    found = await stripe_customer(api, user_id)
+    if found is not None:
+        await record_link(deps, user_id, found, api.livemode)
+    return found
+
+
+async def stripe_customer(api: StripeApi, user_id: str) -> str | None:
+    """Search by metadata; list when the Search API is missing (localstripe has none)."""
+    try:
+        return await api.search_customer(user_id)
+    except StripeCallError:
+        return await api.scan_customers(user_id)
+
+
+async def ledger_customer(deps: Deps, user_id: str, livemode: bool) -> str | None:
+    """The customer the ledger links to the user, when its mode matches the API key's."""
+    if deps.views is None or livemode != deps.settings.livemode:
+        return None
+    inputs: UserInputs = await run_in_threadpool(deps.views.load_inputs, user_id)
+    return preferred_customer(inputs, int(time.time()))
+
+
+def preferred_customer(inputs: UserInputs, at: int) -> str | None:
+    """A live customer: one with a subscription that has not ended, else the latest linked."""
+    customers = linked_customers(inputs.links, at)
+    objects = by_object(s for s in inputs.snapshots if customer_of(s) in customers)
+    deleted = {
+        cid
+        for cid in customers
+        if (chosen := state_at(objects.get((CUSTOMER, cid), ()), at)) is not None
+        and isinstance(chosen.state, Customer)
+        and chosen.state.deleted
+    }
+    subscribed = {
+        chosen.state.customer_id
+        for (kind, _), snaps in objects.items()
+        if kind == SUBSCRIPTION
+        and (chosen := state_at(snaps, at)) is not None
+        and isinstance(chosen.state, Subscription)
+        and chosen.state.status not in TERMINAL_SUBSCRIPTION
+    }
+    latest = sorted(inputs.links, key=lambda link: (link.created, link.event_id), reverse=True)
+    ranked = sorted(
+        (link.customer_id for link in latest if link.customer_id not in deleted),
+        key=lambda cid: cid not in subscribed,  # stable: the latest link wins among equals
+    )
+    return ranked[0] if ranked else None
+
+
+# -- our own link events ----------------------------------------------------------------
+
+
+def link_event_id(user_id: str, customer_id: str, livemode: bool) -> str:
+    """The same link always gets the same id, so it is stored once."""
+    digest = hashlib.sha256(f"{livemode}:{user_id}:{customer_id}".encode()).hexdigest()
+    return f"lgr_link_{digest[:24]}"
+
+
+def link_event(user_id: str, customer_id: str, livemode: bool, now: float) -> Incoming:
+    """A `ledger.customer_link` event, shaped like a Stripe event so replay reads it alike."""
+    event_id = link_event_id(user_id, customer_id, livemode)
+    body = {
+        "id": event_id,
+        "object": "event",
+        "type": CUSTOMER_LINK,
+        "created": int(now),
+        "livemode": livemode,
+        "data": {"object": {"object": CUSTOMER_LINK, "user_id": user_id, "customer": customer_id}},
+    }
+    return Incoming(
+        event_id=event_id,
+        type=CUSTOMER_LINK,
+        created=int(now),
+        livemode=livemode,
+        api_version=None,
+        body=orjson.dumps(body),
+        received_at=now,
+        source="ledger",
+    )
+
+
+async def record_link(deps: Deps, user_id: str, customer_id: str, livemode: bool) -> int:
+    """Append the link (once) and return its position; raises StorageError when it cannot."""
+    event_id = link_event_id(user_id, customer_id, livemode)
+    stored = await run_in_threadpool(deps.store.get, event_id)
+    if stored is not None:
+        return stored.position
+    result = await deps.writer.append(link_event(user_id, customer_id, livemode, time.time()))
+    return result.position

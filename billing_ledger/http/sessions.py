@@ -1,0 +1,179 @@
+"""POST /v1/checkout-sessions and POST /v1/portal-sessions: validate, ask Stripe, answer 201.
+
+Neither grants anything: access follows only from the webhooks the ledger records.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from billing_ledger.http.billing import (
+    CheckoutRequest,
+    InvalidPriceError,
+    create_checkout,
+    create_portal,
+)
+from billing_ledger.http.errors import error
+from billing_ledger.http.stripe_client import (
+    BillingError,
+    CardDeclinedError,
+    NotConfiguredError,
+    StripeCallError,
+    StripeUnavailableError,
+    UnknownCustomerError,
+    UnknownPriceError,
+    open_stripe,
+)
+from billing_ledger.ledger.store import StorageError
+
+if TYPE_CHECKING:
+    from billing_ledger.bootstrap import Deps
+
+log = logging.getLogger("billing_ledger.sessions")
+
+MAX_BODY_BYTES = 16 * 1024
+MAX_USER_ID = 200  # Stripe's limit on client_reference_id
+MAX_REFERENCE = 255
+MAX_URL = 2048
+
+STATUS: dict[type[BillingError], int] = {
+    NotConfiguredError: 503,
+    StripeUnavailableError: 503,
+    CardDeclinedError: 402,  # Payment Required: what Stripe itself answers for a card error
+    UnknownPriceError: 400,
+    InvalidPriceError: 400,
+    UnknownCustomerError: 404,
+    StripeCallError: 502,
+}
+
+
+class RequestBodyError(ValueError):
+    """The request body is not what the endpoint takes."""
+
+
+def status_for(e: BillingError) -> int:
+    """The HTTP status of a billing failure (502 for anything unexpected from Stripe)."""
+    return STATUS.get(type(e), 502)
+
+
+def billing_error(e: BillingError) -> Response:
+    """A billing failure in the contract's error shape."""
+    headers = {"Retry-After": "5"} if isinstance(e, StripeUnavailableError) else None
+    return error(status_for(e), e.code, e.message, headers=headers)
+
+
+# -- validation -------------------------------------------------------------------------
+
+
+async def json_object(request: Request) -> Mapping[str, Any]:
+    """The body as a JSON object, or a RequestBodyError saying what is wrong with it."""
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise RequestBodyError(f"the body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise RequestBodyError("the body must be JSON") from None
+    if not isinstance(parsed, dict):
+        raise RequestBodyError("the body must be a JSON object")
+    return parsed
+
+
+def text_field(body: Mapping[str, Any], name: str, limit: int) -> str:
+    """A required string field: non-empty, at most `limit` characters, no control characters."""
+    value = body.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise RequestBodyError(f"{name} is required and must be a non-empty string")
+    if len(value) > limit or not value.isprintable():
+        raise RequestBodyError(f"{name} must be at most {limit} printable characters")
+    return value
+
+
+def quantity_field(body: Mapping[str, Any]) -> int:
+    """`quantity`: a whole number >= 1, 1 when absent."""
+    value = body.get("quantity", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise RequestBodyError("quantity must be a whole number of at least 1")
+    return value
+
+
+def parse_checkout(body: Mapping[str, Any]) -> CheckoutRequest:
+    """`{"user_id", "price", "quantity"}` as a CheckoutRequest."""
+    return CheckoutRequest(
+        user_id=text_field(body, "user_id", MAX_USER_ID),
+        price=text_field(body, "price", MAX_REFERENCE),
+        quantity=quantity_field(body),
+    )
+
+
+def return_url_field(body: Mapping[str, Any], default: str) -> str:
+    """An absolute http(s) URL; the billing page when absent."""
+    if body.get("return_url") is None:
+        return default
+    value = text_field(body, "return_url", MAX_URL)
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise RequestBodyError("return_url must be an absolute http or https URL")
+    return value
+
+
+# -- handlers ---------------------------------------------------------------------------
+
+
+async def checkout_session(request: Request) -> Response:
+    """Open a Checkout Session in subscription mode for the user."""
+    deps: Deps = request.state.deps
+    if not deps.settings.stripe_api_key:
+        return error(503, "not_configured", "STRIPE_API_KEY is not set")
+    try:
+        wanted = parse_checkout(await json_object(request))
+        async with open_stripe(deps.settings) as api:
+            session = await create_checkout(deps, api, wanted)
+    except RequestBodyError as e:
+        return error(400, "invalid_request", str(e))
+    except BillingError as e:
+        return billing_error(e)
+    except StorageError:
+        return _storage_unavailable()
+    log.info("checkout session=%s user=%s price=%s", session["id"], wanted.user_id, wanted.price)
+    return JSONResponse({"id": session["id"], "url": session["url"]}, status_code=201)
+
+
+async def portal_session(request: Request) -> Response:
+    """Open a billing portal session for the user's customer."""
+    deps: Deps = request.state.deps
+    if not deps.settings.stripe_api_key:
+        return error(503, "not_configured", "STRIPE_API_KEY is not set")
+    try:
+        body = await json_object(request)
+        user_id = text_field(body, "user_id", MAX_USER_ID)
+        return_url = return_url_field(body, f"{deps.settings.app_url}/billing")
+        async with open_stripe(deps.settings) as api:
+            session = await create_portal(deps, api, user_id, return_url)
+    except RequestBodyError as e:
+        return error(400, "invalid_request", str(e))
+    except BillingError as e:
+        return billing_error(e)
+    except StorageError:
+        return _storage_unavailable()
+    return JSONResponse({"url": session["url"]}, status_code=201)
+
+
+def _storage_unavailable() -> Response:
+    # The customer link could not be recorded, so nothing is answered: a retry finds the
+    # customer again (search or idempotency key) and records the link then.
+    return error(503, "storage_unavailable", "the ledger's storage is unavailable; retry later")
+
+
+ROUTES = [
+    Route("/v1/checkout-sessions", checkout_session, methods=["POST"]),
+    Route("/v1/portal-sessions", portal_session, methods=["POST"]),
+]
