@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from billing_ledger.bootstrap import Deps, build
 from billing_ledger.ledger.store import Database, DatabaseUrl, EventStore
+from billing_ledger.projections.runner import Runner
 from billing_ledger.replay import stripe_api
 from billing_ledger.replay.backfill import Backfill
+from billing_ledger.replay.explain import explain
+from billing_ledger.replay.rebuild import PlansFile, Rebuild, RebuildReport
 from billing_ledger.replay.reconcile import Reconcile
 from billing_ledger.settings import Settings
 
@@ -126,6 +130,73 @@ def out_lines(out: Print, lines: Iterable[str]) -> None:
     """Print each line."""
     for line in lines:
         out(line)
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings, out: Print = print) -> int:
+    """Rebuild a projection beside the live one, print what differs, swap unless --dry-run."""
+    return _failing("replay", lambda: _replay(args, settings, out))
+
+
+def _replay(args: argparse.Namespace, settings: Settings, out: Print) -> int:
+    with _deps(settings) as deps:
+        known = deps.views.name
+        if args.projection not in (None, known):
+            raise BadInputError(f"unknown projection {args.projection!r} (known: {known})")
+        plans = PlansFile.read(settings.plans_path, deps.plans)
+        rebuild = Rebuild(deps.store, deps.views, plans, livemode=settings.livemode)
+        report = rebuild.run(dry_run=args.dry_run)
+    out_lines(out, replay_lines(report))
+    return 0
+
+
+def replay_lines(report: RebuildReport) -> Iterator[str]:
+    """What `billing-ledger replay` prints."""
+    yield (
+        f"replay {report.projection}: rebuilt {report.events} positions in "
+        f"{report.seconds:.2f}s ({report.rate:,.0f}/s)"
+    )
+    for d in report.diffs:
+        yield f"  {d.table}: {d.added} added, {d.changed} changed, {d.removed} removed"
+    yield _plans_line(report)
+    if report.users:
+        yield "users whose features would change now:"
+        yield from (f"  {change.line()}" for change in report.users)
+    else:
+        yield "users whose features would change now: none"
+    if report.swapped:
+        yield f"swapped: the live tables now hold the rebuild (position {report.position})"
+    else:
+        yield "dry run: nothing swapped"
+
+
+def _plans_line(report: RebuildReport) -> str:
+    after = report.plans_after
+    before = report.plans_before
+    if after is None:
+        return "plans: none"
+    if before is None:
+        return f"plans: {after.sha} (no earlier replay recorded plans to compare with)"
+    if before.plans == after.plans:
+        return f"plans: unchanged since the last replay ({after.sha})"
+    return f"plans: {before.sha} (recorded by the last replay) -> {after.sha} (LEDGER_PLANS)"
+
+
+def cmd_explain(args: argparse.Namespace, settings: Settings, out: Print = print) -> int:
+    """Print the timeline of why a user's access is what it is."""
+    return _failing("explain", lambda: _explain(args, settings, out))
+
+
+def _explain(args: argparse.Namespace, settings: Settings, out: Print) -> int:
+    at = parse_time(args.at, "--at") if args.at else int(time.time())
+    if not args.user_id.strip():
+        raise BadInputError("USER_ID must not be empty")
+    with _deps(settings) as deps:
+        # The views may lag when no runner is serving: answer from every stored event.
+        Runner(deps.store, deps.views, livemode=settings.livemode).catch_up()
+        inputs = deps.views.load_inputs(args.user_id)
+        lines = explain(inputs, deps.plans, at, args.feature)
+    out_lines(out, lines)
+    return 0
 
 
 def _iso(t: int) -> str:

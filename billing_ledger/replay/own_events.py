@@ -21,8 +21,14 @@ from billing_ledger.ledger.store import EventStore, guard
 OBSERVATION = "ledger.observation"
 BACKFILL_CURSOR = "ledger.backfill_cursor"
 BACKFILL_GAP = "ledger.backfill_gap"
+REPLAY = "ledger.replay"
 
-_PREFIX = {OBSERVATION: "lgr_obs_", BACKFILL_CURSOR: "lgr_bfc_", BACKFILL_GAP: "lgr_gap_"}
+_PREFIX = {
+    OBSERVATION: "lgr_obs_",
+    BACKFILL_CURSOR: "lgr_bfc_",
+    BACKFILL_GAP: "lgr_gap_",
+    REPLAY: "lgr_rpl_",
+}
 
 
 def own_event(

@@ -1,0 +1,170 @@
+"""Replay: rebuild a projection from position 0 beside the live one, compare, then swap.
+
+The shadow tables are filled by the runner's own apply path, so a rebuild is exactly what
+live projection would have produced. The live tables answer reads until one transaction
+renames the shadow's tables (rows and tracked position together) into their place.
+
+The views hold snapshots, not features: a new plans file changes no row. So that a dry run
+can say what a plans change would do and to whom, each swap records the plans it applied
+(a `ledger.replay` event of our own), and the next run evaluates every affected user under
+those plans on the live rows and under the current plans on the rebuilt rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from billing_ledger.ledger.records import Incoming
+from billing_ledger.ledger.store import EventStore
+from billing_ledger.projections.plans import Plans, PlansError, parse_plans
+from billing_ledger.projections.runner import Runner
+from billing_ledger.projections.views import Views
+from billing_ledger.replay import impact, tables
+from billing_ledger.replay.own_events import REPLAY, of_type, own_event
+
+SHADOW_SUFFIX = "_replay"
+BATCH = 5000  # events per shadow transaction: fewer, larger commits while rebuilding
+
+
+@dataclass(frozen=True)
+class PlansFile:
+    """A plans file's text, parsed, and a short fingerprint of the text."""
+
+    text: str
+    plans: Plans
+
+    @property
+    def sha(self) -> str:
+        """The first 12 hex digits of the text's SHA-256."""
+        return hashlib.sha256(self.text.encode()).hexdigest()[:12]
+
+    @classmethod
+    def read(cls, path: Path, plans: Plans) -> PlansFile:
+        """The plans file the settings name (already parsed by bootstrap)."""
+        return cls(path.read_text(encoding="utf-8"), plans)
+
+
+@dataclass
+class RebuildReport:
+    """What a rebuild found and did."""
+
+    projection: str
+    position: int = 0
+    seconds: float = 0.0
+    events: int = 0
+    diffs: list[tables.TableDiff] = field(default_factory=list)
+    plans_before: PlansFile | None = None  # the plans the last swap recorded, if any
+    plans_after: PlansFile | None = None
+    users: list[impact.FeatureChange] = field(default_factory=list)
+    swapped: bool = False
+
+    @property
+    def rate(self) -> float:
+        """Events rebuilt per second."""
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+class Rebuild:
+    """Rebuild one projection into shadow tables, compare them, and swap them in."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        live: Views,
+        plans: PlansFile,
+        *,
+        livemode: bool,
+        clock: Callable[[], float] = time.time,
+        batch: int = BATCH,
+    ) -> None:
+        self.store = store
+        self.live = live
+        self.plans = plans
+        self.livemode = livemode
+        self.clock = clock
+        self.batch = batch
+        self.shadow = live.shadow(SHADOW_SUFFIX)
+
+    def run(self, *, dry_run: bool) -> RebuildReport:
+        """Build, compare, and (unless `dry_run`) swap; the shadow never outlives the run."""
+        report = RebuildReport(self.live.name, plans_after=self.plans)
+        self.live.create()  # a dropped projection is rebuilt from nothing
+        try:
+            self.build(report)
+            self.compare(report)
+            if not dry_run:
+                self.swap(report)
+        finally:
+            if not report.swapped:
+                self.shadow.drop()
+        return report
+
+    def build(self, report: RebuildReport) -> None:
+        """Apply every stored event from position 0 into fresh shadow tables."""
+        self.shadow.drop()
+        self.shadow.create()
+        started = time.perf_counter()
+        runner = self._runner()
+        report.position = runner.catch_up()
+        report.seconds = time.perf_counter() - started
+        report.events = report.position  # positions count the events read (gaps aside)
+
+    def _runner(self) -> Runner:
+        return Runner(
+            self.store, self.shadow, livemode=self.livemode, name=self.live.name, batch=self.batch
+        )
+
+    def compare(self, report: RebuildReport) -> None:
+        """Row differences per table, and the users whose features would change now."""
+        report.diffs = tables.diff(self.live, self.shadow)
+        report.plans_before = last_plans(self.store)
+        before_plans = report.plans_before.plans if report.plans_before else self.plans.plans
+        if before_plans != self.plans.plans:
+            users = set(tables.users(self.live)) | set(tables.users(self.shadow))
+        else:
+            customers = {c for d in report.diffs for c in d.customers}
+            users = impact.users_of(self.live, customers) | impact.users_of(self.shadow, customers)
+        now = int(self.clock())
+        before = (self.live, before_plans)
+        report.users = impact.changes(users, before, (self.shadow, self.plans.plans), now)
+
+    def swap(self, report: RebuildReport) -> None:
+        """Record the replay, catch the shadow up to the head, and rename it into place."""
+        self.store.append([self._record(report)])
+        report.position = self._runner().catch_up()
+        self.live.promote(self.shadow)
+        report.swapped = True
+
+    def _record(self, report: RebuildReport) -> Incoming:
+        """The `ledger.replay` event: an audit record, and the plans it applied."""
+        # It also moves the head past any position a serving process cached reads at, so
+        # every process loads the swapped rows (their caches are keyed by position).
+        diffs = {d.table: [d.added, d.changed, d.removed] for d in report.diffs}
+        obj = {
+            "object": REPLAY,
+            "projection": self.live.name,
+            "rebuilt_to": report.position,
+            "rows_added_changed_removed": diffs,
+            "plans_sha256_12": self.plans.sha,
+            "plans_toml": self.plans.text,
+        }
+        return own_event(REPLAY, obj, created=int(self.clock()), livemode=self.livemode)
+
+
+def last_plans(store: EventStore) -> PlansFile | None:
+    """The plans file the last swap recorded, or None (none recorded, or no longer valid)."""
+    text: str | None = None
+    for event in of_type(store, REPLAY):
+        recorded = event.payload().get("data", {}).get("object", {}).get("plans_toml")
+        text = recorded if isinstance(recorded, str) else text
+    if text is None:
+        return None
+    try:
+        return PlansFile(text, parse_plans(tomllib.loads(text), "<recorded plans>"))
+    except (tomllib.TOMLDecodeError, PlansError):
+        return None  # an older plans format: compare under the current plans only
