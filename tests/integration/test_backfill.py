@@ -58,7 +58,7 @@ def test_backfill_appends_every_listed_event_once_and_records_the_newest_as_its_
     assert page == sorted(page)
     assert "fetched 130, recorded 130, duplicates 0, alternates 0" in lines[-1]
     cursor = last_cursor(store)
-    newest = max((int(e["created"]), str(e["id"])) for e in listed)  # type: ignore[call-overload]
+    newest = max((int(e["created"]), str(e["id"])) for e in listed)
     assert cursor is not None and cursor["newest_event_id"] == newest[1]
     # The stored body is the JSON the Events API listed, not the SDK's re-rendering.
     first = stored[0]
@@ -115,7 +115,7 @@ def test_a_default_run_starts_an_hour_before_the_last_cursor(
     flush(localstripe_url)
     make_customers(localstripe_url, 1)
     run(database_url, localstripe_url)
-    newest = int(list_events(localstripe_url)[-1]["created"])  # type: ignore[call-overload]
+    newest = int(list_events(localstripe_url)[-1]["created"])
     lines = run(database_url, localstripe_url)
     assert time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(newest - 3600)) in lines[-1]
 

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
 import pytest
@@ -108,7 +109,11 @@ def flush(url: str) -> None:
 def register_webhook(
     url: str, target: str, secret: str, events: list[str] | None = None, hook_id: str = "ledger"
 ) -> None:
-    """Have localstripe sign and POST its events to `target` (one attempt, no retries)."""
+    """Have localstripe sign and POST its events to `target` (one attempt, no retries).
+
+    It sends each event a second after making it, to every webhook registered by then, so
+    a test may receive events an earlier test made: match what you wait for by id.
+    """
     config: dict[str, object] = {"url": target, "secret": secret}
     if events is not None:
         config["events"] = events
@@ -133,9 +138,9 @@ def stripe_client(url: str, api_key: str = API_KEY) -> stripe.StripeClient:
     return stripe.StripeClient(api_key, base_addresses={"api": url}, max_network_retries=0)
 
 
-def list_events(url: str, api_key: str = API_KEY) -> list[dict[str, object]]:
+def list_events(url: str, api_key: str = API_KEY) -> list[dict[str, Any]]:
     """Every event localstripe holds, as raw JSON dicts (its order: oldest first)."""
-    events: list[dict[str, object]] = []
+    events: list[dict[str, Any]] = []
     after: str | None = None
     while True:
         params: dict[str, str | int] = {"limit": 100}
