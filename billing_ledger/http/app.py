@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from billing_ledger.http.auth import BearerTokenMiddleware
 from billing_ledger.http.health import healthz, metrics
+from billing_ledger.http.signin import session_middleware
 from billing_ledger.http.webhooks import receive_webhook
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ def create_app(deps: Deps) -> Starlette:
         middleware=[
             Middleware(LatencyMiddleware, deps=deps),
             Middleware(BearerTokenMiddleware, token=deps.settings.api_token),
+            session_middleware(deps.settings),  # the pages' signed cookie; /v1 ignores it
         ],
     )
 
