@@ -27,6 +27,7 @@ from billing_ledger.http.stripe_client import (
     UnknownPriceError,
 )
 from billing_ledger.ledger.canonical import CUSTOMER, SUBSCRIPTION, Customer, Subscription
+from billing_ledger.ledger.normalise import CUSTOMER_LINK
 from billing_ledger.ledger.records import Incoming
 from billing_ledger.projections.fold import TERMINAL_SUBSCRIPTION, by_object, state_at
 from billing_ledger.projections.links import customer_of
@@ -35,7 +36,6 @@ from billing_ledger.projections.policy import UserInputs, linked_customers
 if TYPE_CHECKING:
     from billing_ledger.bootstrap import Deps
 
-CUSTOMER_LINK = "ledger.customer_link"
 CHECKOUT_SESSION_ID = "{CHECKOUT_SESSION_ID}"  # Stripe fills in the session id on redirect
 
 

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
+from billing_ledger.http.pages import day
 from tests.support.browser import screenshot
 from tests.support.fake_stripe import API_KEY, CARD_DECLINED, FakeStripe
 from tests.support.lifecycle import Lifecycle, httpx_poster
@@ -238,7 +239,7 @@ def test_billing_page_state_shows_plan_renewal_cancellation_and_invoices(
     life.subscribe()
     browser_sign_in(page, ledger, user, then="/billing")
     expect(page.locator("#plan-name")).to_have_text("Pro")
-    expect(page.locator("#renewal")).to_have_text(_day(life.period[1]))
+    expect(page.locator("#renewal")).to_have_text(day(life.period[1]))
     invoice_link = page.locator("#invoices a")
     expect(invoice_link).to_have_text("View invoice")
     assert (invoice_link.get_attribute("href") or "").startswith("https://invoice.stripe.com/i/in_")
@@ -251,7 +252,7 @@ def test_billing_page_state_shows_plan_renewal_cancellation_and_invoices(
     )
     entitlements(ledger, user, scheduled.json()["position"])
     page.reload()
-    expect(page.locator("#cancellation")).to_contain_text(f"Cancels on {_day(life.period[1])}")
+    expect(page.locator("#cancellation")).to_contain_text(f"Cancels on {day(life.period[1])}")
     expect(page.locator("#status")).to_have_text("Active")  # access holds until then (P5)
 
 
@@ -270,12 +271,6 @@ def test_billing_portal_session_creation_from_the_manage_billing_button(
         sent.params["customer"]
         == fake_stripe.seen("POST", "/v1/checkout/sessions")[0].params["customer"]
     )
-
-
-def _day(seconds: int) -> str:
-    from billing_ledger.http.pages import day
-
-    return day(seconds)
 
 
 # -- webhooks through the real server (no browser) --------------------------------------

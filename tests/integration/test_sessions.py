@@ -36,10 +36,10 @@ PORTAL = "/v1/portal-sessions"
 
 
 @pytest.fixture
-def app(fake_stripe: FakeStripe, tmp_path: Path) -> Iterator[tuple[TestClient, Deps]]:
-    """The real app on SQLite, its Stripe base pointed at the fake."""
+def app(fake_stripe: FakeStripe, database_url: str) -> Iterator[tuple[TestClient, Deps]]:
+    """The real app on SQLite and on PostgreSQL, its Stripe base pointed at the fake."""
     settings = settings_for(
-        sqlite_url(tmp_path),
+        database_url,
         stripe_api_key=API_KEY,
         stripe_api_base=fake_stripe.url,
         app_url=APP_URL,
