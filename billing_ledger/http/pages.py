@@ -227,6 +227,24 @@ async def pricing(request: Request) -> Response:
         return storage_page(request)
 
 
+def plan_for_sale(plans: Plans, plan_id: str) -> tuple[Plan, str] | None:
+    """A plan the pricing page offers, with the price reference Checkout is asked for."""
+    plan = plans.by_id(plan_id)
+    reference = price_reference(plan) if plan is not None and not plan.default else None
+    return (plan, reference) if plan is not None and reference is not None else None
+
+
+async def checkout_url(request: Request, user: str, plan: Plan, reference: str) -> str:
+    """The Checkout Session's URL, or /billing when the user already has the plan."""
+    deps = deps_of(request)
+    account = await load_account(deps, user)
+    if plan in account.paid_plans(deps.plans):
+        return "/billing"  # already theirs: no second subscription
+    async with open_stripe(deps.settings) as api:
+        session = await create_checkout(deps, api, CheckoutRequest(user, reference))
+    return str(session["url"])
+
+
 async def start_checkout(request: Request) -> Response:
     """POST /pricing/checkout: open a Checkout Session on the server, then go there."""
     user = current_user(request)
@@ -235,22 +253,15 @@ async def start_checkout(request: Request) -> Response:
     form = await request.form()
     if not csrf_ok(request, form):
         return form_expired(request)
-    deps = deps_of(request)
-    plan = deps.plans.by_id(str(form.get("plan", "")))
-    reference = price_reference(plan) if plan is not None and not plan.default else None
+    offered = plan_for_sale(deps_of(request).plans, str(form.get("plan", "")))
     try:
-        if reference is None:
+        if offered is None:
             return await pricing_page(request, "That plan is not available.", 400)
-        account = await load_account(deps, user)
-        if plan is not None and plan in account.paid_plans(deps.plans):
-            return redirect("/billing")  # already theirs: no second subscription
-        async with open_stripe(deps.settings) as api:
-            session = await create_checkout(deps, api, CheckoutRequest(user, reference))
+        return redirect(await checkout_url(request, user, *offered))
     except BillingError as e:
         return await pricing_page(request, e.message, status_for(e))
     except StorageError:
         return storage_page(request)
-    return redirect(str(session["url"]))
 
 
 # -- billing ----------------------------------------------------------------------------
