@@ -40,7 +40,7 @@ def build(settings: Settings, *, run_projections: bool = True) -> Deps:
     plans = _plans(settings)
     store = EventStore(Database(DatabaseUrl.parse(settings.database_url)))
     store.create()
-    deps = Deps(settings=settings, store=store, writer=GroupCommitWriter(store))
+    deps = Deps(settings=settings, store=store, writer=GroupCommitWriter(store, settings.writer_max_batch))
     _wire_read_side(deps, plans, run_projections)
     return deps
 
@@ -57,7 +57,8 @@ def _wire_read_side(deps: Deps, plans: Plans, run_projections: bool) -> None:
     deps.plans = plans
     deps.views = Views(deps.store.db)
     try:
-        deps.views.create()
+        with deps.store.db.schema_lock():
+            deps.views.create()
     except BaseException:
         deps.store.db.close()
         raise

@@ -96,8 +96,10 @@ class Database:
                 port=url.port,
                 user=url.user,
                 password=url.password,
-                pool_size=4,
-                max_overflow=12,
+                # One connection held open; more only while requests need them: several
+                # processes share the server's max_connections.
+                pool_size=1,
+                max_overflow=15,
                 schema=url.schema,
                 originator_id_type="text",
                 connect_timeout=5,
@@ -118,6 +120,20 @@ class Database:
         """A cursor inside one transaction, committed on success when `commit`."""
         with guard(), self.datastore.transaction(commit=commit) as cursor:
             yield cursor
+
+    @contextmanager
+    def schema_lock(self) -> Iterator[None]:
+        """Serialise DDL between processes starting together (PostgreSQL raises
+        "tuple concurrently updated" when two run CREATE ... IF NOT EXISTS at once)."""
+        if self.dialect != "postgres":
+            yield
+            return
+        with guard(), self.postgres.get_connection() as conn:
+            conn.execute("SELECT pg_advisory_lock(hashtext('billing_ledger.schema'))")
+            try:
+                yield
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(hashtext('billing_ledger.schema'))")
 
     def ensure_schema(self) -> None:
         """Create the configured PostgreSQL schema when it is missing."""
@@ -141,6 +157,35 @@ def guard() -> Iterator[None]:
         raise StorageError(f"storage unavailable: {type(error).__name__}: {error}") from error
 
 
+class LedgerPostgresRecorder(PostgresApplicationRecorder):
+    """The library's recorder, inserting a batch as four binary arrays.
+
+    The stock recorder sends one array of a composite type in text format, which escapes
+    every byte of every 3 KB body (about 160 us per event in Python); binary arrays of
+    plain columns cost almost nothing. The table lock and NOTIFY are the library's own.
+    """
+
+    def __init__(self, datastore: PostgresDatastore, *, events_table_name: str) -> None:
+        super().__init__(datastore, events_table_name=events_table_name)
+        self._binary_insert = (
+            f'INSERT INTO "{datastore.schema}"."{events_table_name}" '
+            "(originator_id, originator_version, topic, state) "
+            "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[], %b::bytea[]) "
+            "RETURNING notification_id"
+        )
+
+    def _insert_stored_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
+        self._lock_table(curs)
+        self._notify_channel(curs)
+        params = (
+            [str(e.originator_id) for e in stored_events],
+            [e.originator_version for e in stored_events],
+            [e.topic for e in stored_events],
+            [e.state for e in stored_events],
+        )
+        curs.execute(self._binary_insert, params)
+
+
 class EventStore:
     """Append Stripe events once; read them back in position order."""
 
@@ -150,7 +195,7 @@ class EventStore:
         if db.dialect == "sqlite":
             self.recorder = SQLiteApplicationRecorder(db.sqlite, events_table_name=TABLE)
         else:
-            self.recorder = PostgresApplicationRecorder(db.postgres, events_table_name=TABLE)
+            self.recorder = LedgerPostgresRecorder(db.postgres, events_table_name=TABLE)
         p = db.param
         self._versions_sql = (
             f"SELECT {'rowid' if db.dialect == 'sqlite' else 'notification_id'} AS position, "
@@ -159,10 +204,11 @@ class EventStore:
         )
 
     def create(self) -> None:
-        """Create the store's tables (idempotent)."""
-        self.db.ensure_schema()
-        with guard():
-            self.recorder.create_table()
+        """Create the store's tables (idempotent, safe when several processes start at once)."""
+        with self.db.schema_lock():
+            self.db.ensure_schema()
+            with guard():
+                self.recorder.create_table()
 
     def append(self, events: Sequence[Incoming]) -> list[AppendResult]:
         """Append a batch in one transaction; fall back to one by one when any id is known."""

@@ -11,14 +11,18 @@ from tests.support.signing import event_body
 
 
 def _deliver(url: str, barrier: multiprocessing.synchronize.Barrier, out: multiprocessing.Queue) -> None:  # type: ignore[name-defined]
-    store = open_store(url)
-    body = event_body("evt_race", pad_to=3000)
-    event = Incoming("evt_race", "customer.subscription.updated", 1767225600, False, "2026-10-28.endive",
-                     body, time.time())
-    barrier.wait()
-    result = store.append([event])[0]
-    out.put((result.status, result.position))
-    store.db.close()
+    try:
+        store = open_store(url)
+        body = event_body("evt_race", pad_to=3000)
+        event = Incoming("evt_race", "customer.subscription.updated", 1767225600, False, "2026-10-28.endive",
+                         body, time.time())
+        barrier.wait(timeout=60)
+        result = store.append([event])[0]
+        out.put((result.status, result.position))
+        store.db.close()
+    except Exception as error:  # the parent asserts on it: a failure here must not hang the race
+        barrier.abort()
+        out.put(("error", repr(error)))
 
 
 def test_ten_concurrent_deliveries_from_separate_processes_store_one_copy(database_url: str) -> None:
@@ -32,7 +36,7 @@ def test_ten_concurrent_deliveries_from_separate_processes_store_one_copy(databa
     for p in processes:
         p.join(60)
     results = [out.get(timeout=5) for _ in processes]
-    assert sorted(status for status, _ in results) == ["duplicate"] * 9 + ["recorded"]
+    assert sorted(status for status, _ in results) == ["duplicate"] * 9 + ["recorded"], results
     assert len({position for _, position in results}) == 1
     store = open_store(database_url)
     assert [e.event_id for e in store.read(0)] == ["evt_race"]

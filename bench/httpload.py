@@ -1,0 +1,94 @@
+"""A small asyncio HTTP/1.1 load client: keep-alive connections, bounded count and time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass
+class LoadResult:
+    """What one load run measured."""
+
+    requests: int
+    errors: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def rate(self) -> float:
+        """Successful requests per second."""
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def percentile(self, p: float) -> float:
+        """Latency percentile in milliseconds."""
+        ordered = sorted(self.latencies)
+        if not ordered:
+            return float("nan")
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    if length:
+        await reader.readexactly(length)
+    return status
+
+
+async def _worker(host: str, port: int, make: Callable[[int], bytes], counter: list[int], total: int,
+                  deadline: float, result: LoadResult) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        while time.perf_counter() < deadline:
+            index = counter[0]
+            if index >= total:
+                return
+            counter[0] += 1
+            request = make(index)
+            started = time.perf_counter()
+            writer.write(request)
+            status = await _read_response(reader)
+            result.latencies.append(time.perf_counter() - started)
+            if status == 200:
+                result.requests += 1
+            else:
+                result.errors += 1
+    finally:
+        writer.close()
+
+
+def run_load(host: str, port: int, make: Callable[[int], bytes], total: int, concurrency: int,
+             max_seconds: float) -> LoadResult:
+    """Send `total` requests built by `make(i)` over `concurrency` connections."""
+    result = LoadResult(0, 0, 0.0, [])
+
+    async def main() -> None:
+        counter = [0]
+        deadline = time.perf_counter() + max_seconds
+        started = time.perf_counter()
+        await asyncio.gather(*(_worker(host, port, make, counter, total, deadline, result)
+                               for _ in range(concurrency)))
+        result.seconds = time.perf_counter() - started
+
+    asyncio.run(main())
+    return result
+
+
+def post_request(path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    """The bytes of one HTTP/1.1 POST."""
+    lines = [f"POST {path} HTTP/1.1", "Host: bench", f"Content-Length: {len(body)}",
+             "Content-Type: application/json", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def get_request(path: str, headers: dict[str, str] | None = None) -> bytes:
+    """The bytes of one HTTP/1.1 GET."""
+    lines = [f"GET {path} HTTP/1.1", "Host: bench", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
