@@ -52,6 +52,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     """Run the bundled, signed lifecycle through the real pipeline and print the result."""
     from billing_ledger.demo import run_demo
 
+    logging.getLogger().setLevel(logging.WARNING)  # the demo prints its own story
     return run_demo(print)
 
 
