@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from eventsourcing.persistence import Tracking
 from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
@@ -282,10 +283,25 @@ def _link_values(row: Any) -> LinkTuple:
 
 
 def _copy_insert(
-    cursor: Any, table: str, temp: str, rows: Iterable[tuple[Any, ...]], columns: Sequence[str]
+    cursor: Any, table: str, temp: str, rows: Sequence[tuple[Any, ...]], columns: Sequence[str]
 ) -> None:
-    """COPY into a temporary table, then insert what is new: COPY has no ON CONFLICT."""
+    """COPY the rows in; when some are already there, insert only the new ones."""
+    if not rows:
+        return
     names = ", ".join(columns)
+    try:
+        # Almost every batch is new: a plain COPY is several times faster than an upsert.
+        # A savepoint keeps the transaction usable when a re-applied row is refused.
+        with (
+            cursor.connection.transaction(),
+            cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy,
+        ):
+            for row in rows:
+                copy.write_row(row)
+        return
+    except psycopg.errors.UniqueViolation:
+        pass
+    # COPY has no ON CONFLICT: stage the rows, then insert what is missing.
     cursor.execute(
         f"CREATE TEMPORARY TABLE {temp} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP"
     )
