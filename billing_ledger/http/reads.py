@@ -1,7 +1,8 @@
 """GET /v1/users/{user_id}/... and GET /v1/events/{event_id}: the reads of CONTRACT.md.
 
 A read loads the user's inputs (cached while the views' position stands still) off the
-event loop, then evaluates the pure policy at `at` per request: time rules need no write.
+event loop, then evaluates the pure policy at `at`: time rules need no write. An evaluation
+is reused for every `at` up to the next time a rule could change it (projections/answers).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from starlette.routing import Route
 
 from billing_ledger.http.errors import error
 from billing_ledger.ledger.store import StorageError
+from billing_ledger.projections.answers import Answers
 from billing_ledger.projections.history import changes
 from billing_ledger.projections.invoices import user_invoices
-from billing_ledger.projections.policy import UserInputs, access, evaluate
+from billing_ledger.projections.policy import UserInputs, access
 
 if TYPE_CHECKING:
     from billing_ledger.bootstrap import Deps
@@ -174,6 +176,16 @@ def _answering(read: Callable[[Request], Awaitable[Response]]) -> Handler:
     return handler
 
 
+def _answers(request: Request) -> Answers:
+    """The app's evaluations, reused while `at` stays between two rule times."""
+    state = request.app.state
+    if not hasattr(state, "answers"):
+        deps: Deps = request.state.deps
+        state.answers = Answers(deps.plans)
+    answers: Answers = state.answers
+    return answers
+
+
 def _pick(body: Mapping[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
     return {name: body[name] for name in fields}
 
@@ -182,8 +194,7 @@ def _pick(body: Mapping[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
 async def entitlements(request: Request) -> Response:
     """The user's features, plans, customers and subscriptions at `at`."""
     read = await _user_read(request)
-    deps: Deps = request.state.deps
-    result = evaluate(read.inputs, deps.plans, read.at)
+    result = _answers(request).entitlements(read.inputs, read.at)
     return _json(
         {
             "user_id": result.user_id,
@@ -205,8 +216,7 @@ async def feature_access(request: Request) -> Response:
     """Whether the user may use one feature at `at`, and why."""
     read = await _user_read(request)
     feature = _path_id(request, "feature")
-    deps: Deps = request.state.deps
-    allowed, reason = access(evaluate(read.inputs, deps.plans, read.at), feature)
+    allowed, reason = access(_answers(request).entitlements(read.inputs, read.at), feature)
     return _json({"allowed": allowed, "reason": reason})
 
 

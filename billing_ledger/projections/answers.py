@@ -1,0 +1,95 @@
+"""Entitlements reused across `at` while nothing that decides them can change.
+
+`evaluate` costs a few hundred microseconds, more than the rest of a read. Its answer is a
+step function of `at`: every rule compares `at` with a time found in the inputs (an event's
+`created`, a period end, `cancel_at`, `trial_end`, ...) shifted by one of the policy's
+constants (leeway, grace, the trial-ending window). Between two consecutive such instants
+the answer cannot change, so one evaluation serves every `at` in that interval, for as long
+as the user's inputs stay the same object (the views cache replaces it when they move).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any
+
+from billing_ledger.projections.plans import Plans
+from billing_ledger.projections.policy import (
+    TRIAL_ENDING_WINDOW,
+    Entitlements,
+    UserInputs,
+    evaluate,
+)
+
+CACHE_SIZE = 100_000
+
+
+def _times_in(value: Any) -> Iterator[int]:
+    """Every whole number inside a snapshot's state: the times the rules may compare with."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        yield value
+    elif isinstance(value, tuple | list):
+        for item in value:
+            yield from _times_in(item)
+    elif is_dataclass(value):
+        for f in fields(value):
+            yield from _times_in(getattr(value, f.name))
+
+
+def boundaries(inputs: UserInputs, plans: Plans) -> tuple[int, ...]:
+    """Sorted instants around which `evaluate(inputs, plans, at)` may change its answer."""
+    times = {s.created for s in inputs.snapshots} | {link.created for link in inputs.links}
+    for snapshot in inputs.snapshots:
+        times.update(_times_in(snapshot.state))
+    offsets = (0, plans.leeway_seconds, plans.grace_seconds, -TRIAL_ENDING_WINDOW)
+    # A rule `at < t` flips between t-1 and t, `at <= t` between t and t+1: mark both sides.
+    return tuple(sorted({t + d + e for t in times for d in offsets for e in (-1, 0, 1)}))
+
+
+@dataclass(frozen=True)
+class _Answer:
+    inputs: UserInputs
+    edges: tuple[int, ...]
+    low: int  # the answer holds for low <= at < high
+    high: int | None
+    result: Entitlements
+
+
+class Answers:
+    """Per user: the last evaluation and the interval of `at` it holds for."""
+
+    def __init__(self, plans: Plans, size: int = CACHE_SIZE) -> None:
+        self.plans = plans
+        self.size = size
+        self._answers: dict[str, _Answer] = {}
+
+    def entitlements(self, inputs: UserInputs, at: int) -> Entitlements:
+        """`evaluate(inputs, plans, at)`, computed again only when `at` leaves its interval."""
+        found = self._answers.get(inputs.user_id)
+        if (
+            found is not None
+            and found.inputs is inputs
+            and found.low <= at
+            and (found.high is None or at < found.high)
+        ):
+            return found.result
+        edges = found.edges if found is not None and found.inputs is inputs else None
+        answer = self._evaluate(inputs, at, edges or boundaries(inputs, self.plans))
+        self._remember(answer)
+        return answer.result
+
+    def _evaluate(self, inputs: UserInputs, at: int, edges: tuple[int, ...]) -> _Answer:
+        index = bisect.bisect_right(edges, at)
+        low = edges[index - 1] if index > 0 else -(2**63)
+        high = edges[index] if index < len(edges) else None
+        return _Answer(inputs, edges, low, high, evaluate(inputs, self.plans, at))
+
+    def _remember(self, answer: _Answer) -> None:
+        user_id = answer.inputs.user_id
+        if user_id not in self._answers and len(self._answers) >= self.size:
+            self._answers.pop(next(iter(self._answers)))  # the oldest user
+        self._answers[user_id] = answer

@@ -1,0 +1,127 @@
+"""Answers reused across `at` equal a fresh evaluation at every time, whatever the order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from billing_ledger.projections.answers import Answers, boundaries
+from billing_ledger.projections.policy import UserInputs, evaluate
+from tests.unit.builders import (
+    DAY,
+    M,
+    T,
+    checkout_session,
+    event,
+    example_plans,
+    inputs,
+    invoice_event,
+    sub_event,
+    summary_event,
+)
+
+Json = dict[str, Any]
+PLANS = example_plans()
+
+
+def checkout(created: int = T) -> Json:
+    return event("checkout.session.completed", checkout_session(), id="evt_cs", created=created)
+
+
+LIVES: dict[str, list[Json]] = {
+    "paid": [
+        checkout(),
+        sub_event("created", "evt_2", T),
+        invoice_event("paid", "evt_5", T + 1, status="paid", amount_paid=2000, attempt_count=1),
+    ],
+    "trial": [
+        checkout(),
+        sub_event(
+            "created",
+            "evt_t",
+            T,
+            status="trialing",
+            trial=(T, T + 14 * DAY),
+            period=(T, T + 14 * DAY),
+        ),
+    ],
+    "past_due": [
+        checkout(),
+        sub_event("created", "evt_2", T),
+        sub_event(
+            "updated",
+            "evt_pd",
+            T + M,
+            {"status": "active"},
+            status="past_due",
+            period=(T + M, T + 2 * M),
+        ),
+        invoice_event("payment_failed", "evt_f", T + M, id="in_4", status="open", attempt_count=1),
+    ],
+    "scheduled_cancel": [
+        checkout(),
+        sub_event("created", "evt_2", T),
+        sub_event(
+            "updated",
+            "evt_s",
+            T + 10 * DAY,
+            {"cancel_at_period_end": False},
+            cancel_at_period_end=True,
+            cancel_at=T + M,
+            canceled_at=T + 10 * DAY,
+        ),
+        sub_event("deleted", "evt_d", T + M, status="canceled", ended_at=T + M),
+    ],
+    "summary": [
+        checkout(T + 30),
+        sub_event("created", "evt_2", T, prices=("price_basic",)),
+        summary_event("evt_sum", T + 100, "core", "pro"),
+    ],
+    "nothing": [],
+}
+
+
+def user_inputs(name: str) -> UserInputs:
+    return inputs("u_1", LIVES[name])
+
+
+def interesting_times(subject: UserInputs) -> list[int]:
+    edges = boundaries(subject, PLANS)
+    near = {e + d for e in edges for d in (-2, -1, 0, 1, 2)}
+    return sorted(near | {T - DAY, T, T + 3 * M, 2**40})
+
+
+@pytest.mark.parametrize("name", list(LIVES))
+def test_every_boundary_and_its_neighbours_answer_as_a_fresh_evaluation(name: str) -> None:
+    subject = user_inputs(name)
+    answers = Answers(PLANS)
+    for at in interesting_times(subject):
+        assert answers.entitlements(subject, at) == evaluate(subject, PLANS, at), at
+
+
+@pytest.mark.parametrize("name", list(LIVES))
+@settings(max_examples=60, deadline=None)
+@given(offsets=st.lists(st.integers(min_value=-DAY, max_value=3 * M), min_size=1, max_size=40))
+def test_any_order_of_times_answers_as_a_fresh_evaluation(name: str, offsets: list[int]) -> None:
+    subject = user_inputs(name)
+    answers = Answers(PLANS)
+    for offset in offsets:
+        assert answers.entitlements(subject, T + offset) == evaluate(subject, PLANS, T + offset)
+
+
+def test_new_inputs_are_evaluated_again() -> None:
+    answers = Answers(PLANS)
+    before = answers.entitlements(user_inputs("nothing"), T)
+    after = answers.entitlements(inputs("u_1", LIVES["paid"]), T + 1)
+    assert before.features == ("core",) and after.features == ("core", "pro")
+
+
+def test_the_oldest_user_is_forgotten_when_full() -> None:
+    answers = Answers(PLANS, size=1)
+    first = inputs("u_1", [])
+    answers.entitlements(first, T)
+    answers.entitlements(inputs("u_2", []), T)
+    assert list(answers._answers) == ["u_2"]
