@@ -42,8 +42,15 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def _worker(host: str, port: int, make: Callable[[int], bytes], counter: list[int], total: int,
-                  deadline: float, result: LoadResult) -> None:
+async def _worker(
+    host: str,
+    port: int,
+    make: Callable[[int], bytes],
+    counter: list[int],
+    total: int,
+    deadline: float,
+    result: LoadResult,
+) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
         while time.perf_counter() < deadline:
@@ -64,8 +71,14 @@ async def _worker(host: str, port: int, make: Callable[[int], bytes], counter: l
         writer.close()
 
 
-def run_load(host: str, port: int, make: Callable[[int], bytes], total: int, concurrency: int,
-             max_seconds: float) -> LoadResult:
+def run_load(
+    host: str,
+    port: int,
+    make: Callable[[int], bytes],
+    total: int,
+    concurrency: int,
+    max_seconds: float,
+) -> LoadResult:
     """Send `total` requests built by `make(i)` over `concurrency` connections."""
     result = LoadResult(0, 0, 0.0, [])
 
@@ -73,8 +86,12 @@ def run_load(host: str, port: int, make: Callable[[int], bytes], total: int, con
         counter = [0]
         deadline = time.perf_counter() + max_seconds
         started = time.perf_counter()
-        await asyncio.gather(*(_worker(host, port, make, counter, total, deadline, result)
-                               for _ in range(concurrency)))
+        await asyncio.gather(
+            *(
+                _worker(host, port, make, counter, total, deadline, result)
+                for _ in range(concurrency)
+            )
+        )
         result.seconds = time.perf_counter() - started
 
     asyncio.run(main())
@@ -83,12 +100,21 @@ def run_load(host: str, port: int, make: Callable[[int], bytes], total: int, con
 
 def post_request(path: str, body: bytes, headers: dict[str, str]) -> bytes:
     """The bytes of one HTTP/1.1 POST."""
-    lines = [f"POST {path} HTTP/1.1", "Host: bench", f"Content-Length: {len(body)}",
-             "Content-Type: application/json", *(f"{k}: {v}" for k, v in headers.items())]
+    lines = [
+        f"POST {path} HTTP/1.1",
+        "Host: bench",
+        f"Content-Length: {len(body)}",
+        "Content-Type: application/json",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
 def get_request(path: str, headers: dict[str, str] | None = None) -> bytes:
     """The bytes of one HTTP/1.1 GET."""
-    lines = [f"GET {path} HTTP/1.1", "Host: bench", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    lines = [
+        f"GET {path} HTTP/1.1",
+        "Host: bench",
+        *(f"{k}: {v}" for k, v in (headers or {}).items()),
+    ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()

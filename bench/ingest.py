@@ -41,8 +41,11 @@ def measure(port: int, requests: list[bytes]) -> LoadResult:
 
 
 def ledger_run(schema: str, batch: int, count: int) -> LoadResult:
-    env = {"LEDGER_DATABASE_URL": f"{PG}?schema={schema}", "STRIPE_WEBHOOK_SECRET": SECRET,
-           "LEDGER_WRITER_MAX_BATCH": str(batch)}
+    env = {
+        "LEDGER_DATABASE_URL": f"{PG}?schema={schema}",
+        "STRIPE_WEBHOOK_SECRET": SECRET,
+        "LEDGER_WRITER_MAX_BATCH": str(batch),
+    }
     server = Server(env).start()
     try:
         return measure(server.port, signed_requests(f"{schema}_{batch}", count))
@@ -52,8 +55,21 @@ def ledger_run(schema: str, batch: int, count: int) -> LoadResult:
 
 def noop_run(count: int) -> LoadResult:
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.noop_app:app", "--host", "127.0.0.1",
-                                "--port", str(port), "--log-level", "warning", "--no-access-log"])
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench.noop_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ]
+    )
     try:
         for _ in range(100):
             try:
@@ -70,8 +86,10 @@ def noop_run(count: int) -> LoadResult:
 
 
 def line(name: str, result: LoadResult) -> str:
-    return (f"{name:<34} {result.rate:>9.0f} req/s   p50 {result.percentile(50):6.1f} ms   "
-            f"p99 {result.percentile(99):6.1f} ms   errors {result.errors}")
+    return (
+        f"{name:<34} {result.rate:>9.0f} req/s   p50 {result.percentile(50):6.1f} ms   "
+        f"p99 {result.percentile(99):6.1f} ms   errors {result.errors}"
+    )
 
 
 def main() -> None:
@@ -83,12 +101,16 @@ def main() -> None:
     finally:
         with psycopg.connect(PG, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    print(f"ingest: {EVENTS} signed 3 KB events, {CONCURRENCY} concurrent clients, PostgreSQL, 1 uvicorn worker")
+    print(
+        f"ingest: {EVENTS} signed 3 KB events, {CONCURRENCY} concurrent clients, PostgreSQL, 1 uvicorn worker"
+    )
     print(line("no-op POST (same client)", noop))
     print(line("ledger, one event per transaction", single))
     print(line("ledger, group commit", grouped))
-    print(f"group commit / one-per-transaction: {grouped.rate / single.rate:.2f}x   "
-          f"group commit / no-op: {grouped.rate / noop.rate:.2f}")
+    print(
+        f"group commit / one-per-transaction: {grouped.rate / single.rate:.2f}x   "
+        f"group commit / no-op: {grouped.rate / noop.rate:.2f}"
+    )
 
 
 if __name__ == "__main__":

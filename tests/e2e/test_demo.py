@@ -13,7 +13,9 @@ from billing_ledger.demo import run_demo
 pytestmark = pytest.mark.e2e
 
 
-def test_the_demo_records_each_event_once_and_prints_entitlements_and_history(tmp_path: Path) -> None:
+def test_the_demo_records_each_event_once_and_prints_entitlements_and_history(
+    tmp_path: Path,
+) -> None:
     lines: list[str] = []
     assert run_demo(lines.append, folder=tmp_path) == 0
     text = "\n".join(lines)
