@@ -6,6 +6,7 @@ break every other test and process using it, so they get a cluster in a temporar
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -94,10 +95,8 @@ class Cluster:
 
     def destroy(self) -> None:
         """Stop if running and delete the folder."""
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
             self.stop()
-        except subprocess.CalledProcessError:
-            pass
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
