@@ -11,11 +11,10 @@ from datetime import UTC, datetime
 
 from billing_ledger.bootstrap import Deps, build
 from billing_ledger.ledger.store import Database, DatabaseUrl, EventStore
-from billing_ledger.projections.runner import Runner
 from billing_ledger.replay import stripe_api
 from billing_ledger.replay.backfill import Backfill
 from billing_ledger.replay.explain import explain
-from billing_ledger.replay.rebuild import PlansFile, Rebuild, RebuildReport
+from billing_ledger.replay.rebuild import PlansFile, Rebuild, RebuildReport, catch_up
 from billing_ledger.replay.reconcile import Reconcile
 from billing_ledger.settings import Settings
 
@@ -192,7 +191,7 @@ def _explain(args: argparse.Namespace, settings: Settings, out: Print) -> int:
         raise BadInputError("USER_ID must not be empty")
     with _deps(settings) as deps:
         # The views may lag when no runner is serving: answer from every stored event.
-        Runner(deps.store, deps.views, livemode=settings.livemode).catch_up()
+        catch_up(deps.store, deps.views, livemode=settings.livemode)
         inputs = deps.views.load_inputs(args.user_id)
         lines = explain(inputs, deps.plans, at, args.feature)
     out_lines(out, lines)

@@ -109,15 +109,12 @@ class Rebuild:
         self.shadow.drop()
         self.shadow.create()
         started = time.perf_counter()
-        runner = self._runner()
-        report.position = runner.catch_up()
+        report.position = self._catch_up()
         report.seconds = time.perf_counter() - started
         report.events = report.position  # positions count the events read (gaps aside)
 
-    def _runner(self) -> Runner:
-        return Runner(
-            self.store, self.shadow, livemode=self.livemode, name=self.live.name, batch=self.batch
-        )
+    def _catch_up(self) -> int:
+        return catch_up(self.store, self.shadow, livemode=self.livemode, batch=self.batch)
 
     def compare(self, report: RebuildReport) -> None:
         """Row differences per table, and the users whose features would change now."""
@@ -136,7 +133,7 @@ class Rebuild:
     def swap(self, report: RebuildReport) -> None:
         """Record the replay, catch the shadow up to the head, and rename it into place."""
         self.store.append([self._record(report)])
-        report.position = self._runner().catch_up()
+        report.position = self._catch_up()
         self.live.promote(self.shadow)
         report.swapped = True
 
@@ -154,6 +151,15 @@ class Rebuild:
             "plans_toml": self.plans.text,
         }
         return own_event(REPLAY, obj, created=int(self.clock()), livemode=self.livemode)
+
+
+def catch_up(store: EventStore, views: Views, *, livemode: bool, batch: int = 1000) -> int:
+    """Apply what `views` lack, up to the store's head, through the runner; its position."""
+    runner = Runner(store, views, livemode=livemode, name=views.name, batch=batch)
+    try:
+        return runner.catch_up()
+    finally:
+        runner.stop()  # its read-ahead and write-behind threads
 
 
 def last_plans(store: EventStore) -> PlansFile | None:

@@ -30,10 +30,10 @@ from billing_ledger.ledger.store import EventStore
 from billing_ledger.projections.fold import state_at
 from billing_ledger.projections.links import customer_of, links_of
 from billing_ledger.projections.plans import Plans
-from billing_ledger.projections.runner import Runner
 from billing_ledger.projections.views import Views
 from billing_ledger.replay import impact, stripe_api, tables
 from billing_ledger.replay.own_events import observation
+from billing_ledger.replay.rebuild import catch_up
 
 Json = dict[str, Any]
 SUMMARY_OBJECT = "entitlements.active_entitlement_summary"
@@ -96,12 +96,11 @@ class Reconcile:
         self.livemode = livemode
         self.sleep = sleep
         self.clock = clock
-        self.runner = Runner(store, views, livemode=livemode, name=views.name)
 
     def run(self) -> ReconcileReport:
         """Observe, compare with the caught-up projections, record, and say whose access moved."""
         report = ReconcileReport()
-        self.runner.catch_up()  # compare with every stored event, not a lagging view
+        self._catch_up()  # compare with every stored event, not a lagging view
         now = int(self.clock())
         pending = [
             (drift, event)
@@ -123,10 +122,13 @@ class Reconcile:
         after = impact.features(self.views, self.plans, user_id, at)
         return impact.FeatureChange(user_id, before, after) if after != before else None
 
+    def _catch_up(self) -> None:
+        catch_up(self.store, self.views, livemode=self.livemode)
+
     def _record(self, report: ReconcileReport, events: list[Incoming]) -> None:
         if events:
             self.store.append(events)
-            self.runner.catch_up()
+            self._catch_up()
         report.recorded = len(events)
 
     # -- observing --------------------------------------------------------------------

@@ -87,12 +87,16 @@ def diff(live: Views, shadow: Views) -> list[TableDiff]:
             added, changed, removed = (
                 _scalar(cursor, f"SELECT COUNT(*) {p}") for p in (*parts, gone)
             )
-            union = " UNION ".join(f"SELECT a.customer_id {p}" for p in (*parts, gone))
-            cursor.execute(union)
-            customers = tuple(sorted({r[0] for r in _rows(cursor) if r[0] is not None}))
+            customers = _customers(cursor, (*parts, gone)) if added or changed or removed else ()
             name = live.names[table.base]
             found.append(TableDiff(name, added, changed, removed, customers))
     return found
+
+
+def _customers(cursor: Any, parts: Sequence[str]) -> tuple[str, ...]:
+    """The customers of the differing rows (a second pass, only when some row differs)."""
+    cursor.execute(" UNION ".join(f"SELECT a.customer_id {p}" for p in parts))
+    return tuple(sorted({r[0] for r in _rows(cursor) if r[0] is not None}))
 
 
 def snapshots_of(views: Views, kind: str, object_id: str) -> list[Snapshot]:

@@ -1,0 +1,79 @@
+"""Replay on PostgreSQL: `billing-ledger replay`'s rebuild of N events, beside read-and-decode.
+
+Appends N events (default 1,000,000) to a fresh schema, projects them live once, then, in
+the same run, prints the rate of reading every row back and JSON-decoding its body (the
+floor any rebuild pays) and the rate of replay's rebuild into shadow tables, with their
+ratio (goal >= 0.5), and the time the comparison and the swap took.
+Reproduce: `make bench`, or `PYTHONPATH=. .venv/bin/python bench/replay.py [--events N]`
+(or BENCH_REPLAY_EVENTS=N) for a quicker run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from bench.common import fill, fresh_store, read_and_decode
+from billing_ledger.ledger.store import EventStore
+from billing_ledger.projections.plans import load_plans
+from billing_ledger.projections.runner import Runner
+from billing_ledger.projections.views import Views
+from billing_ledger.replay.rebuild import PlansFile, Rebuild, RebuildReport
+from billing_ledger.settings import Settings
+
+EVENTS = int(os.environ.get("BENCH_REPLAY_EVENTS", "1000000"))
+STEP_SECONDS: dict[str, float] = {}
+
+
+def live_views(store: EventStore) -> Views:
+    """The live projection, caught up once (replay compares with it and swaps it out)."""
+    views = Views(store.db)
+    views.create()
+    Runner(store, views, livemode=False, batch=5000).catch_up()
+    return views
+
+
+def replay(store: EventStore, views: Views) -> RebuildReport:
+    """Replay's three steps, timed one by one: build, compare, swap."""
+    path = Settings().plans_path
+    rebuild = Rebuild(store, views, PlansFile.read(path, load_plans(path)), livemode=False)
+    report = RebuildReport(views.name)
+    rebuild.build(report)
+    for step in (rebuild.compare, rebuild.swap):
+        started = time.perf_counter()
+        step(report)
+        STEP_SECONDS[step.__name__] = time.perf_counter() - started
+    return report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=EVENTS)
+    count = parser.parse_args().events
+    with fresh_store("bench_replay") as store:
+        began = time.perf_counter()
+        size = fill(store, count)
+        print(
+            f"appended {count:,} events (mean {size:,.0f} B) in {time.perf_counter() - began:.1f} s"
+        )
+        views = live_views(store)
+        read_count, read_seconds = read_and_decode(store)
+        report = replay(store, views)
+        baseline = read_count / read_seconds
+        print(
+            f"read + JSON-decode: {baseline:,.0f} events/s ({read_count:,} in {read_seconds:.1f} s)"
+        )
+        print(
+            f"replay rebuild:     {report.rate:,.0f} events/s ({report.events:,} in {report.seconds:.1f} s)"
+        )
+        print(f"ratio: {report.rate / baseline:.2f} of read-and-decode (goal >= 0.50)")
+        print(
+            f"compare: {STEP_SECONDS['compare']:.1f} s; swap: {STEP_SECONDS['swap'] * 1000:.0f} ms"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
