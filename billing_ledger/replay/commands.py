@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from billing_ledger.bootstrap import Deps, build
-from billing_ledger.ledger.store import Database, DatabaseUrl, EventStore
+from billing_ledger.ledger.store import Database, DatabaseUrl, EventStore, guard
 from billing_ledger.replay import stripe_api
 from billing_ledger.replay.backfill import Backfill
 from billing_ledger.replay.explain import explain
@@ -56,7 +56,10 @@ def parse_types(text: str | None) -> tuple[str, ...] | None:
 @contextmanager
 def _deps(settings: Settings) -> Iterator[Deps]:
     """The store, views and plans, without a background runner."""
-    deps = build(settings, run_projections=False)
+    # Opening connects (PostgreSQL) or creates a folder (SQLite) before the store's own
+    # guard is in place: translate those failures into the StorageError the CLI reports.
+    with guard():
+        deps = build(settings, run_projections=False)
     try:
         yield deps
     finally:
@@ -65,7 +68,8 @@ def _deps(settings: Settings) -> Iterator[Deps]:
 
 @contextmanager
 def _store(settings: Settings) -> Iterator[EventStore]:
-    store = EventStore(Database(DatabaseUrl.parse(settings.database_url)))
+    with guard():
+        store = EventStore(Database(DatabaseUrl.parse(settings.database_url)))
     try:
         store.create()
         yield store

@@ -39,8 +39,7 @@ class StripeUnavailableError(RuntimeError):
     """Stripe answered with an error, or kept refusing after every retry."""
 
     def __init__(self, what: str, status: int | None, message: str) -> None:
-        code = f"HTTP {status}" if status else "no answer"
-        super().__init__(f"{what}: {code} {message}".strip())
+        super().__init__(f"{what}: {_status(status)}: {message}")
         self.status = status
         self.message = message
 
@@ -50,6 +49,8 @@ def client(settings: Settings) -> stripe.StripeClient:
     if not settings.stripe_api_key:
         raise NotConfiguredError()
     base = settings.stripe_api_base
+    # The SDK logs every request at INFO; an operator's command prints its own summary.
+    logging.getLogger("stripe").setLevel(logging.WARNING)
     return stripe.StripeClient(
         settings.stripe_api_key,
         base_addresses={"api": base} if base else None,
@@ -82,9 +83,9 @@ def call(action: Callable[[], _T], what: str, sleep: Sleep = time.sleep) -> _T:
             if not _retryable(error) or attempt == ATTEMPTS - 1:
                 raise StripeUnavailableError(what, error.http_status, _message(error)) from None
             log.warning(
-                "%s: HTTP %s %s; retrying in %.1fs",
+                "%s: %s %s; retrying in %.1fs",
                 what,
-                error.http_status,
+                _status(error.http_status),
                 _message(error),
                 delay(attempt),
             )
@@ -92,10 +93,15 @@ def call(action: Callable[[], _T], what: str, sleep: Sleep = time.sleep) -> _T:
     raise AssertionError("unreachable")
 
 
+def _status(status: int | None) -> str:
+    return f"HTTP {status}" if status else "no answer"
+
+
 def _message(error: stripe.StripeError) -> str:
     """The first line of Stripe's message (a command's error is one line)."""
-    text = error.user_message or str(error) or type(error).__name__
-    return text.splitlines()[0] if text else ""
+    text = (error.user_message or str(error) or type(error).__name__).strip()
+    # The SDK's messages go on to name remedies for its own users: keep the first clause.
+    return text.splitlines()[0].split(". ")[0].rstrip(".") if text else ""
 
 
 def raw_json(obj: Any) -> Json:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import orjson
@@ -18,6 +19,7 @@ from billing_ledger.ledger.store import open_store
 from billing_ledger.replay.backfill import Backfill, last_cursor
 from billing_ledger.replay.commands import cmd_backfill
 from billing_ledger.replay.own_events import BACKFILL_CURSOR, BACKFILL_GAP
+from billing_ledger.replay.stripe_api import StripeUnavailableError
 from billing_ledger.settings import Settings
 from tests.support.localstripe import API_KEY, flush, list_events, stripe_client
 
@@ -196,8 +198,25 @@ def test_a_stripe_that_keeps_refusing_fails_in_one_line_after_bounded_tries(
 ) -> None:
     with refusing_proxy(localstripe_url, [429] * 10) as (proxy, answered):
         slept: list[float] = []
-        with pytest.raises(Exception, match=r"GET /v1/events: HTTP 429"):
+        with pytest.raises(StripeUnavailableError, match=r"^GET /v1/events: HTTP 429: "):
             Backfill(
                 open_store(database_url), stripe_client(proxy), livemode=False, sleep=slept.append
             ).run(None, None)
     assert len(answered) == 6 and max(slept) <= 8.0
+
+
+@pytest.mark.parametrize(
+    "argv", [["backfill"], ["reconcile"], ["replay"], ["replay", "--dry-run"], ["explain", "u_1"]]
+)
+def test_every_operation_on_unreachable_storage_exits_2_in_one_line(
+    argv: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "a_file").write_text("not a folder")
+    monkeypatch.setenv("LEDGER_DATABASE_URL", f"sqlite:///{tmp_path}/a_file/ledger.db")
+    monkeypatch.setenv("STRIPE_API_KEY", API_KEY)
+    assert cli.main(argv) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"billing-ledger {argv[0]}: storage unavailable: ")
