@@ -143,15 +143,19 @@ class Reconcile:
 
     def _objects(self, report: ReconcileReport) -> Iterator[tuple[str, Json]]:
         listed: set[str] = set()
+        tagged: set[str] = set()  # customers an object names an app user for
         for sub in self._list(
             self.client.v1.subscriptions.list, {"status": "all"}, "subscriptions"
         ):
+            tagged |= _tagged_customer(sub, "customer")
             yield "subscriptions", sub
         for customer in self._list(self.client.v1.customers.list, {}, "customers"):
             listed.add(str(customer.get("id")))
+            tagged |= _tagged_customer(customer, "id")
             yield "customers", customer
         yield from self._unlisted_customers(report, listed)
-        yield from self._summaries(report)
+        linked = tagged | set(tables.linked_customers(self.views))
+        yield from self._summaries(report, sorted(linked))
 
     def _list(self, call: Callable[[Any], Any], params: Json, what: str) -> Iterator[Json]:
         return stripe_api.list_all(call, params, f"GET /v1/{what}", self.sleep)
@@ -180,9 +184,11 @@ class Reconcile:
         report.notes.append(f"{object_id}: known to the ledger, not found at Stripe")
         return None
 
-    def _summaries(self, report: ReconcileReport) -> Iterator[tuple[str, Json]]:
-        """Each linked customer's active entitlements, when this API has the endpoint."""
-        for customer_id in tables.linked_customers(self.views):
+    def _summaries(
+        self, report: ReconcileReport, customers: list[str]
+    ) -> Iterator[tuple[str, Json]]:
+        """Each user's customer's active entitlements, when this API has the endpoint."""
+        for customer_id in customers:
             try:
                 entries = list(self._entitlements(customer_id))
             except stripe_api.StripeUnavailableError as error:
@@ -235,6 +241,14 @@ class Reconcile:
         customers = {c for c in map(customer_of, snapshots) if c is not None}
         named = {row.user_id for s in snapshots for row in links_of(s)}
         return impact.users_of(self.views, customers) | named
+
+
+def _tagged_customer(obj: Json, key: str) -> set[str]:
+    """The customer of an object whose metadata names an app user (a link to come)."""
+    metadata = obj.get("metadata")
+    customer = obj.get(key)
+    tagged = isinstance(metadata, dict) and metadata.get("app_user_id")
+    return {customer} if tagged and isinstance(customer, str) else set()
 
 
 def _snapshot(event: Incoming) -> Snapshot | None:

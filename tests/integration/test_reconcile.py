@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
+import httpx
+import orjson
 import pytest
 
 from billing_ledger.bootstrap import build
 from billing_ledger.ledger.store import open_store
-from billing_ledger.replay.commands import cmd_backfill, cmd_reconcile
+from billing_ledger.replay.commands import cmd_backfill, cmd_reconcile, cmd_replay
 from billing_ledger.replay.impact import features
 from billing_ledger.replay.own_events import OBSERVATION
+from billing_ledger.replay.rebuild import catch_up
 from billing_ledger.settings import Settings
 from tests.support.localstripe import API_KEY, flush
 from tests.support.stripe_world import StripeWorld
@@ -34,9 +43,7 @@ def reconcile(config: Settings) -> list[str]:
 def features_now(config: Settings, user_id: str = "u_1") -> tuple[str, ...]:
     deps = build(config, run_projections=False)
     try:
-        from billing_ledger.projections.runner import Runner
-
-        Runner(deps.store, deps.views, livemode=False).catch_up()
+        catch_up(deps.store, deps.views, livemode=False)
         return features(deps.views, deps.plans, user_id, int(time.time()))
     finally:
         deps.close()
@@ -113,3 +120,89 @@ def test_reconcile_without_an_api_key_exits_non_zero_in_one_line(
     assert capsys.readouterr().err == (
         "billing-ledger reconcile: not_configured: STRIPE_API_KEY is not set\n"
     )
+
+
+def test_a_replay_after_reconcile_reads_the_observations_and_calls_no_api(
+    database_url: str, world: StripeWorld
+) -> None:
+    config = settings(database_url, world.url)
+    sub = world.subscribe(world.customer("u_1"), "price_pro")
+    backfill(config)
+    world.cancel(sub)
+    reconcile(config)
+    offline = replace(config, stripe_api_key=None, stripe_api_base="http://127.0.0.1:1")
+    lines: list[str] = []
+    assert (
+        cmd_replay(argparse.Namespace(projection=None, dry_run=False), offline, lines.append) == 0
+    )
+    assert "  billing_snapshots: 0 added, 0 changed, 0 removed" in lines
+    assert features_now(offline) == ("core",)
+
+
+@contextmanager
+def with_entitlements(upstream: str, lookup_keys: list[str]) -> Iterator[str]:
+    """localstripe behind a proxy that also answers the active entitlements list."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/v1/entitlements/active_entitlements"):
+                customer = parse_qs(urlsplit(self.path).query)["customer"][0]
+                body = orjson.dumps(
+                    {
+                        "object": "list",
+                        "has_more": False,
+                        "data": [
+                            {
+                                "id": f"ent_{k}",
+                                "object": "entitlements.active_entitlement",
+                                "feature": f"feat_{k}",
+                                "livemode": False,
+                                "lookup_key": k,
+                            }
+                            for k in lookup_keys
+                        ],
+                        "url": f"/v1/entitlements/active_entitlements?customer={customer}",
+                    }
+                )
+            else:
+                auth = {"Authorization": self.headers["Authorization"]}
+                body = httpx.get(upstream + self.path, headers=auth).content
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Quiet."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_where_the_api_lists_active_entitlements_they_are_observed_per_linked_customer(
+    database_url: str, world: StripeWorld
+) -> None:
+    customer = world.customer("u_1")
+    world.subscribe(customer, "price_pro")
+    with with_entitlements(world.url, ["pro"]) as proxy:
+        lines = reconcile(settings(database_url, proxy))
+    assert "1 entitlement summaries" in lines[0]
+    assert f"  {customer} (entitlement_summary): unknown to the ledger" in lines
+    assert not any(line.startswith("note: active entitlements") for line in lines)
+    assert features_now(settings(database_url, world.url)) == ("core", "pro")
+
+
+def test_an_empty_entitlements_list_is_not_recorded_where_the_ledger_has_no_summary(
+    database_url: str, world: StripeWorld
+) -> None:
+    world.subscribe(world.customer("u_1"), "price_pro")
+    with with_entitlements(world.url, []) as proxy:
+        lines = reconcile(settings(database_url, proxy))
+    assert "entitlement summaries" not in lines[0]
+    assert features_now(settings(database_url, world.url)) == ("core", "pro")
