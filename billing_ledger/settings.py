@@ -36,6 +36,7 @@ class Settings:
     app_url: str = "http://127.0.0.1:8000"
     max_body_bytes: int = 1024 * 1024
     writer_max_batch: int = 200
+    session_secret: str | None = None  # signs the pages' session cookie; random per process if unset
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -55,6 +56,7 @@ class Settings:
             livemode=_boolean(env, "LEDGER_LIVEMODE", False),
             app_url=(env.get("LEDGER_APP_URL") or defaults.app_url).rstrip("/"),
             max_body_bytes=_integer(env, "LEDGER_MAX_BODY_BYTES", defaults.max_body_bytes),
+            session_secret=env.get("LEDGER_SESSION_SECRET") or None,
             writer_max_batch=max(1, _integer(env, "LEDGER_WRITER_MAX_BATCH", defaults.writer_max_batch)),
         )
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
-import os
 import secrets
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -57,10 +56,9 @@ def use_current_user(app: Starlette, find: CurrentUser) -> None:
     app.state.current_user = find
 
 
-def session_middleware(settings: Settings, env: Mapping[str, str] | None = None) -> Middleware:
+def session_middleware(settings: Settings) -> Middleware:
     """The signed-cookie session the pages use, secured for LEDGER_APP_URL's scheme."""
-    env = os.environ if env is None else env
-    secret = env.get(SECRET_VARIABLE, "")
+    secret = settings.session_secret
     if not secret:
         # Random per process: sessions end at a restart and do not span --workers.
         secret = secrets.token_urlsafe(32)
