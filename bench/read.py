@@ -38,9 +38,9 @@ from tests.unit.builders import DAY, M, T, checkout_session, event, invoice, sub
 PG = os.environ.get("LEDGER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/ledger_test")
 USERS = int(os.environ.get("BENCH_READ_USERS", "10000"))
 REQUESTS = int(os.environ.get("BENCH_READ_REQUESTS", "30000"))
-# Latency is concurrency / throughput (Little's law): 16 connections keep one worker busy
+# Latency is concurrency / throughput (Little's law): 8 connections keep one worker busy
 # without measuring only the queue in front of it.
-CONCURRENCY = int(os.environ.get("BENCH_READ_CONCURRENCY", "16"))
+CONCURRENCY = int(os.environ.get("BENCH_READ_CONCURRENCY", "8"))
 APPEND_BATCH = 1000
 NOOP_PATH = "/bench/noop"
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,16 +174,27 @@ class Views:
 
     def load_inputs(self, user_id: str) -> UserInputs:
         """Everything the policy needs for one user: their links, their customers' snapshots."""
-        with self.db.transaction(commit=False) as cursor:
-            cursor.execute(self._sql.links_of_user, (user_id,))
-            links = [LinkRow(*t) for t in sorted(_link_values(r) for r in cursor.fetchall())]
-            customers = sorted({link.customer_id for link in links})
-            raws = self._snapshot_json(cursor, customers) if customers else []
+        with self._reading() as cursor:
+            # One statement, one round trip, one consistent snapshot of both tables.
+            cursor.execute(self._sql.inputs_of_user, (user_id, user_id))
+            rows = [_values(r) for r in cursor.fetchall()]
+        link_rows = sorted(_link_values(r[1:6]) for r in rows if r[0] == "l")
         snapshots = sorted(
-            (snapshot_from_json(raw) for raw in raws),
+            (snapshot_from_json(r[6]) for r in rows if r[0] == "s"),
             key=lambda s: (s.kind, s.object_id, s.created, s.event_id),
         )
-        return UserInputs(user_id=user_id, links=tuple(links), snapshots=tuple(snapshots))
+        links = tuple(LinkRow(*t) for t in link_rows)
+        return UserInputs(user_id=user_id, links=links, snapshots=tuple(snapshots))
+
+    @contextmanager
+    def _reading(self) -> Iterator[Any]:
+        """A cursor for one read statement (PostgreSQL's pooled sessions autocommit)."""
+        if self.db.dialect == "sqlite":
+            with self.db.transaction(commit=False) as cursor:
+                yield cursor
+            return
+        with guard(), self.db.postgres.get_connection() as conn, conn.cursor() as cursor:
+            yield cursor
 
     def cached_inputs(self, user_id: str, position: int) -> UserInputs | None:
         """The user's inputs if they were loaded while the views stood at `position`."""
@@ -212,14 +224,6 @@ class Views:
             position = self.position()
             self._recent = (now, position)
         return position
-
-    def _snapshot_json(self, cursor: Any, customers: list[str]) -> list[str]:
-        if self.db.dialect == "sqlite":
-            marks = ",".join("?" * len(customers))
-            cursor.execute(f"{self._sql.snapshots_of_customers} IN ({marks})", customers)
-            return [r[0] for r in cursor.fetchall()]
-        cursor.execute(f"{self._sql.snapshots_of_customers} = ANY(%s)", (customers,))
-        return [r["json"] for r in cursor.fetchall()]
 
     def users_of(self, customer_id: str) -> list[str]:
         """The users linked to one customer (by any route), sorted."""
@@ -349,11 +353,22 @@ class _Statements:
         self.tracked = f"SELECT notification_id FROM {views.tracking} WHERE application_name = {p}"
         # SQLite holds the database's write lock by now; PostgreSQL locks the row.
         self.tracked_for_update = self.tracked if self.sqlite else f"{self.tracked} FOR UPDATE"
-        self.links_of_user = (
-            f"SELECT {', '.join(_LINK_COLUMNS)} FROM {views.links} WHERE user_id = {p}"
-        )
         self.users_of_customer = f"SELECT user_id FROM {views.links} WHERE customer_id = {p}"
-        self.snapshots_of_customers = f"SELECT json FROM {views.snapshots} WHERE customer_id"
+        links_of = f"SELECT customer_id FROM {views.links} WHERE user_id = {p}"
+        # ANY(ARRAY(...)) makes PostgreSQL probe the customer index even before the freshly
+        # filled tables have statistics (with IN it may scan every snapshot).
+        customer_in = (
+            f"customer_id IN ({links_of})"
+            if self.sqlite
+            else f"customer_id = ANY(ARRAY({links_of}))"
+        )
+        # Named columns: PostgreSQL rows arrive as dicts, where two "?column?" would collide.
+        self.inputs_of_user = (
+            f"SELECT 'l' AS tag, {', '.join(_LINK_COLUMNS)}, NULL AS json FROM {views.links} "
+            f"WHERE user_id = {p} UNION ALL "
+            f"SELECT 's', NULL, customer_id, created, event_id, NULL, json "
+            f"FROM {views.snapshots} WHERE {customer_in}"
+        )
 
     def rename_indexes(self, shadow: Views) -> list[str]:
         """Give the promoted tables' indexes the live names (index names are per schema)."""
