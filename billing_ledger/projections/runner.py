@@ -93,7 +93,11 @@ class Runner:
 
     def status(self) -> dict[str, dict[str, Any]]:
         """`{name: {"position": N, "error": None | TEXT}}`, as /healthz shows it."""
-        return {self.name: {"position": self.position, "error": self._error}}
+        try:
+            position = self.position
+        except Exception as e:  # /healthz must answer even when the database does not
+            return {self.name: {"position": 0, "error": f"{type(e).__name__}: {e}"}}
+        return {self.name: {"position": position, "error": self._error}}
 
     def start(self) -> None:
         """Run in a background thread until `stop()`."""
@@ -160,6 +164,7 @@ class Runner:
         """Another runner holds the projection: keep our view of its position fresh."""
         try:
             self._set_position(self.views.position())
+            self._error = None
         except Exception as e:  # the database is away; status() says so
             self._error = f"{type(e).__name__}: {e}"
         self._stopping.wait(self.poll)
