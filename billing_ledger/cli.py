@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -35,7 +36,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         )
     from billing_ledger.bootstrap import build
 
-    build(settings).close()  # fail fast (one line) when storage is unreachable; creates tables once
+    if args.no_projections:
+        # Read by app_from_env in each worker: run `billing-ledger project` elsewhere instead.
+        os.environ["LEDGER_SERVE_PROJECTIONS"] = "false"
+    build(settings, run_projections=False).close()  # fail fast (one line) when storage is unreachable; creates tables once
     uvicorn.run(
         "billing_ledger.http.app:app_from_env",
         factory=True,
@@ -84,6 +88,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--no-projections",
+        action="store_true",
+        help="serve without the in-process projection runner (run `billing-ledger project` apart)",
+    )
     sub.add_parser("project", help="the projection runner alone")
     replay = sub.add_parser("replay", help="rebuild projections from the store")
     replay.add_argument("--projection", default=None)

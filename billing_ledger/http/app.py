@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -93,4 +94,5 @@ def app_from_env() -> Starlette:
     from billing_ledger.bootstrap import build
     from billing_ledger.settings import Settings
 
-    return create_app(build(Settings.from_env()))
+    projections = os.environ.get("LEDGER_SERVE_PROJECTIONS", "true") != "false"
+    return create_app(build(Settings.from_env(), run_projections=projections))
