@@ -113,10 +113,7 @@ class Runner:
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
-        with self._apply_lock:
-            if self._pool is not None:
-                self._pool.shutdown()
-                self._pool = None
+        self._release_workers()
 
     def wait_for(self, position: int, timeout: float) -> bool:
         """Wait until the views have applied `position`; False when `timeout` passes first."""
@@ -135,8 +132,12 @@ class Runner:
     def catch_up(self) -> int:
         """Apply everything up to the head now, in this thread; returns the position."""
         head = self.store.head()
-        while self.position < head and self._step() > 0:
-            pass
+        try:
+            while self.position < head and self._step() > 0:
+                pass
+        finally:
+            if self._thread is None:
+                self._release_workers()  # no thread of ours will need them again soon
         return self.position
 
     # -- the thread -------------------------------------------------------------------
@@ -230,6 +231,12 @@ class Runner:
         self.applied += len(prepared.snapshots)
         self._set_position(prepared.last)
         return True
+
+    def _release_workers(self) -> None:
+        with self._apply_lock:
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
 
     def _workers(self) -> ThreadPoolExecutor:
         if self._pool is None:
