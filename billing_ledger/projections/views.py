@@ -151,6 +151,10 @@ class Views:
         rows = [snapshot_row(s) for s in snapshots]
         links = sorted({link_tuple(link) for s in snapshots for link in links_of(s)})
         with self.db.transaction() as cursor:
+            if self.db.dialect == "postgres":
+                # Derived rows and their position commit together: a crash can only lose
+                # both, and the runner applies them again. No need to wait for the flush.
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
             self._insert(cursor, rows, links)
             tracked = self._tracked(cursor, lock=True)
             # A gap (tracked < after) or a batch already covered: another runner, or a
