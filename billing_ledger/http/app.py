@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from billing_ledger.http.auth import BearerTokenMiddleware
+from billing_ledger.http.errors import EXCEPTION_HANDLERS
 from billing_ledger.http.health import healthz, metrics
 from billing_ledger.http.signin import session_middleware
 from billing_ledger.http.webhooks import receive_webhook
@@ -81,6 +82,7 @@ def create_app(deps: Deps) -> Starlette:
     return Starlette(
         routes=routes(),
         lifespan=lifespan,
+        exception_handlers=EXCEPTION_HANDLERS,
         middleware=[
             Middleware(LatencyMiddleware, deps=deps),
             Middleware(BearerTokenMiddleware, token=deps.settings.api_token),
