@@ -8,6 +8,7 @@ is reused for every `at` up to the next time a rule could change it (projections
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -78,7 +79,8 @@ def parse_at(raw: str | None, now: float | None = None) -> int:
     if raw is None or raw == "":
         return int(time.time() if now is None else now)
     try:
-        seconds = int(float(raw)) if _numeric(raw) else _iso_seconds(raw)
+        # floor, not int(): int() truncates toward zero, so "-0.5" would pass as 0
+        seconds = math.floor(float(raw)) if _numeric(raw) else _iso_seconds(raw)
     except (ValueError, OverflowError):
         seconds = -1
     if not 0 <= seconds <= LATEST_AT:
