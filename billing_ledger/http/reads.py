@@ -112,6 +112,8 @@ def _path_id(request: Request, name: str) -> str:
     value: str = request.path_params[name]
     if not value or len(value) > MAX_ID_LENGTH:
         raise BadParameterError(f"{name}: expected 1 to {MAX_ID_LENGTH} characters")
+    if "\x00" in value:  # no stored id holds one, and PostgreSQL cannot even compare it
+        raise BadParameterError(f"{name}: must not contain NUL")
     return value
 
 
