@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 import stripe
@@ -68,10 +68,10 @@ def parse_event(
     if not thin and data.get("object") != "event":
         raise MalformedEventError('"object" is not "event" or "v2.core.event"')
     event_id, event_type = data.get("id"), data.get("type")
-    if not isinstance(event_id, str) or not event_id or len(event_id) > 255:
-        raise MalformedEventError('"id" must be a non-empty string of at most 255 characters')
-    if not isinstance(event_type, str) or not event_type or len(event_type) > 255:
-        raise MalformedEventError('"type" must be a non-empty string')
+    if not _storable_text(event_id):
+        raise MalformedEventError('"id" must be 1 to 255 characters, none of them NUL')
+    if not _storable_text(event_type):
+        raise MalformedEventError('"type" must be 1 to 255 characters, none of them NUL')
     livemode = data.get("livemode", False)
     if not isinstance(livemode, bool):
         raise MalformedEventError('"livemode" must be true or false')
@@ -89,6 +89,12 @@ def parse_event(
         thin=thin,
         signature=signature,
     )
+
+
+def _storable_text(value: object) -> TypeGuard[str]:
+    """A key the store can hold on either database: PostgreSQL text cannot contain NUL, and a
+    DataError there would fail the whole group-commit batch as "storage unavailable"."""
+    return isinstance(value, str) and 0 < len(value) <= 255 and "\x00" not in value
 
 
 def _created(value: Any) -> int:
