@@ -158,11 +158,14 @@ def guard() -> Iterator[None]:
 
 
 class LedgerPostgresRecorder(PostgresApplicationRecorder):
-    """The library's recorder, inserting a batch as four binary arrays.
+    """The library's recorder and table, inserting a batch as four binary arrays, unpipelined.
 
     The stock recorder sends one array of a composite type in text format, which escapes
-    every byte of every 3 KB body (about 160 us per event in Python); binary arrays of
-    plain columns cost almost nothing. The table lock and NOTIFY are the library's own.
+    every byte of every 3 KB body (about 160 us per event in Python), and runs the
+    transaction in pipeline mode, which here spent about 1 ms of CPU per transaction
+    polling the socket. Binary arrays of plain columns in a plain transaction cost a few
+    round trips on loopback. The table lock (commit order = position order) and the NOTIFY
+    are the library's own.
     """
 
     def __init__(self, datastore: PostgresDatastore, *, events_table_name: str) -> None:
@@ -174,16 +177,21 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
             "RETURNING notification_id"
         )
 
-    def _insert_stored_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
-        self._lock_table(curs)
-        self._notify_channel(curs)
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """Insert in one transaction; IntegrityError when any id/version is already stored."""
         params = (
             [str(e.originator_id) for e in stored_events],
             [e.originator_version for e in stored_events],
             [e.topic for e in stored_events],
             [e.state for e in stored_events],
         )
-        curs.execute(self._binary_insert, params)
+        with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
+            self._lock_table(curs)
+            self._notify_channel(curs)
+            curs.execute(self._binary_insert, params)
+            return [row["notification_id"] for row in curs.fetchall()]
 
 
 class EventStore:
