@@ -26,17 +26,19 @@ class Settings:
     """Everything the service reads from its environment."""
 
     database_url: str = "sqlite:///ledger.db"
-    webhook_secrets: tuple[str, ...] = ()
+    # repr=False: a logged or printed Settings (or Deps) must not carry the secrets.
+    webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
     webhook_tolerance: int = 300
-    stripe_api_key: str | None = None
+    stripe_api_key: str | None = field(default=None, repr=False)
     stripe_api_base: str | None = None
     plans_path: Path = field(default_factory=_bundled_plans)
-    api_token: str | None = None
+    api_token: str | None = field(default=None, repr=False)
     livemode: bool = False
     app_url: str = "http://127.0.0.1:8000"
     max_body_bytes: int = 1024 * 1024
     writer_max_batch: int = 200
-    session_secret: str | None = None  # signs the pages' session cookie; random per process if unset
+    # Signs the pages' session cookie; random per process if unset.
+    session_secret: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -52,7 +54,7 @@ class Settings:
             plans_path=Path(env["LEDGER_PLANS"])
             if env.get("LEDGER_PLANS")
             else defaults.plans_path,
-            api_token=env.get("LEDGER_API_TOKEN") or None,
+            api_token=env.get("LEDGER_API_TOKEN", "").strip() or None,  # blank is no token
             livemode=_boolean(env, "LEDGER_LIVEMODE", False),
             app_url=(env.get("LEDGER_APP_URL") or defaults.app_url).rstrip("/"),
             max_body_bytes=_integer(env, "LEDGER_MAX_BODY_BYTES", defaults.max_body_bytes),
