@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ SNAPSHOTS = "billing_snapshots"
 LINKS = "billing_links"
 TRACKING = "billing_tracking"  # our own table: other projections keep theirs
 CACHE_SIZE = 100_000  # users whose inputs a process keeps loaded
+APPLIED_KEPT = 256  # committed batches remembered for keeping cached users current
+TOUCHED_KEPT = 500  # customers listed per remembered batch
 
 SnapshotRow = tuple[str, str, str | None, str, str, int, bool, str]
 LinkTuple = tuple[str, str, int, str, str]
@@ -44,6 +47,21 @@ class PositionMovedError(RuntimeError):
     def __init__(self, name: str, tracked: int, after: int, position: int) -> None:
         super().__init__(f"projection {name} is at {tracked}, not ready for ({after}, {position}]")
         self.tracked = tracked
+
+
+@dataclass(frozen=True)
+class _Applied:
+    """One committed batch: its range and whom it touched (None: too many to list)."""
+
+    after: int
+    position: int
+    customers: frozenset[str | None] | None
+    users: frozenset[str]
+
+    def touches(self, user_id: str, customers: set[str]) -> bool:
+        if self.customers is None or user_id in self.users:
+            return True
+        return not self.customers.isdisjoint(customers)
 
 
 @dataclass(frozen=True)
@@ -121,6 +139,9 @@ class Views:
         self.cache_size = CACHE_SIZE
         self._cache_lock = threading.Lock()
         self._recent: tuple[float, int] = (-1.0, 0)
+        # The batches this process committed, newest last: a cached user none of them
+        # touched is still current, so steady ingestion does not empty the cache.
+        self._applied: deque[_Applied] = deque(maxlen=APPLIED_KEPT)
 
     def shadow(self, suffix: str) -> Views:
         """The same projection under other table names (for replay)."""
@@ -162,6 +183,19 @@ class Views:
             if tracked < after or tracked >= position:
                 raise PositionMovedError(self.name, tracked, after, position)
             self.tracker._insert_tracking(cursor, Tracking(self.name, position))
+        self._remember(after, position, rows, links)
+
+    def _remember(
+        self, after: int, position: int, rows: list[SnapshotRow], links: list[LinkTuple]
+    ) -> None:
+        customers = {row[2] for row in rows} | {link[1] for link in links}
+        touched = _Applied(after, position, None, frozenset())
+        if len(customers) <= TOUCHED_KEPT:  # a bigger batch counts as touching everyone
+            touched = _Applied(
+                after, position, frozenset(customers), frozenset(link[0] for link in links)
+            )
+        with self._cache_lock:
+            self._applied.append(touched)
 
     def _insert(self, cursor: Any, rows: list[SnapshotRow], links: list[LinkTuple]) -> None:
         if self.db.dialect == "sqlite":
@@ -201,9 +235,33 @@ class Views:
             yield cursor
 
     def cached_inputs(self, user_id: str, position: int) -> UserInputs | None:
-        """The user's inputs if they were loaded while the views stood at `position`."""
+        """The user's inputs if they are current at `position`, else None."""
         hit = self._cache.get(user_id)
-        return hit[1] if hit is not None and hit[0] == position else None
+        if hit is None:
+            return None
+        loaded_at, inputs = hit
+        if loaded_at == position:
+            return inputs
+        with self._cache_lock:
+            if not self._untouched(inputs, loaded_at, position):
+                return None
+            self._cache[user_id] = (position, inputs)
+        return inputs
+
+    def _untouched(self, inputs: UserInputs, since: int, position: int) -> bool:
+        """Whether this process committed every batch in (since, position], none of them
+        touching the user or their customers (a gap means another process applied)."""
+        customers = {link.customer_id for link in inputs.links}
+        reached = since
+        for batch in self._applied:
+            if batch.position <= reached:
+                continue
+            if batch.after > reached or batch.touches(inputs.user_id, customers):
+                return False
+            reached = batch.position
+            if reached >= position:
+                return True
+        return reached >= position
 
     def inputs(self, user_id: str, position: int) -> UserInputs:
         """The user's inputs, loaded at most once while the views stand at `position`.
@@ -259,6 +317,7 @@ class Views:
                 cursor.execute(statement)
         with self._cache_lock:
             self._cache.clear()
+            self._applied.clear()
         self._recent = (-1.0, 0)
         log.info("projection %s: promoted tables of suffix %r", self.name, shadow.suffix)
 

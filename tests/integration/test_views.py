@@ -171,7 +171,7 @@ def test_a_shadow_promoted_replaces_the_live_rows_and_position_at_once(
     assert views.rows() == expected
 
 
-def test_cached_inputs_are_reused_until_the_position_moves(views: Views) -> None:
+def test_cached_inputs_are_dropped_once_a_batch_touches_the_users_customer(views: Views) -> None:
     applied = lifecycle()
     views.apply(applied[:1], 0, 1)
     first = views.inputs("u_1", 1)
@@ -179,6 +179,37 @@ def test_cached_inputs_are_reused_until_the_position_moves(views: Views) -> None
     views.apply(applied[1:], 1, 7)
     assert views.cached_inputs("u_1", 7) is None
     assert len(views.inputs("u_1", 7).snapshots) == 5
+
+
+def test_cached_inputs_outlive_batches_about_other_customers(views: Views) -> None:
+    applied = lifecycle()
+    views.apply(applied[:3], 0, 3)  # u_1's Checkout, subscription and invoice
+    first = views.inputs("u_1", 3)
+    others = [s for s in applied[3:] if s.event_id in ("evt_c2", "evt_s3")]  # cus_2 only
+    views.apply(others[:1], 3, 4)
+    views.apply(others[1:], 4, 6)
+    assert views.cached_inputs("u_1", 6) is first
+    assert views.cached_inputs("u_2", 6) is None  # never loaded
+
+
+def test_a_new_link_of_the_user_drops_the_cached_inputs(views: Views) -> None:
+    views.apply(lifecycle()[:3], 0, 3)
+    views.inputs("u_3", 3)  # nobody yet: no links, no snapshots
+    views.apply([s for s in lifecycle() if s.event_id == "evt_link"], 3, 4)
+    assert views.cached_inputs("u_3", 4) is None
+    assert views.inputs("u_3", 4).links[0].customer_id == "cus_1"
+
+
+def test_batches_applied_by_another_process_drop_the_cached_inputs(
+    db: Database, views: Views
+) -> None:
+    applied = lifecycle()
+    views.apply(applied[:3], 0, 3)
+    first = views.inputs("u_1", 3)
+    elsewhere = Views(db)  # another process's views: this one cannot know what it touched
+    elsewhere.apply([s for s in applied if s.event_id == "evt_c2"], 3, 4)
+    assert views.cached_inputs("u_1", 4) is None
+    assert views.inputs("u_1", 4) == first
 
 
 def test_the_cache_forgets_the_oldest_user_when_full(views: Views) -> None:
