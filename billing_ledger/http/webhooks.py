@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from billing_ledger.http.errors import error
+from billing_ledger.ledger.logfmt import fields
 from billing_ledger.ledger.store import StorageError
 from billing_ledger.ledger.verify import (
     InvalidSignatureError,
@@ -32,7 +33,7 @@ async def receive_webhook(request: Request) -> Response:
     deps: Deps = request.state.deps
     settings = deps.settings
     if not settings.webhook_secrets:
-        return error(503, "not_configured", "STRIPE_WEBHOOK_SECRET is not set")
+        return _reject(deps, 503, "not_configured", "STRIPE_WEBHOOK_SECRET is not set")
     try:
         body = await _read_body(request, settings.max_body_bytes)
         verify(
@@ -52,7 +53,14 @@ async def receive_webhook(request: Request) -> Response:
         result = await deps.writer.append(event)
     except StorageError as e:
         log.error(
-            "event=%s type=%s outcome=storage_unavailable error=%s", event.event_id, event.type, e
+            "%s",
+            fields(
+                event=event.event_id,
+                type=event.type,
+                position=None,
+                outcome="storage_unavailable",
+                error=str(e),
+            ),
         )
         deps.metrics.rejections.labels("storage_unavailable").inc()
         return error(
@@ -63,12 +71,14 @@ async def receive_webhook(request: Request) -> Response:
         )
     deps.metrics.events.labels(result.status).inc()
     log.info(
-        "event=%s type=%s position=%d outcome=%s livemode=%s",
-        result.event_id,
-        event.type,
-        result.position,
-        result.status,
-        event.livemode,
+        "%s",
+        fields(
+            event=result.event_id,
+            type=event.type,
+            position=result.position,
+            outcome=result.status,
+            livemode=event.livemode,
+        ),
     )
     return JSONResponse(
         {"event_id": result.event_id, "status": result.status, "position": result.position}
@@ -77,7 +87,13 @@ async def receive_webhook(request: Request) -> Response:
 
 def _reject(deps: Deps, status: int, code: str, message: str) -> Response:
     deps.metrics.rejections.labels(code).inc()
-    log.info("outcome=rejected reason=%s message=%s", code, message)
+    # The same leading fields as an accepted event's line; none is known before parsing.
+    log.info(
+        "%s",
+        fields(
+            event=None, type=None, position=None, outcome="rejected", reason=code, message=message
+        ),
+    )
     return error(status, code, message)
 
 
