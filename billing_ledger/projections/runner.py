@@ -22,6 +22,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from billing_ledger.ledger.canonical import Snapshot
+from billing_ledger.ledger.logfmt import fields
 from billing_ledger.ledger.normalise import normalise
 from billing_ledger.ledger.records import Recorded
 from billing_ledger.ledger.store import TABLE, EventStore
@@ -37,13 +38,21 @@ BACKOFF_MAX = 30.0
 class ProjectionError(RuntimeError):
     """An event the projection could not apply: it stops there until the cause is fixed."""
 
-    def __init__(self, name: str, event_id: str, position: int, cause: BaseException) -> None:
+    def __init__(
+        self,
+        name: str,
+        event_id: str,
+        position: int,
+        cause: BaseException,
+        event_type: str | None = None,
+    ) -> None:
         super().__init__(
             f"projection {name} stopped at event {event_id} (position {position}): "
             f"{type(cause).__name__}: {cause}"
         )
         self.event_id = event_id
         self.position = position
+        self.event_type = event_type
 
 
 @dataclass
@@ -176,7 +185,7 @@ class Runner:
             try:
                 read = self._pipeline()
             except ProjectionError as e:
-                self._fail(str(e))
+                self._fail(str(e), e)
                 raise
             except Exception as e:
                 self._fail(f"projection {self.name}: {type(e).__name__}: {e}")
@@ -230,6 +239,17 @@ class Runner:
             return False
         self.applied += len(prepared.snapshots)
         self._set_position(prepared.last)
+        # One line per batch, not per event: a catch-up applies thousands a second.
+        log.info(
+            "%s",
+            fields(
+                projection=self.name,
+                outcome="applied",
+                events=len(prepared.snapshots),
+                after=after,
+                position=prepared.last,
+            ),
+        )
         return True
 
     def _release_workers(self) -> None:
@@ -249,7 +269,9 @@ class Runner:
             try:
                 snapshot = self._snapshot(event)
             except Exception as e:  # a fold does not catch: stop here and say which event
-                prepared.error = ProjectionError(self.name, event.event_id, event.position, e)
+                prepared.error = ProjectionError(
+                    self.name, event.event_id, event.position, e, event.type
+                )
                 return prepared
             if snapshot is not None:
                 prepared.snapshots.append(snapshot)
@@ -273,16 +295,31 @@ class Runner:
             self._flagged.clear()
         self._flagged.add(event.event_id)
         log.warning(
-            "event=%s type=%s livemode=%s skipped: the deployment projects livemode=%s",
-            event.event_id,
-            event.type,
-            event.livemode,
-            self.livemode,
+            "%s",
+            fields(
+                projection=self.name,
+                event=event.event_id,
+                type=event.type,
+                position=event.position,
+                outcome="skipped",
+                reason="other_mode",
+                livemode=event.livemode,
+            ),
         )
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, message: str, failed: ProjectionError | None = None) -> None:
         if message != self._error:
-            log.error("%s", message)
+            log.error(
+                "%s",
+                fields(
+                    projection=self.name,
+                    event=failed.event_id if failed else None,
+                    type=failed.event_type if failed else None,
+                    position=failed.position if failed else None,
+                    outcome="failed",
+                    error=message,
+                ),
+            )
         self._error = message
 
     def _set_position(self, position: int, *, notify: bool = True) -> None:
