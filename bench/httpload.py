@@ -98,6 +98,74 @@ def run_load(
     return result
 
 
+@dataclass(frozen=True)
+class Paced:
+    """An open-loop stream: request `i`, built by `make(i)`, is due at start + i / rate."""
+
+    make: Callable[[int], bytes]
+    rate: float
+    total: int
+    concurrency: int
+
+
+async def _paced_worker(
+    host: str,
+    port: int,
+    stream: Paced,
+    counter: list[int],
+    started: float,
+    deadline: float,
+    result: LoadResult,
+) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        while (index := counter[0]) < stream.total:
+            due = started + index / stream.rate
+            if due >= deadline:
+                return
+            counter[0] += 1
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            try:
+                writer.write(stream.make(index))
+                status = await _read_response(reader)
+            except (OSError, asyncio.IncompleteReadError):
+                result.errors += 1
+                writer.close()
+                reader, writer = await asyncio.open_connection(host, port)
+                continue
+            # Timed from when the request was due, not when it went out: a send held back
+            # by busy connections is the service's delay too (no coordinated omission).
+            result.latencies.append(time.perf_counter() - due)
+            if status == 200:
+                result.requests += 1
+            else:
+                result.errors += 1
+    finally:
+        writer.close()
+
+
+def run_paced(host: str, port: int, streams: list[Paced], max_seconds: float) -> list[LoadResult]:
+    """Run open-loop streams side by side for at most `max_seconds`; a result per stream."""
+    results = [LoadResult(0, 0, 0.0, []) for _ in streams]
+
+    async def main() -> None:
+        started = time.perf_counter()
+        deadline = started + max_seconds
+        workers = []
+        for stream, result in zip(streams, results, strict=True):
+            counter = [0]
+            workers += [
+                _paced_worker(host, port, stream, counter, started, deadline, result)
+                for _ in range(stream.concurrency)
+            ]
+        await asyncio.gather(*workers)
+        for result in results:
+            result.seconds = time.perf_counter() - started
+
+    asyncio.run(main())
+    return results
+
+
 def post_request(path: str, body: bytes, headers: dict[str, str]) -> bytes:
     """The bytes of one HTTP/1.1 POST."""
     lines = [
