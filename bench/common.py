@@ -104,8 +104,9 @@ def read_and_decode(store: EventStore) -> tuple[int, float]:
 
 
 def settle(store: EventStore) -> None:
-    """Vacuum, analyse and checkpoint the schema, so that the writes of filling it (hint
-    bits, dirty pages, autovacuum) do not land inside whichever measurement runs first."""
+    """Vacuum, analyse and checkpoint the schema before anything is measured."""
+    # Otherwise the writes that filling it left behind (hint bits, dirty pages, autovacuum)
+    # land inside whichever measurement runs first.
     with psycopg.connect(PG, autocommit=True) as conn:
         tables = conn.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = %s", (store.db.url.schema,)

@@ -50,6 +50,7 @@ def replay(store: EventStore, views: Views) -> RebuildReport:
 
 
 def main() -> int:
+    """Fill, project, settle, then measure read-and-decode and replay's rebuild."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=EVENTS)
     count = parser.parse_args().events

@@ -109,11 +109,9 @@ def flush(url: str) -> None:
 def register_webhook(
     url: str, target: str, secret: str, events: list[str] | None = None, hook_id: str = "ledger"
 ) -> None:
-    """Have localstripe sign and POST its events to `target` (one attempt, no retries).
-
-    It sends each event a second after making it, to every webhook registered by then, so
-    a test may receive events an earlier test made: match what you wait for by id.
-    """
+    """Have localstripe sign and POST its events to `target` (one attempt, no retries)."""
+    # It sends each event a second after making it, to every webhook registered by then, so
+    # a test may receive events an earlier test made: match what you wait for by id.
     config: dict[str, object] = {"url": target, "secret": secret}
     if events is not None:
         config["events"] = events
