@@ -10,13 +10,14 @@ of tables, so replay can rebuild beside the live views and `promote` swaps them 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import psycopg
 from eventsourcing.persistence import Tracking
@@ -202,6 +203,8 @@ class Views:
             cursor.executemany(self._sql.insert_snapshots, rows)
             cursor.executemany(self._sql.insert_links, links)
             return
+        rows = [_escaped(r) if _needs_escape(r) else r for r in rows]
+        links = [_escaped(r) if _needs_escape(r) else r for r in links]
         _copy_insert(cursor, self.snapshots, "_billing_snapshots_in", rows, _SNAPSHOT_COLUMNS)
         _copy_insert(cursor, self.links, "_billing_links_in", links, _LINK_COLUMNS)
 
@@ -214,9 +217,10 @@ class Views:
         """Everything the policy needs for one user: their links, their customers' snapshots."""
         with self._reading() as cursor:
             # One statement, one round trip, one consistent snapshot of both tables.
-            cursor.execute(self._sql.inputs_of_user, (user_id, user_id))
+            key = self._text(user_id)
+            cursor.execute(self._sql.inputs_of_user, (key, key))
             rows = [_values(r) for r in cursor.fetchall()]
-        link_rows = sorted(_link_values(r[1:6]) for r in rows if r[0] == "l")
+        link_rows = sorted(self._link(r[1:6]) for r in rows if r[0] == "l")
         snapshots = sorted(
             (snapshot_from_json(r[6]) for r in rows if r[0] == "s"),
             key=lambda s: (s.kind, s.object_id, s.created, s.event_id),
@@ -290,17 +294,29 @@ class Views:
     def users_of(self, customer_id: str) -> list[str]:
         """The users linked to one customer (by any route), sorted."""
         with self.db.transaction(commit=False) as cursor:
-            cursor.execute(self._sql.users_of_customer, (customer_id,))
-            return sorted({_values(r)[0] for r in cursor.fetchall()})
+            cursor.execute(self._sql.users_of_customer, (self._text(customer_id),))
+            return sorted({self._link(r)[0] for r in cursor.fetchall()})
 
     def rows(self) -> ViewRows:
         """Every row, sorted: two views built from the same events compare equal."""
         with self.db.transaction(commit=False) as cursor:
             cursor.execute(f"SELECT {', '.join(_SNAPSHOT_COLUMNS)} FROM {self.snapshots}")
-            snapshots = sorted(_snapshot_values(r) for r in cursor.fetchall())
+            snapshots = sorted(self._snapshot(r) for r in cursor.fetchall())
             cursor.execute(f"SELECT {', '.join(_LINK_COLUMNS)} FROM {self.links}")
-            links = sorted(_link_values(r) for r in cursor.fetchall())
+            links = sorted(self._link(r) for r in cursor.fetchall())
         return ViewRows(snapshots=tuple(snapshots), links=tuple(links))
+
+    def _text(self, value: str) -> str:
+        """A key as the database holds it."""
+        return value if self.db.dialect == "sqlite" else _escape(value)
+
+    def _snapshot(self, row: Any) -> SnapshotRow:
+        values = _snapshot_values(row)
+        return values if self.db.dialect == "sqlite" else _unescaped(values)
+
+    def _link(self, row: Any) -> Any:
+        values = _values(row)
+        return values if self.db.dialect == "sqlite" else _unescaped(values)
 
     def promote(self, shadow: Views) -> None:
         """Replace these tables by `shadow`'s in one transaction (its rows and its position)."""
@@ -335,6 +351,37 @@ _SNAPSHOT_COLUMNS = (
 _LINK_COLUMNS = ("user_id", "customer_id", "created", "event_id", "via")
 
 
+_T = TypeVar("_T", bound=tuple[Any, ...])
+
+
+def _needs_escape(row: tuple[Any, ...]) -> bool:
+    return any(isinstance(v, str) and ("\x00" in v or "\\" in v) for v in row[:6])
+
+
+def _escape(text: str) -> str:
+    """PostgreSQL text cannot hold NUL: write it as \\0, and a backslash as two."""
+    if "\x00" not in text and "\\" not in text:
+        return text
+    return text.replace("\\", "\\\\").replace("\x00", "\\0")
+
+
+def _unescape(text: str) -> str:
+    if "\\" not in text:
+        return text
+    return re.sub(r"\\(.)", lambda m: "\x00" if m.group(1) == "0" else m.group(1), text)
+
+
+def _escaped(row: _T) -> _T:
+    """A row's keys escaped for PostgreSQL (the JSON column escapes NUL itself)."""
+    keys = tuple(_escape(v) if isinstance(v, str) else v for v in row[:6])
+    return cast(_T, keys + row[6:])
+
+
+def _unescaped(row: _T) -> _T:
+    keys = tuple(_unescape(v) if isinstance(v, str) else v for v in row[:6])
+    return cast(_T, keys + row[6:])
+
+
 def _values(row: Any) -> tuple[Any, ...]:
     return tuple(row.values()) if isinstance(row, dict) else tuple(row)
 
@@ -342,11 +389,6 @@ def _values(row: Any) -> tuple[Any, ...]:
 def _snapshot_values(row: Any) -> SnapshotRow:
     kind, object_id, customer, event_id, event_type, created, observation, raw = _values(row)
     return (kind, object_id, customer, event_id, event_type, created, bool(observation), raw)
-
-
-def _link_values(row: Any) -> LinkTuple:
-    user_id, customer_id, created, event_id, via = _values(row)
-    return (user_id, customer_id, created, event_id, via)
 
 
 def _copy_insert(

@@ -218,3 +218,35 @@ def test_the_cache_forgets_the_oldest_user_when_full(views: Views) -> None:
         views.inputs(user, 0)
     assert views.cached_inputs("u_a", 0) is None
     assert views.cached_inputs("u_c", 0) is not None
+
+
+@pytest.mark.parametrize("odd", ["\x00", "\\", "\\0", "\\\x00", "a\\\\0b\x00"])
+def test_ids_with_nul_or_backslashes_round_trip_without_colliding(views: Views, odd: str) -> None:
+    twins = snapshots(
+        [
+            event(
+                "checkout.session.completed",
+                checkout_session(
+                    id=f"cs{odd}", customer=f"cus{odd}", client_reference_id=f"u{odd}"
+                ),
+                id=f"evt{odd}",
+                created=T,
+            ),
+            event(
+                "checkout.session.completed",
+                checkout_session(id="cs_plain", customer="cus", client_reference_id="u"),
+                id="evt_plain",
+                created=T,
+            ),
+        ]
+    )
+    views.apply(twins, 0, 2)
+    views.apply(twins, 2, 4)  # re-applied: the escaped keys still match themselves
+    odd_inputs = views.load_inputs(f"u{odd}")
+    assert [(r.user_id, r.customer_id, r.event_id) for r in odd_inputs.links] == [
+        (f"u{odd}", f"cus{odd}", f"evt{odd}")
+    ]
+    assert [s.object_id for s in odd_inputs.snapshots] == [f"cs{odd}"]
+    assert [s.object_id for s in views.load_inputs("u").snapshots] == ["cs_plain"]
+    assert views.users_of(f"cus{odd}") == [f"u{odd}"]
+    assert {row[3] for row in views.rows().snapshots} == {f"evt{odd}", "evt_plain"}
