@@ -9,7 +9,11 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
+from billing_ledger.bootstrap import build
 from billing_ledger.http import reads
+from billing_ledger.http.app import create_app
+from billing_ledger.projections.runner import Runner
+from billing_ledger.projections.views import Views
 from tests.support.app import client_for, settings_for
 from tests.support.ledger import Ledger
 from tests.unit.builders import DAY, M, T, checkout_session, event, invoice, subscription
@@ -46,6 +50,7 @@ INVOICE_FIELDS = {
     "hosted_invoice_url",
 }
 LEEWAY = 2 * DAY
+PRO_FEATURES = ["core", "pro"]
 NOW = T + 10 * DAY  # inside the first period
 
 
@@ -288,3 +293,18 @@ def test_healthz_shows_the_projection_and_its_failure(ledger: Ledger) -> None:
         time.sleep(0.02)
     assert health["status"] == "degraded"
     assert "evt_poison" in health["projections"]["billing"]["error"]
+
+
+def test_without_a_runner_in_process_reads_follow_the_tracked_position(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reads, "MIN_POSITION_WAIT", 1.0)
+    deps = build(settings_for(database_url), run_projections=False)
+    with TestClient(create_app(deps)) as client:
+        ledger = Ledger(client, deps)
+        subscribe(ledger)  # stored; nobody in this process projects it
+        late = client.get("/v1/users/u_1/entitlements", params={"min_position": ledger.last})
+        assert late.status_code == 503 and late.json()["error"] == "not_caught_up"
+        assert client.get("/healthz").json()["projections"] == {}
+        Runner(deps.store, Views(deps.store.db), livemode=False).catch_up()  # `project` elsewhere
+        assert ledger.features(at=NOW) == PRO_FEATURES
