@@ -150,18 +150,27 @@ class Soak:
     read_rate: float
 
 
+def connections(rate: float, most: int) -> int:
+    """Enough connections for `rate`, few enough that none idles past uvicorn's 5 s
+    keep-alive (the server would close it and the next request on it would fail)."""
+    return max(1, min(most, int(rate)))
+
+
 def soak(port: int, capacity: float, first_event: int) -> Soak:
     """Events at half `capacity` and reads beside them, bounded by SOAK_SECONDS."""
     rate = capacity / 2
     read_rate = rate * READ_RATIO
     events = Paced(
-        lambda i: event_request(first_event + i), rate, int(rate * SECONDS) + 1, concurrency=32
+        lambda i: event_request(first_event + i),
+        rate,
+        int(rate * SECONDS) + 1,
+        concurrency=connections(rate, 32),
     )
     reads = Paced(
         read_request(first_event, rate / read_rate),
         read_rate,
         int(read_rate * SECONDS) + 1,
-        concurrency=16,
+        concurrency=connections(read_rate, 16),
     )
     sent, read = run_paced("127.0.0.1", port, [events, reads], max_seconds=SECONDS)
     return Soak(sent, read, rate, read_rate)
