@@ -230,6 +230,21 @@ def addressable(event_id: str) -> bool:
     return "/" not in event_id and event_id not in (".", "..")
 
 
+def get_event(client: TestClient, event_id: str) -> httpx2.Response:
+    """GET /v1/events/{event_id}, redirects not followed."""
+    return client.get(f"/v1/events/{segment(event_id)}", headers=AUTH, follow_redirects=False)
+
+
+def assert_unaddressable(response: httpx2.Response, event_id: str) -> None:
+    """What an id that cannot sit in one path segment gets: no route, or Starlette's
+    redirect dropping a trailing slash (to the route of the id without it)."""
+    if response.status_code == 307:
+        assert event_id.endswith("/") and addressable(event_id[:-1]), event_id
+        return
+    assert response.status_code == 404, response.text
+    assert_error_shape(response, "not_found")
+
+
 @given(event_id=storable_text, event_type=storable_text, object_id=storable_text)
 @FUZZ
 def test_signed_events_with_hostile_ids_are_stored_once_and_read_back(
@@ -248,13 +263,12 @@ def test_signed_events_with_hostile_ids_are_stored_once_and_read_back(
     assert first.status_code == 200 and again.status_code == 200, first.text
     assert first.json()["status"] == ("recorded" if new else "duplicate")
     assert again.json() == {**first.json(), "status": "duplicate"}
-    stored = client.get(f"/v1/events/{segment(event_id)}", headers=AUTH)
+    stored = get_event(client, event_id)
     if addressable(event_id):
         assert stored.status_code == 200, stored.text
         assert (stored.json()["event_id"], stored.json()["type"]) == (event_id, first_type)
     else:
-        assert stored.status_code == 404
-        assert_error_shape(stored, "not_found")
+        assert_unaddressable(stored, event_id)
 
 
 @pytest.mark.postgres
@@ -278,11 +292,13 @@ def nul_in_object_id(client: TestClient) -> None:
 
 # -- the /v1 reads ----------------------------------------------------------------------
 
+# Each value fits three to a URL the client will send (httpx caps a component at 64 KiB).
 query_values = st.one_of(
-    hostile_text,
+    hostile_text.filter(lambda v: len(quote(v)) <= 20_000),
     st.integers().map(str),
     st.floats().map(repr),
     st.sampled_from(["", "1e309", "-0.5", "0x10", "9" * 40, "2026-13-45T99:99:99Z", "now"]),
+    st.just("9" * 20_000),
 )
 
 
@@ -330,10 +346,12 @@ def test_an_unknown_event_id_of_any_shape_is_404_or_refused(
     app: tuple[TestClient, Deps], event_id: str
 ) -> None:
     client, _ = app
-    response = client.get(f"/v1/events/{segment(event_id)}", headers=AUTH)
-    assert response.status_code in (400, 404), response.text
-    codes = ("unknown_event", "invalid_parameter") if addressable(event_id) else ("not_found",)
-    assert_error_shape(response, *codes)
+    response = get_event(client, event_id)
+    if addressable(event_id):
+        assert response.status_code in (400, 404), response.text
+        assert_error_shape(response, "unknown_event", "invalid_parameter")
+    else:
+        assert_unaddressable(response, event_id)
 
 
 methods = st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE"])
