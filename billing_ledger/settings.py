@@ -59,7 +59,9 @@ class Settings:
             app_url=(env.get("LEDGER_APP_URL") or defaults.app_url).rstrip("/"),
             max_body_bytes=_integer(env, "LEDGER_MAX_BODY_BYTES", defaults.max_body_bytes),
             session_secret=env.get("LEDGER_SESSION_SECRET") or None,
-            writer_max_batch=max(1, _integer(env, "LEDGER_WRITER_MAX_BATCH", defaults.writer_max_batch)),
+            writer_max_batch=max(
+                1, _integer(env, "LEDGER_WRITER_MAX_BATCH", defaults.writer_max_batch)
+            ),
         )
 
 

@@ -22,8 +22,9 @@ def _sender(url: str, ids: list[str], acknowledged: list[str], stop: threading.E
                 return
             body = event_body(event_id, pad_to=3000)
             try:
-                response = client.post(f"{url}/webhooks/stripe", content=body,
-                                       headers={"stripe-signature": sign(body)})
+                response = client.post(
+                    f"{url}/webhooks/stripe", content=body, headers={"stripe-signature": sign(body)}
+                )
             except httpx.HTTPError:
                 return  # the server died under us: this one was never acknowledged
             if response.status_code == 200:
@@ -35,8 +36,13 @@ def test_every_acknowledged_event_survives_a_sigkill(database_url: str) -> None:
     server = Server(env).start()
     acknowledged: list[str] = []
     stop = threading.Event()
-    senders = [threading.Thread(target=_sender, args=(server.url, [f"evt_k{t}_{i}" for i in range(400)],
-                                                      acknowledged, stop)) for t in range(8)]
+    senders = [
+        threading.Thread(
+            target=_sender,
+            args=(server.url, [f"evt_k{t}_{i}" for i in range(400)], acknowledged, stop),
+        )
+        for t in range(8)
+    ]
     for sender in senders:
         sender.start()
     while len(acknowledged) < 200:
@@ -51,7 +57,12 @@ def test_every_acknowledged_event_survives_a_sigkill(database_url: str) -> None:
     try:
         # Stripe retries what was never acknowledged: send everything again.
         retried: list[str] = []
-        _sender(restarted.url, [f"evt_k{t}_{i}" for t in range(8) for i in range(400)], retried, threading.Event())
+        _sender(
+            restarted.url,
+            [f"evt_k{t}_{i}" for t in range(8) for i in range(400)],
+            retried,
+            threading.Event(),
+        )
         assert len(retried) == 3200
     finally:
         restarted.stop()

@@ -10,12 +10,21 @@ from billing_ledger.ledger.store import open_store
 from tests.support.signing import event_body
 
 
-def _deliver(url: str, barrier: multiprocessing.synchronize.Barrier, out: multiprocessing.Queue) -> None:  # type: ignore[name-defined]
+def _deliver(
+    url: str, barrier: multiprocessing.synchronize.Barrier, out: multiprocessing.Queue
+) -> None:  # type: ignore[name-defined]
     try:
         store = open_store(url)
         body = event_body("evt_race", pad_to=3000)
-        event = Incoming("evt_race", "customer.subscription.updated", 1767225600, False, "2026-10-28.endive",
-                         body, time.time())
+        event = Incoming(
+            "evt_race",
+            "customer.subscription.updated",
+            1767225600,
+            False,
+            "2026-10-28.endive",
+            body,
+            time.time(),
+        )
         barrier.wait(timeout=60)
         result = store.append([event])[0]
         out.put((result.status, result.position))
@@ -25,12 +34,16 @@ def _deliver(url: str, barrier: multiprocessing.synchronize.Barrier, out: multip
         out.put(("error", repr(error)))
 
 
-def test_ten_concurrent_deliveries_from_separate_processes_store_one_copy(database_url: str) -> None:
+def test_ten_concurrent_deliveries_from_separate_processes_store_one_copy(
+    database_url: str,
+) -> None:
     open_store(database_url).db.close()  # create the tables once, before the race
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(10)
     out = context.Queue()
-    processes = [context.Process(target=_deliver, args=(database_url, barrier, out)) for _ in range(10)]
+    processes = [
+        context.Process(target=_deliver, args=(database_url, barrier, out)) for _ in range(10)
+    ]
     for p in processes:
         p.start()
     for p in processes:

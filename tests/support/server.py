@@ -33,14 +33,27 @@ class Server:
         self.workers = workers
         self.process: subprocess.Popen[bytes] | None = None
         # A file, not a pipe: a pipe nobody drains blocks the server once its buffer fills.
-        self.log = tempfile.NamedTemporaryFile(prefix="ledger-server-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (open for the server's lifetime; closed in stop())
+            prefix="ledger-server-", suffix=".log", delete=False
+        )
 
     def start(self, timeout: float = 30) -> Server:
         """Start and wait until /healthz answers."""
-        command = [sys.executable, "-m", "billing_ledger.cli", "serve", "--host", "127.0.0.1",
-                   "--port", str(self.port), "--workers", str(self.workers)]
-        self.process = subprocess.Popen(command, env=self.env, stdout=self.log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        command = [
+            sys.executable,
+            "-m",
+            "billing_ledger.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+        ]
+        self.process = subprocess.Popen(
+            command, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
