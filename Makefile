@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 export LEDGER_TEST_PG ?= postgresql://postgres@127.0.0.1:5432/ledger_test
 
-.PHONY: setup run demo test test-fast lint bench services clean
+.PHONY: setup run demo test lint bench services clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,10 @@ lint: setup
 	$(VENV)/bin/ruff format --check billing_ledger tests bench
 	$(VENV)/bin/mypy
 
+BENCHES ?= ingest read project replay soak
+
 bench: setup services
-	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+	@for name in $(BENCHES); do echo "== bench/$$name.py"; PYTHONPATH=. $(PY) bench/$$name.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .hypothesis .schemathesis
