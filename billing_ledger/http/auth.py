@@ -14,14 +14,17 @@ class BearerTokenMiddleware:
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode() if token else None
+        self.expected = token.encode() if token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.expected is None or scope["type"] != "http" or not scope["path"].startswith("/v1/"):
             await self.app(scope, receive, send)
             return
         supplied = dict(scope["headers"]).get(b"authorization", b"")
-        if not hmac.compare_digest(supplied, self.expected):
+        # The scheme is case-insensitive (RFC 9110 11.1); the token is compared in constant time.
+        scheme, _, credentials = supplied.partition(b" ")
+        matches = hmac.compare_digest(credentials, self.expected)
+        if not (matches and scheme.lower() == b"bearer"):
             response = error(
                 401,
                 "unauthorized",

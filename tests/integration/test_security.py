@@ -88,7 +88,16 @@ def test_the_token_is_compared_in_constant_time(
 
     monkeypatch.setattr(hmac, "compare_digest", spy)  # auth.py looks it up at each call
     assert call(client, "GET", "/v1/users/u_1/entitlements", "Bearer tok_not_it") == 401
-    assert compared == [(b"Bearer tok_not_it", f"Bearer {TOKEN}".encode())]
+    assert compared == [(b"tok_not_it", TOKEN.encode())]
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
+def test_the_bearer_scheme_is_case_insensitive(
+    guarded: tuple[TestClient, Deps], scheme: str
+) -> None:
+    client, _ = guarded
+    assert call(client, "GET", "/v1/users/u_1/entitlements", f"{scheme} {TOKEN}") == 200
+    assert call(client, "GET", "/v1/users/u_1/entitlements", f"{scheme} tok_not_it") == 401
 
 
 def test_an_encoded_path_cannot_slip_past_the_token(guarded: tuple[TestClient, Deps]) -> None:
