@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from billing_ledger.http.metrics import Metrics
-from billing_ledger.ledger.store import Database, DatabaseUrl, EventStore
+from billing_ledger.ledger.store import Database, DatabaseUrl, EventStore, guard
 from billing_ledger.ledger.writer import GroupCommitWriter
 from billing_ledger.projections.plans import Plans, PlansError, load_plans
 from billing_ledger.projections.runner import Runner
@@ -38,11 +38,28 @@ class Deps:
 def build(settings: Settings, *, run_projections: bool = True) -> Deps:
     """Open the store (creating its tables) and wire the write and read sides."""
     plans = _plans(settings)
-    store = EventStore(Database(DatabaseUrl.parse(settings.database_url)))
-    store.create()
-    deps = Deps(settings=settings, store=store, writer=GroupCommitWriter(store, settings.writer_max_batch))
+    store = _open_store(settings)
+    deps = Deps(
+        settings=settings, store=store, writer=GroupCommitWriter(store, settings.writer_max_batch)
+    )
     _wire_read_side(deps, plans, run_projections)
     return deps
+
+
+def _open_store(settings: Settings) -> EventStore:
+    """The store with its tables; failing to connect, create its folder or its tables is a
+    StorageError (the driver's own errors escape otherwise: the store's guard is not yet in place)."""
+    url = DatabaseUrl.parse(settings.database_url)
+    with guard():
+        db = Database(url)
+    try:
+        with guard():  # the PostgreSQL recorder connects as it is built
+            store = EventStore(db)
+            store.create()
+    except BaseException:
+        db.close()
+        raise
+    return store
 
 
 def _plans(settings: Settings) -> Plans:

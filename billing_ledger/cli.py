@@ -7,7 +7,8 @@ import ipaddress
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from urllib.parse import unquote, urlsplit
 
 from billing_ledger.ledger.store import DatabaseUrlError, StorageError
 from billing_ledger.settings import Settings, SettingsError
@@ -39,7 +40,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.no_projections:
         # Read by app_from_env in each worker: run `billing-ledger project` elsewhere instead.
         os.environ["LEDGER_SERVE_PROJECTIONS"] = "false"
-    build(settings, run_projections=False).close()  # fail fast (one line) when storage is unreachable; creates tables once
+    # Fail fast (one line) when storage is unreachable; creates the tables once.
+    build(settings, run_projections=False).close()
     uvicorn.run(
         "billing_ledger.http.app:app_from_env",
         factory=True,
@@ -109,18 +111,56 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+# The secrets a one-line reason must never show: the database password and the keys.
+_SECRET_SETTINGS = ("STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRET", "LEDGER_API_TOKEN")
+
+
+def _secrets(env: Mapping[str, str]) -> set[str]:
+    found = {s.strip() for name in _SECRET_SETTINGS for s in env.get(name, "").split(",")}
+    try:
+        password = urlsplit(env.get("LEDGER_DATABASE_URL", "")).password
+    except ValueError:
+        password = None
+    if password:
+        found |= {password, unquote(password)}
+    return {s for s in found if s}
+
+
+def one_line(error: BaseException, env: Mapping[str, str]) -> str:
+    """An error as one line of text, with the configured secrets masked."""
+    text = " ".join(str(error).split())
+    for secret in sorted(_secrets(env), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `billing-ledger` console script."""
+    """Entry point of the `billing-ledger` console script.
+
+    Every failure ends as one line on stderr: status 2 for a bad command line, bad
+    configuration or unreachable storage, 1 for anything unexpected (LEDGER_DEBUG=1 shows
+    its traceback instead).
+    """
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = Settings.from_env()
         return COMMANDS[args.command](args, settings)
     except (UsageError, SettingsError, DatabaseUrlError, StorageError) as e:
-        print(f"billing-ledger {args.command}: {e}", file=sys.stderr)
+        print(f"billing-ledger {args.command}: {one_line(e, os.environ)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        if os.environ.get("LEDGER_DEBUG", "").strip().lower() in ("1", "true", "yes"):
+            raise
+        reason = one_line(e, os.environ)
+        print(
+            f"billing-ledger {args.command}: unexpected {type(e).__name__}: {reason} "
+            "(LEDGER_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":
