@@ -24,8 +24,22 @@ if TYPE_CHECKING:
 log = logging.getLogger("billing_ledger.webhooks")
 
 
+# The ledger's own event types (customer links, reconcile observations, backfill cursors,
+# replay records) are recorded by the ledger alone: Stripe never sends one, and a signed body
+# claiming one would forge the ledger's own facts.
+RESERVED_TYPE_PREFIX = "ledger."
+
+
 class PayloadTooLargeError(ValueError):
     """The body is larger than the configured limit."""
+
+
+def refuse_reserved_type(event_type: str) -> None:
+    """Raise MalformedEventError for a type only the ledger itself may record."""
+    if event_type.startswith(RESERVED_TYPE_PREFIX):
+        raise MalformedEventError(
+            f'"type" {event_type!r} is reserved for events the ledger records itself'
+        )
 
 
 async def receive_webhook(request: Request) -> Response:
@@ -43,6 +57,7 @@ async def receive_webhook(request: Request) -> Response:
             settings.webhook_tolerance,
         )
         event = parse_event(body, signature=request.headers.get("stripe-signature"))
+        refuse_reserved_type(event.type)
     except PayloadTooLargeError as e:
         return _reject(deps, 413, "payload_too_large", str(e))
     except InvalidSignatureError as e:

@@ -31,6 +31,7 @@ DAY = 86400
 RETENTION = 30 * DAY  # "List events, going back up to 30 days" (the Events API reference)
 OVERLAP = 3600  # a default run starts an hour before the last cursor: late-created events
 MAX_TYPES = 20  # `types[]` takes at most 20 names; more are filtered here
+RESERVED_TYPE_PREFIX = "ledger."  # the ledger's own event types (own_events), never Stripe's
 
 Json = dict[str, Any]
 
@@ -45,7 +46,7 @@ class BackfillReport:
     recorded: int = 0
     duplicates: int = 0
     alternates: int = 0
-    skipped: int = 0  # listed bodies that are not Stripe events (logged, not stored)
+    skipped: int = 0  # listed bodies that are not Stripe events or are of a reserved type
     newest: tuple[int, str] | None = None  # (created, id) of the newest event seen
     gap: tuple[int, int] | None = None  # [since, retention start) Stripe no longer lists
     cursor_id: str | None = None
@@ -178,6 +179,10 @@ class Backfill:
             parsed = parse_event(orjson.dumps(event), received_at=received_at)
         except MalformedEventError as error:
             log.warning("backfill: skipping %s: %s", event.get("id"), error)
+            return None
+        if parsed.type.startswith(RESERVED_TYPE_PREFIX):
+            # Stripe never lists one: only the ledger records its own types.
+            log.warning("backfill: skipping %s: reserved type %r", parsed.event_id, parsed.type)
             return None
         return dataclasses.replace(parsed, source="backfill")
 
