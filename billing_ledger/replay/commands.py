@@ -14,7 +14,13 @@ from billing_ledger.ledger.store import Database, DatabaseUrl, EventStore, guard
 from billing_ledger.replay import stripe_api
 from billing_ledger.replay.backfill import Backfill
 from billing_ledger.replay.explain import explain
-from billing_ledger.replay.rebuild import PlansFile, Rebuild, RebuildReport, catch_up
+from billing_ledger.replay.rebuild import (
+    PlansFile,
+    Rebuild,
+    RebuildReport,
+    ReplayRunningError,
+    catch_up,
+)
 from billing_ledger.replay.reconcile import Reconcile
 from billing_ledger.settings import Settings
 
@@ -26,7 +32,12 @@ class BadInputError(ValueError):
 
 
 # The one-line reasons a command exits 2 with (storage errors are the CLI's own).
-_FAILURES = (BadInputError, stripe_api.NotConfiguredError, stripe_api.StripeUnavailableError)
+_FAILURES = (
+    BadInputError,
+    ReplayRunningError,
+    stripe_api.NotConfiguredError,
+    stripe_api.StripeUnavailableError,
+)
 
 
 def parse_time(text: str, option: str) -> int:

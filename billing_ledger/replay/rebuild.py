@@ -12,15 +12,21 @@ those plans on the live rows and under the current plans on the rebuilt rows.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
+from psycopg.conninfo import make_conninfo
+
 from billing_ledger.ledger.records import Incoming
-from billing_ledger.ledger.store import EventStore
+from billing_ledger.ledger.store import Database, EventStore, guard
 from billing_ledger.projections.plans import Plans, PlansError, parse_plans
 from billing_ledger.projections.runner import Runner
 from billing_ledger.projections.views import Views
@@ -29,6 +35,11 @@ from billing_ledger.replay.own_events import REPLAY, of_type, own_event
 
 SHADOW_SUFFIX = "_replay"
 BATCH = 5000  # events per shadow transaction: fewer, larger commits while rebuilding
+RUNNING = "another replay is running on this database; nothing was changed"
+
+
+class ReplayRunningError(RuntimeError):
+    """Another replay holds this database's replay lock (the two would share the shadow)."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +102,14 @@ class Rebuild:
         self.shadow = live.shadow(SHADOW_SUFFIX)
 
     def run(self, *, dry_run: bool) -> RebuildReport:
-        """Build, compare, and (unless `dry_run`) swap; the shadow never outlives the run."""
+        """Build, compare, and (unless `dry_run`) swap; the shadow never outlives the run.
+
+        The whole run holds the replay lock: a second replay fails at once, touching nothing.
+        """
+        with replay_lock(self.store.db):
+            return self._run(dry_run)
+
+    def _run(self, dry_run: bool) -> RebuildReport:
         report = RebuildReport(self.live.name, plans_after=self.plans)
         self.live.create()  # a dropped projection is rebuilt from nothing
         try:
@@ -174,3 +192,57 @@ def last_plans(store: EventStore) -> PlansFile | None:
         return PlansFile(text, parse_plans(tomllib.loads(text), "<recorded plans>"))
     except (tomllib.TOMLDecodeError, PlansError):
         return None  # an older plans format: compare under the current plans only
+
+
+@contextmanager
+def replay_lock(db: Database) -> Iterator[None]:
+    """Hold this database's one replay lock (per schema on PostgreSQL) until the block ends,
+    or raise ReplayRunningError at once. Either kind ends with its holder's process."""
+    hold = _advisory_lock if db.dialect == "postgres" else _file_lock
+    with hold(db):
+        yield
+
+
+@contextmanager
+def _advisory_lock(db: Database) -> Iterator[None]:
+    """A session-level advisory lock keyed by schema, on a connection of its own."""
+    url = db.url
+    key = hashlib.blake2b(f"{url.schema}.replay".encode(), digest_size=8).digest()
+    conninfo = make_conninfo(
+        host=url.host,
+        port=url.port,
+        user=url.user,
+        password=url.password,
+        dbname=url.dbname,
+        connect_timeout=5,
+    )
+    with guard():
+        conn = psycopg.connect(conninfo, autocommit=True)
+    try:
+        with guard():
+            row = conn.execute(
+                "SELECT pg_try_advisory_lock(%s)", (int.from_bytes(key, "big", signed=True),)
+            ).fetchone()
+        if not (row and row[0]):
+            raise ReplayRunningError(RUNNING)
+        yield
+    finally:
+        conn.close()  # closing the session releases its advisory lock
+
+
+@contextmanager
+def _file_lock(db: Database) -> Iterator[None]:
+    """An exclusive flock on a file beside the SQLite database (kept there between runs).
+
+    flock, not SQLite's own locks: holding a write transaction for the run would stop
+    ingestion, and a lock row would outlive a replay that crashed."""
+    with guard():
+        fd = os.open(f"{db.url.path}.replay-lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ReplayRunningError(RUNNING) from None
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases its flock
