@@ -340,8 +340,11 @@ def _data(event: Recorded, body: Json) -> tuple[Json, dict[str, Any]]:
     return obj, dict(previous) if isinstance(previous, dict) else {}
 
 
+_KEYED_BY_CUSTOMER = (EntitlementSummary, Link)  # a tuple: `A | B` builds a union each call
+
+
 def _snapshot(event: Recorded, kind: str, state: State, created: int, **extra: Any) -> Snapshot:
-    object_id = state.customer_id if isinstance(state, EntitlementSummary | Link) else state.id
+    object_id = state.customer_id if isinstance(state, _KEYED_BY_CUSTOMER) else state.id
     return Snapshot(
         kind=kind,
         object_id=object_id,
