@@ -16,6 +16,7 @@ import time
 
 from bench.common import fill, fresh_store, read_and_decode
 from billing_ledger.ledger.store import EventStore
+from billing_ledger.process import tune_gc
 from billing_ledger.projections.runner import Runner
 from billing_ledger.projections.views import Views
 
@@ -34,6 +35,7 @@ def catch_up(store: EventStore) -> tuple[int, float]:
 
 
 def main() -> int:
+    tune_gc()  # as `billing-ledger project` does; the baseline runs under it too
     with fresh_store("bench") as store:
         began = time.perf_counter()
         size = fill(store, EVENTS)

@@ -18,6 +18,7 @@ import time
 
 from bench.common import fill, fresh_store, read_and_decode, settle
 from billing_ledger.ledger.store import EventStore
+from billing_ledger.process import tune_gc
 from billing_ledger.projections.plans import load_plans
 from billing_ledger.projections.runner import Runner
 from billing_ledger.projections.views import Views
@@ -51,6 +52,7 @@ def replay(store: EventStore, views: Views) -> RebuildReport:
 
 def main() -> int:
     """Fill, project, settle, then measure read-and-decode and replay's rebuild."""
+    tune_gc()  # as `billing-ledger replay` does; the baseline runs under it too
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=EVENTS)
     count = parser.parse_args().events

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from urllib.parse import unquote, urlsplit
 
 from billing_ledger.ledger.store import DatabaseUrlError, StorageError
+from billing_ledger.process import tune_gc
 from billing_ledger.settings import Settings, SettingsError
 
 
@@ -82,6 +83,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
 }
 
 
+# Commands that fold many events or serve for long: the collector runs rarely in them.
+LONG_RUNNING = frozenset({"serve", "project", "replay", "backfill", "reconcile"})
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line of CONTRACT.md."""
     top = argparse.ArgumentParser(prog="billing-ledger", description=__doc__)
@@ -145,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = Settings.from_env()
+        if args.command in LONG_RUNNING:
+            tune_gc()
         return COMMANDS[args.command](args, settings)
     except (UsageError, SettingsError, DatabaseUrlError, StorageError) as e:
         print(f"billing-ledger {args.command}: {one_line(e, os.environ)}", file=sys.stderr)

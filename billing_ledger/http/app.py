@@ -94,7 +94,9 @@ def create_app(deps: Deps) -> Starlette:
 def app_from_env() -> Starlette:
     """Factory for `uvicorn --factory` (one per worker process)."""
     from billing_ledger.bootstrap import build
+    from billing_ledger.process import tune_gc
     from billing_ledger.settings import Settings
 
+    tune_gc()  # each worker is a fresh interpreter when --workers > 1
     projections = os.environ.get("LEDGER_SERVE_PROJECTIONS", "true") != "false"
     return create_app(build(Settings.from_env(), run_projections=projections))

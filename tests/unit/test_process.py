@@ -1,0 +1,45 @@
+"""Process-wide tuning of the long-running commands."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+from billing_ledger.process import GC_THRESHOLDS, tune_gc
+
+
+@pytest.fixture
+def restored_gc() -> Iterator[None]:
+    thresholds = gc.get_threshold()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+
+
+def test_tune_gc_collects_rarely_and_freezes_what_startup_allocated(restored_gc: None) -> None:
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    tune_gc()
+    assert gc.get_threshold() == GC_THRESHOLDS
+    assert GC_THRESHOLDS[0] > 700  # above the interpreter's default first generation
+    assert gc.get_freeze_count() > 0
+
+
+def test_the_long_running_commands_tune_the_collector(
+    restored_gc: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from billing_ledger import cli
+
+    called: list[str] = []
+    monkeypatch.setattr(cli, "tune_gc", lambda: called.append("tuned"))
+    for command in ("project", "explain"):
+        monkeypatch.setitem(cli.COMMANDS, command, lambda args, settings: 0)
+    monkeypatch.delenv("LEDGER_DATABASE_URL", raising=False)
+    assert cli.main(["explain", "u_1"]) == 0
+    assert called == []
+    assert cli.main(["project"]) == 0
+    assert called == ["tuned"]
