@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -21,6 +19,7 @@ from billing_ledger.replay.commands import cmd_backfill
 from billing_ledger.replay.own_events import BACKFILL_CURSOR, BACKFILL_GAP
 from billing_ledger.replay.stripe_api import StripeUnavailableError
 from billing_ledger.settings import Settings
+from tests.support.http_stub import serving_get
 from tests.support.localstripe import API_KEY, flush, list_events, stripe_client
 
 DAY = 86400
@@ -149,32 +148,18 @@ def refusing_proxy(upstream: str, statuses: list[int]) -> Iterator[tuple[str, li
     """Answer the given statuses to the first requests, then forward to `upstream`."""
     answered: list[int] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if len(answered) < len(statuses):
-                status, body = statuses[len(answered)], b'{"error": {"message": "slow down"}}'
-            else:
-                reply = httpx.get(
-                    upstream + self.path, headers={"Authorization": self.headers["Authorization"]}
-                )
-                status, body = reply.status_code, reply.content
-            answered.append(status)
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(path: str, headers: Mapping[str, str]) -> tuple[int, bytes]:
+        if len(answered) < len(statuses):
+            status, body = statuses[len(answered)], b'{"error": {"message": "slow down"}}'
+        else:
+            auth = {"Authorization": headers["Authorization"]}
+            reply = httpx.get(upstream + path, headers=auth)
+            status, body = reply.status_code, reply.content
+        answered.append(status)
+        return status, body
 
-        def log_message(self, format: str, *args: object) -> None:
-            """Quiet."""
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", answered
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving_get(answer) as url:
+        yield url, answered
 
 
 def test_429_and_5xx_are_retried_with_exponential_bounded_delays(

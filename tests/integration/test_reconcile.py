@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -22,6 +20,7 @@ from billing_ledger.replay.impact import features
 from billing_ledger.replay.own_events import OBSERVATION
 from billing_ledger.replay.rebuild import catch_up
 from billing_ledger.settings import Settings
+from tests.support.http_stub import serving_get
 from tests.support.localstripe import API_KEY, flush
 from tests.support.stripe_world import StripeWorld
 
@@ -143,46 +142,31 @@ def test_a_replay_after_reconcile_reads_the_observations_and_calls_no_api(
 def with_entitlements(upstream: str, lookup_keys: list[str]) -> Iterator[str]:
     """localstripe behind a proxy that also answers the active entitlements list."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path.startswith("/v1/entitlements/active_entitlements"):
-                customer = parse_qs(urlsplit(self.path).query)["customer"][0]
-                body = orjson.dumps(
+    def answer(path: str, headers: Mapping[str, str]) -> tuple[int, bytes]:
+        if not path.startswith("/v1/entitlements/active_entitlements"):
+            auth = {"Authorization": headers["Authorization"]}
+            return 200, httpx.get(upstream + path, headers=auth).content
+        customer = parse_qs(urlsplit(path).query)["customer"][0]
+        return 200, orjson.dumps(
+            {
+                "object": "list",
+                "has_more": False,
+                "data": [
                     {
-                        "object": "list",
-                        "has_more": False,
-                        "data": [
-                            {
-                                "id": f"ent_{k}",
-                                "object": "entitlements.active_entitlement",
-                                "feature": f"feat_{k}",
-                                "livemode": False,
-                                "lookup_key": k,
-                            }
-                            for k in lookup_keys
-                        ],
-                        "url": f"/v1/entitlements/active_entitlements?customer={customer}",
+                        "id": f"ent_{k}",
+                        "object": "entitlements.active_entitlement",
+                        "feature": f"feat_{k}",
+                        "livemode": False,
+                        "lookup_key": k,
                     }
-                )
-            else:
-                auth = {"Authorization": self.headers["Authorization"]}
-                body = httpx.get(upstream + self.path, headers=auth).content
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+                    for k in lookup_keys
+                ],
+                "url": f"/v1/entitlements/active_entitlements?customer={customer}",
+            }
+        )
 
-        def log_message(self, format: str, *args: object) -> None:
-            """Quiet."""
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving_get(answer) as url:
+        yield url
 
 
 def test_where_the_api_lists_active_entitlements_they_are_observed_per_linked_customer(

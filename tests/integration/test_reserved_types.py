@@ -3,10 +3,7 @@ a signed webhook carrying one stores nothing, and backfill skips one the Events 
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import AbstractContextManager
 from typing import Any
 
 import orjson
@@ -18,6 +15,7 @@ from billing_ledger.ledger.store import open_store
 from billing_ledger.replay.backfill import Backfill
 from billing_ledger.replay.own_events import BACKFILL_CURSOR, BACKFILL_GAP, REPLAY
 from tests.support.app import client_for, settings_for
+from tests.support.http_stub import serving_get
 from tests.support.localstripe import stripe_client
 from tests.support.signing import event_body, sign
 
@@ -62,30 +60,10 @@ def test_a_type_that_only_looks_like_ours_is_still_a_stripe_event(database_url: 
         assert [e.event_id for e in deps.store.read(0)] == ["evt_lookalike"]
 
 
-@contextmanager
-def events_api(events: list[Json]) -> Iterator[str]:
+def events_api(events: list[Json]) -> AbstractContextManager[str]:
     """A Stripe Events API that lists `events` on one page (and refuses nothing)."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            page = {"object": "list", "url": "/v1/events", "has_more": False, "data": events}
-            body = orjson.dumps(page)
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            """Quiet."""
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    page = orjson.dumps({"object": "list", "url": "/v1/events", "has_more": False, "data": events})
+    return serving_get(lambda path, headers: (200, page))
 
 
 def test_backfill_skips_and_counts_reserved_types_the_events_api_lists(database_url: str) -> None:
