@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, Response
 
 from billing_ledger.http.errors import error
 from billing_ledger.ledger.logfmt import fields
+from billing_ledger.ledger.records import RESERVED_TYPE_PREFIX
 from billing_ledger.ledger.store import StorageError
 from billing_ledger.ledger.verify import (
     InvalidSignatureError,
@@ -22,12 +23,6 @@ if TYPE_CHECKING:
     from billing_ledger.bootstrap import Deps
 
 log = logging.getLogger("billing_ledger.webhooks")
-
-
-# The ledger's own event types (customer links, reconcile observations, backfill cursors,
-# replay records) are recorded by the ledger alone: Stripe never sends one, and a signed body
-# claiming one would forge the ledger's own facts.
-RESERVED_TYPE_PREFIX = "ledger."
 
 
 class PayloadTooLargeError(ValueError):

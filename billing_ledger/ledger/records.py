@@ -7,6 +7,11 @@ from typing import Any
 
 import orjson
 
+# The ledger's own event types (customer links, reconcile observations, backfill cursors,
+# replay records) are recorded by the ledger alone: Stripe never sends one, and a body
+# claiming one, signed or listed by the Events API, would forge the ledger's own facts.
+RESERVED_TYPE_PREFIX = "ledger."
+
 # The state of each stored event is one JSON header line, a newline, then the body
 # exactly as received: the raw bytes stay intact for audit and re-verification.
 _SEPARATOR = b"\n"

@@ -8,6 +8,7 @@ recorder's notification id is the ledger position.
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ import psycopg
 from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
+from psycopg.conninfo import make_conninfo
 
 from billing_ledger.ledger.records import (
     AppendResult,
@@ -77,6 +79,23 @@ class DatabaseUrl:
                 schema=query.get("schema", ["public"])[0],
             )
         raise DatabaseUrlError(f"unsupported database URL scheme {parts.scheme!r} in {url!r}")
+
+    def conninfo(self) -> str:
+        """A libpq connection string for a PostgreSQL connection of one's own (locks, LISTEN)."""
+        return make_conninfo(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            dbname=self.dbname,
+            connect_timeout=5,
+        )
+
+    def lock_key(self, name: str) -> int:
+        """A bigint advisory-lock key for `name` in this schema (tests and tenants share a
+        database, so the schema is part of it)."""
+        digest = hashlib.blake2b(f"{self.schema}.{name}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big", signed=True)
 
 
 class Database:

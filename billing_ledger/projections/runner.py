@@ -9,7 +9,6 @@ has no notifications, so the runner polls.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -19,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import make_conninfo
 
 from billing_ledger.ledger.canonical import Snapshot
 from billing_ledger.ledger.logfmt import fields
@@ -354,17 +352,8 @@ class _PostgresLeader(_Leader):
 
     def __init__(self, runner: Runner) -> None:
         url = runner.store.db.url
-        self.conninfo = make_conninfo(
-            host=url.host,
-            port=url.port,
-            user=url.user,
-            password=url.password,
-            dbname=url.dbname,
-            connect_timeout=5,
-        )
-        # The lock is per schema and projection: tests and tenants share one database.
-        key = f"{url.schema}.{runner.name}{runner.views.suffix}".encode()
-        self.key = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big", signed=True)
+        self.conninfo = url.conninfo()
+        self.key = url.lock_key(f"{runner.name}{runner.views.suffix}")  # per projection
         self.channel: str = getattr(runner.store.recorder, "channel_name", TABLE)
         self.conn: psycopg.Connection[Any] | None = None
         self.held = False

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import stripe
 
-from billing_ledger.ledger.records import AppendResult, Incoming
+from billing_ledger.ledger.records import RESERVED_TYPE_PREFIX, AppendResult, Incoming
 from billing_ledger.ledger.store import EventStore
 from billing_ledger.ledger.verify import MalformedEventError, parse_event
 from billing_ledger.replay import stripe_api
@@ -31,7 +31,6 @@ DAY = 86400
 RETENTION = 30 * DAY  # "List events, going back up to 30 days" (the Events API reference)
 OVERLAP = 3600  # a default run starts an hour before the last cursor: late-created events
 MAX_TYPES = 20  # `types[]` takes at most 20 names; more are filtered here
-RESERVED_TYPE_PREFIX = "ledger."  # the ledger's own event types (own_events), never Stripe's
 
 Json = dict[str, Any]
 

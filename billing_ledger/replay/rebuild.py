@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
-from psycopg.conninfo import make_conninfo
 
 from billing_ledger.ledger.records import Incoming
 from billing_ledger.ledger.store import Database, EventStore, guard
@@ -206,22 +205,12 @@ def replay_lock(db: Database) -> Iterator[None]:
 @contextmanager
 def _advisory_lock(db: Database) -> Iterator[None]:
     """A session-level advisory lock keyed by schema, on a connection of its own."""
-    url = db.url
-    key = hashlib.blake2b(f"{url.schema}.replay".encode(), digest_size=8).digest()
-    conninfo = make_conninfo(
-        host=url.host,
-        port=url.port,
-        user=url.user,
-        password=url.password,
-        dbname=url.dbname,
-        connect_timeout=5,
-    )
     with guard():
-        conn = psycopg.connect(conninfo, autocommit=True)
+        conn = psycopg.connect(db.url.conninfo(), autocommit=True)
     try:
         with guard():
             row = conn.execute(
-                "SELECT pg_try_advisory_lock(%s)", (int.from_bytes(key, "big", signed=True),)
+                "SELECT pg_try_advisory_lock(%s)", (db.url.lock_key("replay"),)
             ).fetchone()
         if not (row and row[0]):
             raise ReplayRunningError(RUNNING)
