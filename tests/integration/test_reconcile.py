@@ -23,6 +23,7 @@ from billing_ledger.settings import Settings
 from tests.support.http_stub import serving_get
 from tests.support.localstripe import API_KEY, flush
 from tests.support.stripe_world import StripeWorld
+from tests.unit.builders import active_entitlement
 
 
 def settings(database_url: str, api_base: str) -> Settings:
@@ -151,16 +152,7 @@ def with_entitlements(upstream: str, lookup_keys: list[str]) -> Iterator[str]:
             {
                 "object": "list",
                 "has_more": False,
-                "data": [
-                    {
-                        "id": f"ent_{k}",
-                        "object": "entitlements.active_entitlement",
-                        "feature": f"feat_{k}",
-                        "livemode": False,
-                        "lookup_key": k,
-                    }
-                    for k in lookup_keys
-                ],
+                "data": [active_entitlement(k) for k in lookup_keys],
                 "url": f"/v1/entitlements/active_entitlements?customer={customer}",
             }
         )

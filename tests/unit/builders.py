@@ -291,6 +291,17 @@ def customer(*, id: str = "cus_1", app_user_id: str | None = None, deleted: bool
     return obj
 
 
+def active_entitlement(key: str) -> Json:
+    """One entitlements.active_entitlement whose feature has lookup key `key`."""
+    return {
+        "id": f"ent_{key}",
+        "object": "entitlements.active_entitlement",
+        "feature": f"feat_{key}",
+        "livemode": False,
+        "lookup_key": key,
+    }
+
+
 def summary(*keys: str, customer: str = "cus_1", has_more: bool = False) -> Json:
     """An entitlements.active_entitlement_summary."""
     return {
@@ -299,16 +310,7 @@ def summary(*keys: str, customer: str = "cus_1", has_more: bool = False) -> Json
         "livemode": False,
         "entitlements": {
             "object": "list",
-            "data": [
-                {
-                    "id": f"ent_{k}",
-                    "object": "entitlements.active_entitlement",
-                    "feature": f"feat_{k}",
-                    "livemode": False,
-                    "lookup_key": k,
-                }
-                for k in keys
-            ],
+            "data": [active_entitlement(k) for k in keys],
             "has_more": has_more,
             "url": "/v1/customer/cus_1/entitlements",
         },
