@@ -35,6 +35,9 @@ SNAPSHOTS = "billing_snapshots"
 LINKS = "billing_links"
 TRACKING = "billing_tracking"  # our own table: other projections keep theirs
 CACHE_SIZE = 100_000  # users whose inputs a process keeps loaded
+# ...and snapshots in all (about 1 KB each in memory): a user's history grows with every
+# event, so a count of users alone would let the cache grow without bound.
+CACHE_SNAPSHOTS = 150_000
 APPLIED_KEPT = 256  # committed batches remembered for keeping cached users current
 TOUCHED_KEPT = 500  # customers listed per remembered batch
 
@@ -138,6 +141,8 @@ class Views:
         # user_id -> (views position when loaded, inputs): reads reuse them until it moves.
         self._cache: dict[str, tuple[int, UserInputs]] = {}
         self.cache_size = CACHE_SIZE
+        self.cache_snapshots = CACHE_SNAPSHOTS
+        self._cached_snapshots = 0  # the snapshots the cache holds now
         self._cache_lock = threading.Lock()
         self._recent: tuple[float, int] = (-1.0, 0)
         # The batches this process committed, newest last: a cached user none of them
@@ -251,7 +256,8 @@ class Views:
         with self._cache_lock:
             if not self._untouched(inputs, loaded_at, position):
                 return None
-            self._cache[user_id] = (position, inputs)
+            if self._cache.pop(user_id, None) is not None:  # to the back: recently used
+                self._cache[user_id] = (position, inputs)
         return inputs
 
     def _untouched(self, inputs: UserInputs, since: int, position: int) -> bool:
@@ -279,10 +285,24 @@ class Views:
             return found
         loaded = self.load_inputs(user_id)
         with self._cache_lock:
-            if len(self._cache) >= self.cache_size:
-                self._cache.pop(next(iter(self._cache)))  # the oldest entry
+            stale = self._cache.pop(user_id, None)
+            if stale is not None:
+                self._cached_snapshots -= len(stale[1].snapshots)
             self._cache[user_id] = (position, loaded)
+            self._cached_snapshots += len(loaded.snapshots)
+            # Forget the least recently used until both bounds hold (never the one just put).
+            while len(self._cache) > 1 and (
+                len(self._cache) > self.cache_size or self._cached_snapshots > self.cache_snapshots
+            ):
+                _, (_, evicted) = _pop_first(self._cache)
+                self._cached_snapshots -= len(evicted.snapshots)
         return loaded
+
+    @property
+    def cached(self) -> tuple[int, int]:
+        """(users, snapshots) the read cache holds now."""
+        with self._cache_lock:
+            return len(self._cache), self._cached_snapshots
 
     def recent_position(self, max_age: float = 0.1) -> int:
         """The applied position, read from the database at most every `max_age` seconds."""
@@ -335,9 +355,16 @@ class Views:
                 cursor.execute(statement)
         with self._cache_lock:
             self._cache.clear()
+            self._cached_snapshots = 0
             self._applied.clear()
         self._recent = (-1.0, 0)
         log.info("projection %s: promoted tables of suffix %r", self.name, shadow.suffix)
+
+
+def _pop_first(cache: dict[str, tuple[int, UserInputs]]) -> tuple[str, tuple[int, UserInputs]]:
+    """Remove and return the oldest entry of an insertion-ordered dict."""
+    key = next(iter(cache))
+    return key, cache.pop(key)
 
 
 _SNAPSHOT_COLUMNS = (

@@ -220,6 +220,21 @@ def test_the_cache_forgets_the_oldest_user_when_full(views: Views) -> None:
     assert views.cached_inputs("u_c", 0) is not None
 
 
+def test_the_cache_holds_at_most_its_budget_of_snapshots_and_forgets_the_least_used(
+    views: Views,
+) -> None:
+    views.apply(lifecycle(), 0, 7)
+    sizes = {user: len(views.inputs(user, 7).snapshots) for user in ("u_1", "u_2")}
+    assert all(sizes.values())
+    assert views.cached == (2, sizes["u_1"] + sizes["u_2"])
+    views.cache_snapshots = max(sizes.values())  # room for one of them
+    views.cached_inputs("u_1", 7)  # no reorder at the same position: u_1 stays the oldest
+    views.inputs("u_nobody", 7)  # no snapshots; the bound forgets u_1, the oldest
+    assert views.cached == (2, sizes["u_2"])
+    assert views.cached_inputs("u_1", 7) is None
+    assert views.cached_inputs("u_2", 7) is not None
+
+
 @pytest.mark.parametrize("odd", ["\x00", "\\", "\\0", "\\\x00", "a\\\\0b\x00"])
 def test_ids_with_nul_or_backslashes_round_trip_without_colliding(views: Views, odd: str) -> None:
     twins = snapshots(
