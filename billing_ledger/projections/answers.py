@@ -24,6 +24,9 @@ from billing_ledger.projections.policy import (
 )
 
 CACHE_SIZE = 100_000
+# An answer keeps its user's inputs alive: bound the snapshots they hold as the views' read
+# cache does, or the answers would keep every history the read cache has let go.
+CACHE_SNAPSHOTS = 150_000
 
 
 def _times_in(value: Any) -> Iterator[int]:
@@ -62,10 +65,14 @@ class _Answer:
 class Answers:
     """Per user: the last evaluation and the interval of `at` it holds for."""
 
-    def __init__(self, plans: Plans, size: int = CACHE_SIZE) -> None:
+    def __init__(
+        self, plans: Plans, size: int = CACHE_SIZE, snapshots: int = CACHE_SNAPSHOTS
+    ) -> None:
         self.plans = plans
         self.size = size
+        self.snapshots = snapshots
         self._answers: dict[str, _Answer] = {}
+        self._held = 0  # snapshots the remembered answers' inputs hold
 
     def entitlements(self, inputs: UserInputs, at: int) -> Entitlements:
         """`evaluate(inputs, plans, at)`, computed again only when `at` leaves its interval."""
@@ -90,6 +97,19 @@ class Answers:
 
     def _remember(self, answer: _Answer) -> None:
         user_id = answer.inputs.user_id
-        if user_id not in self._answers and len(self._answers) >= self.size:
-            self._answers.pop(next(iter(self._answers)))  # the oldest user
+        replaced = self._answers.pop(user_id, None)
+        if replaced is not None:
+            self._held -= len(replaced.inputs.snapshots)
         self._answers[user_id] = answer
+        self._held += len(answer.inputs.snapshots)
+        # Forget the least recently evaluated until both bounds hold (never the one just put).
+        while len(self._answers) > 1 and (
+            len(self._answers) > self.size or self._held > self.snapshots
+        ):
+            oldest = self._answers.pop(next(iter(self._answers)))
+            self._held -= len(oldest.inputs.snapshots)
+
+    @property
+    def held(self) -> tuple[int, int]:
+        """(users, snapshots) the remembered answers hold."""
+        return len(self._answers), self._held

@@ -26,6 +26,7 @@ from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 
 from billing_ledger.ledger.canonical import Snapshot, snapshot_from_json, snapshot_to_json
 from billing_ledger.ledger.store import Database, guard
+from billing_ledger.projections import answers
 from billing_ledger.projections.links import LinkRow, customer_of, links_of
 from billing_ledger.projections.policy import UserInputs
 
@@ -37,7 +38,7 @@ TRACKING = "billing_tracking"  # our own table: other projections keep theirs
 CACHE_SIZE = 100_000  # users whose inputs a process keeps loaded
 # ...and snapshots in all (about 1 KB each in memory): a user's history grows with every
 # event, so a count of users alone would let the cache grow without bound.
-CACHE_SNAPSHOTS = 150_000
+CACHE_SNAPSHOTS = answers.CACHE_SNAPSHOTS
 APPLIED_KEPT = 256  # committed batches remembered for keeping cached users current
 TOUCHED_KEPT = 500  # customers listed per remembered batch
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -125,3 +126,17 @@ def test_the_oldest_user_is_forgotten_when_full() -> None:
     answers.entitlements(first, T)
     answers.entitlements(inputs("u_2", []), T)
     assert list(answers._answers) == ["u_2"]
+
+
+def test_the_answers_hold_at_most_their_budget_of_snapshots() -> None:
+    paid = inputs("u_1", LIVES["paid"])
+    assert paid.snapshots
+    answers = Answers(PLANS, snapshots=len(paid.snapshots))
+    answers.entitlements(paid, T)
+    assert answers.held == (1, len(paid.snapshots))
+    twin = replace(paid, user_id="u_2")  # the same history under another user
+    answers.entitlements(twin, T)  # over budget: u_1 goes
+    assert list(answers._answers) == ["u_2"]
+    assert answers.held == (1, len(paid.snapshots))
+    answers.entitlements(inputs("u_3", []), T)  # nothing held: both fit
+    assert answers.held == (2, len(paid.snapshots))
