@@ -8,12 +8,13 @@ only on the *set* of snapshots, and the state at time `at` is the greatest eligi
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from billing_ledger.ledger.canonical import (
     Customer,
+    EntitlementSummary,
     Invoice,
     Snapshot,
     State,
@@ -43,10 +44,88 @@ _EARLY_SUBSCRIPTION = frozenset({"incomplete", "trialing"})
 _INVOICE_RANK = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3}
 
 # previous_attributes keys that mean the same thing on the canonical state.
-_WITNESS_FIELDS = {
+_WITNESS_FIELDS: dict[type, tuple[str, ...]] = {
     Subscription: ("status", "cancel_at", "cancel_at_period_end", "canceled_at", "ended_at"),
     Invoice: ("status", "paid", "attempt_count", "amount_paid", "amount_remaining"),
 }
+
+
+def _listed(value: Any) -> list[Any]:
+    """A previous list field: Stripe renders it whole, bare or as a list object's `data`."""
+    data = value.get("data") if isinstance(value, dict) else value
+    return data if isinstance(data, list) else []
+
+
+def _entry_key(entry: Any, field: str) -> Any:
+    """`entry[field]`, or the id of an expanded object there (a price, a feature)."""
+    value = entry.get(field) if isinstance(entry, dict) else None
+    return value.get("id") if isinstance(value, dict) else value
+
+
+def _metadata_user(previous: Mapping[str, Any]) -> dict[str, Any]:
+    """metadata.app_user_id as it was, when the previous metadata names that key."""
+    metadata = previous.get("metadata")
+    if isinstance(metadata, dict) and "app_user_id" in metadata:
+        return {"app_user_id": metadata["app_user_id"] or None}
+    return {}
+
+
+def _lookup_keys(entry: Any) -> Any:
+    if not isinstance(entry, dict):
+        return None
+    feature = entry.get("feature")
+    nested = feature.get("lookup_key") if isinstance(feature, dict) else None
+    return entry.get("lookup_key") or nested
+
+
+def _subscription_before(previous: Mapping[str, Any]) -> dict[str, Any]:
+    found = {k: previous[k] for k in _WITNESS_FIELDS[Subscription] if k in previous}
+    if "items" in previous:  # a plan change or a renewal: the whole item list as it was
+        found["items"] = _items(_listed(previous["items"]))
+    return found | _metadata_user(previous)
+
+
+def _items(raw: list[Any]) -> tuple[tuple[str, int | None], ...]:
+    """Items as (price id, period end) pairs, the part a renewal or plan change moves."""
+    pairs = {
+        (str(_entry_key(i, "price") or _entry_key(i, "plan")), _period_end(i))
+        for i in raw
+        if _entry_key(i, "price") or _entry_key(i, "plan")
+    }
+    return tuple(sorted(pairs, key=repr))
+
+
+def _period_end(raw: Any) -> int | None:
+    end = raw.get("current_period_end") if isinstance(raw, dict) else None
+    return end if isinstance(end, int) and not isinstance(end, bool) else None
+
+
+def _summary_before(previous: Mapping[str, Any]) -> dict[str, Any]:
+    if "entitlements" not in previous:
+        return {}
+    keys = {_lookup_keys(e) for e in _listed(previous["entitlements"])}
+    return {"lookup_keys": tuple(sorted(str(k) for k in keys if k))}
+
+
+def _invoice_before(previous: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: previous[k] for k in _WITNESS_FIELDS[Invoice] if k in previous}
+
+
+# What another snapshot's previous_attributes say this object was, in the state's terms.
+_BEFORE: dict[type, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
+    Subscription: _subscription_before,
+    Invoice: _invoice_before,
+    Customer: _metadata_user,
+    EntitlementSummary: _summary_before,
+}
+
+
+def _now(state: State, name: str) -> Any:
+    """The state's value of a witness field (items as _items reads them)."""
+    if name == "items" and isinstance(state, Subscription):
+        pairs = {(i.price_id, i.current_period_end) for i in state.items if i.price_id}
+        return tuple(sorted(pairs, key=repr))
+    return getattr(state, name)
 
 
 def is_terminal(state: State) -> bool:
@@ -72,8 +151,9 @@ def _status_rank(state: State) -> tuple[int, ...]:
 
 def _names_as_before(previous: Mapping[str, Any], state: State) -> bool:
     """Whether `previous` (another snapshot's previous_attributes) describes `state`."""
-    fields = [k for k in _WITNESS_FIELDS.get(type(state), ()) if k in previous]
-    return bool(fields) and all(getattr(state, k) == previous[k] for k in fields)
+    reader = _BEFORE.get(type(state))
+    before = reader(previous) if reader is not None and previous else {}
+    return bool(before) and all(_now(state, k) == v for k, v in before.items())
 
 
 def _superseded(group: Sequence[Snapshot]) -> list[bool]:
@@ -121,6 +201,11 @@ def _keyed(snapshots: Iterable[Snapshot]) -> list[tuple[Key, Snapshot]]:
         for s, lost in zip(group, _superseded(group), strict=True)
     ]
     return sorted(keyed, key=lambda pair: pair[0])
+
+
+def ranked(snapshots: Iterable[Snapshot]) -> list[tuple[Key, Snapshot]]:
+    """One object's snapshots with their fold keys, ascending (keys depend on the set only)."""
+    return _keyed(snapshots)
 
 
 def ordered(snapshots: Iterable[Snapshot]) -> list[Snapshot]:

@@ -9,7 +9,7 @@ from typing import Any
 from billing_ledger.ledger.canonical import INVOICE, SUBSCRIPTION, Invoice, Snapshot, Subscription
 from billing_ledger.projections.fold import Attempt, ObjectKey, attempts, by_object, state_at
 from billing_ledger.projections.links import customer_of
-from billing_ledger.projections.policy import UserInputs, linked_customers
+from billing_ledger.projections.policy import UserInputs, customers_at
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def _view(
 
 def user_invoices(inputs: UserInputs, at: int) -> list[InvoiceView]:
     """The invoices of the user's linked customers as of `at`, newest first."""
-    linked = set(linked_customers(inputs.links, at))
+    linked = set(customers_at(inputs, at))
     objects = by_object(s for s in inputs.snapshots if customer_of(s) in linked)
     views = [
         view

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from billing_ledger.ledger.canonical import (
+    CUSTOMER,
+    SUBSCRIPTION,
     CheckoutSession,
     Customer,
     EntitlementSummary,
@@ -13,11 +17,14 @@ from billing_ledger.ledger.canonical import (
     Snapshot,
     Subscription,
 )
+from billing_ledger.projections.fold import Key, ranked
 
 VIA_CHECKOUT = "checkout_session"
 VIA_CUSTOMER = "customer_metadata"
 VIA_SUBSCRIPTION = "subscription_metadata"
 VIA_LEDGER = "ledger"
+# Links that follow their object's metadata: the latest snapshot naming a user decides.
+_METADATA = {VIA_CUSTOMER: CUSTOMER, VIA_SUBSCRIPTION: SUBSCRIPTION}
 
 
 @dataclass(frozen=True)
@@ -68,3 +75,74 @@ def customer_of(snapshot: Snapshot) -> str | None:
     if isinstance(state, _OWNED):
         return state.customer_id
     return None
+
+
+@dataclass(frozen=True)
+class Span:
+    """A user holds a customer from `start` until `end` (None: for good, deleted or not)."""
+
+    customer_id: str
+    start: int
+    end: int | None = None
+
+    def holds(self, at: int) -> bool:
+        """Whether the link holds at `at`."""
+        return self.start <= at and (self.end is None or at < self.end)
+
+
+def _owners(snapshots: Iterable[Snapshot]) -> list[tuple[int, str]]:
+    """(created, user) each time the metadata's owner of one object may change, in order.
+
+    The owner at `at` is the user the greatest snapshot (in the fold's order) among those
+    created by `at` that name anyone names: a snapshot without the key moves nothing."""
+    best: dict[int, tuple[Key, str]] = {}
+    for key, s in ranked(snapshots):
+        user = getattr(s.state, "app_user_id", None)
+        if user and (s.created not in best or key > best[s.created][0]):
+            best[s.created] = (key, user)
+    found: list[tuple[int, str]] = []
+    top: Key | None = None
+    for created in sorted(best):
+        key, user = best[created]
+        if top is None or key > top:
+            top = key
+            found.append((created, user))
+    return found
+
+
+def _runs(owners: list[tuple[int, str]], user_id: str, customer_id: str) -> list[Span]:
+    """The intervals during which `user_id` is the owner."""
+    spans: list[Span] = []
+    start: int | None = None
+    for created, user in owners:
+        if user == user_id and start is None:
+            start = created
+        elif user != user_id and start is not None:
+            spans.append(Span(customer_id, start, created))
+            start = None
+    if start is not None:
+        spans.append(Span(customer_id, start))
+    return spans
+
+
+def spans(user_id: str, links: Iterable[LinkRow], snapshots: Iterable[Snapshot]) -> list[Span]:
+    """When each of the user's links holds (CONTRACT.md): Checkout and the service's own
+    links for good; a metadata link until that object's metadata names another user."""
+    pile = list(snapshots)
+    by_event = {s.event_id: s for s in reversed(pile)}  # the first rendering of an id
+    found: list[Span] = []
+    objects: dict[tuple[str, str], str] = {}
+    for row in links:
+        kind = _METADATA.get(row.via)
+        carrier = by_event.get(row.event_id)
+        if kind is None or carrier is None:
+            found.append(Span(row.customer_id, row.created))
+        else:
+            objects[(kind, carrier.object_id)] = row.customer_id
+    grouped: dict[tuple[str, str], list[Snapshot]] = defaultdict(list)
+    for s in pile:
+        if (s.kind, s.object_id) in objects:
+            grouped[(s.kind, s.object_id)].append(s)
+    for key, customer_id in sorted(objects.items()):
+        found += _runs(_owners(grouped[key]), user_id, customer_id)
+    return sorted(found, key=lambda sp: (sp.start, sp.customer_id, sp.end or 0))

@@ -8,7 +8,7 @@ period end plus leeway, cancel_at) are evaluated against `at`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from billing_ledger.ledger.canonical import (
@@ -26,6 +26,7 @@ from billing_ledger.ledger.canonical import (
 from billing_ledger.projections.fold import (
     FAILED,
     TERMINAL_SUBSCRIPTION,
+    Attempt,
     ObjectKey,
     attempts,
     by_object,
@@ -33,7 +34,7 @@ from billing_ledger.projections.fold import (
     past_due_since,
     state_at,
 )
-from billing_ledger.projections.links import LinkRow, customer_of, links_of
+from billing_ledger.projections.links import LinkRow, Span, customer_of, links_of, spans
 from billing_ledger.projections.plans import DAY, Plan, Plans
 
 TRIAL_ENDING_WINDOW = 3 * DAY
@@ -41,8 +42,28 @@ TRIAL_ENDING_WINDOW = 3 * DAY
 # Why a grant ends at access_until: the rule names history uses.
 RULE_PERIOD_END = "period end + leeway passed"
 RULE_GRACE = "past_due grace ended"
-RULE_CANCEL_AT = "cancel_at reached"
 RULE_ENDED_AT = "ended_at reached"
+
+# The precise rules' version (CONTRACT.md). 2: same-second summaries by their witness, the
+# summary trusted only until a subscription stops granting, payment_failed whatever the
+# invoice's status became, cancel_at bounded like any period end, metadata links that move.
+RULES_VERSION = 2
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Which version of the precise rules to answer by (a dry run compares two)."""
+
+    version: int = RULES_VERSION
+
+    @property
+    def legacy(self) -> bool:
+        """Version 1: the rules before issue 15's five fixes."""
+        return self.version < 2
+
+
+CURRENT = Rules()
+LEGACY = Rules(1)
 
 
 @dataclass(frozen=True)
@@ -87,6 +108,7 @@ class SubscriptionAccess:
     features: tuple[str, ...] = ()  # what those plans would grant
     denied: str | None = None  # why it grants nothing, when it does not
     until_rule: str | None = None  # which rule sets access_until
+    stopped_granting: int | None = None  # when it last entered a state granting nothing
 
     def to_json(self) -> dict[str, Any]:
         """The CONTRACT.md subscription object."""
@@ -137,16 +159,20 @@ class Entitlements:
 # -- one subscription -------------------------------------------------------------------
 
 
-def _ends(sub: Subscription, since: int | None, plans: Plans) -> list[tuple[int, str]]:
+def _ends(
+    sub: Subscription, since: int | None, plans: Plans, rules: Rules = CURRENT
+) -> list[tuple[int, str]]:
     """Every time at which this grant would stop by itself, with the rule's name."""
     ends = [
         (sub.current_period_end + plans.leeway_seconds, RULE_PERIOD_END)
         if sub.current_period_end is not None
         else None,
         (since + plans.grace_seconds, RULE_GRACE) if since is not None else None,
-        # A scheduled cancellation keeps access until it happens (P5), not a second longer.
-        (sub.cancel_at, RULE_CANCEL_AT) if sub.cancel_at is not None else None,
         (sub.ended_at, RULE_ENDED_AT) if sub.ended_at is not None else None,
+        # P5: cancel_at ends nothing by itself; only rules 1 cut access there.
+        (sub.cancel_at, "cancel_at reached")
+        if rules.legacy and sub.cancel_at is not None
+        else None,
     ]
     return sorted(e for e in ends if e is not None)
 
@@ -171,19 +197,56 @@ def _plans_of(sub: Subscription, plans: Plans) -> list[Plan]:
     return [found[k] for k in sorted(found)]
 
 
-def subscription_access(
-    snapshots: Iterable[Snapshot], plans: Plans, at: int, deleted_customers: frozenset[str]
-) -> SubscriptionAccess | None:
-    """Apply P1-P3 and P5 to one subscription's state at `at`."""
+@dataclass(frozen=True)
+class Folded:
+    """One object as the fold stands at `at`: its chosen snapshot and what its history adds."""
+
+    chosen: Snapshot
+    past_due_since: int | None = None
+    attempts: tuple[Attempt, ...] = ()
+    ambiguous: bool = False
+    # The latest `created` of a snapshot in a status that grants nothing (not past_due).
+    denied_since: int | None = None
+
+
+def _denies(s: Snapshot, plans: Plans) -> bool:
+    state = s.state
+    return (
+        isinstance(state, Subscription)
+        and state.status not in plans.grant_statuses
+        and state.status != "past_due"  # past_due grants for the grace window
+    )
+
+
+def fold_object(snapshots: Iterable[Snapshot], plans: Plans, at: int) -> Folded | None:
+    """One object's fold at `at`, or None when no snapshot of it is created by then."""
     snaps = list(snapshots)
     chosen = state_at(snaps, at)
-    if chosen is None or not isinstance(chosen.state, Subscription):
+    if chosen is None:
+        return None
+    denied = [s.created for s in snaps if s.created <= at and _denies(s, plans)]
+    kind = chosen.kind
+    return Folded(
+        chosen=chosen,
+        past_due_since=past_due_since(snaps, at) if kind == SUBSCRIPTION else None,
+        attempts=attempts(snaps, at) if kind == INVOICE else (),
+        ambiguous=is_ambiguous(snaps, at),
+        denied_since=max(denied, default=None),
+    )
+
+
+def _access(
+    folded: Folded, plans: Plans, at: int, deleted: frozenset[str], rules: Rules = CURRENT
+) -> SubscriptionAccess | None:
+    """Apply P1-P3 and P5 to one subscription's fold at `at`."""
+    chosen = folded.chosen
+    if not isinstance(chosen.state, Subscription):
         return None
     sub = chosen.state
-    since = past_due_since(snaps, at)
-    ends = _ends(sub, since if sub.status == "past_due" else None, plans)
+    since = folded.past_due_since
+    ends = _ends(sub, since if sub.status == "past_due" else None, plans, rules)
     denied = _status_denial(sub, since, plans, at) or _time_denial(sub, ends, at)
-    if sub.customer_id in deleted_customers:
+    if sub.customer_id in deleted:
         denied = f"customer {sub.customer_id} is deleted"
     granted = denied is None
     matched = _plans_of(sub, plans)
@@ -204,15 +267,52 @@ def subscription_access(
         features=tuple(sorted({f for p in matched for f in p.features})),
         denied=denied,
         until_rule=ends[0][1] if granted and ends else None,
+        stopped_granting=_stopped_granting(folded, sub, plans, at),
     )
+
+
+def _stopped_granting(folded: Folded, sub: Subscription, plans: Plans, at: int) -> int | None:
+    """When the subscription last entered a state that grants nothing, by `at`."""
+    times = [folded.denied_since]
+    since = folded.past_due_since
+    if sub.status == "past_due" and since is not None and at >= since + plans.grace_seconds:
+        times.append(since + plans.grace_seconds)  # past_due beyond grace grants nothing
+    return max((t for t in times if t is not None), default=None)
+
+
+def subscription_access(
+    snapshots: Iterable[Snapshot], plans: Plans, at: int, deleted_customers: frozenset[str]
+) -> SubscriptionAccess | None:
+    """Apply P1-P3 and P5 to one subscription's state at `at`."""
+    folded = fold_object(snapshots, plans, at)
+    return _access(folded, plans, at, deleted_customers) if folded is not None else None
 
 
 # -- the user ---------------------------------------------------------------------------
 
+Objects = Mapping[ObjectKey, Folded]
+
 
 def linked_customers(links: Iterable[LinkRow], at: int) -> tuple[str, ...]:
-    """The user's customers as of `at`, sorted."""
+    """Every customer a link names by `at`, sorted (ended metadata links too: see customers_at)."""
     return tuple(sorted({row.customer_id for row in links if row.created <= at}))
+
+
+def link_spans(inputs: UserInputs, rules: Rules = CURRENT) -> tuple[Span, ...]:
+    """When each of the user's links holds (rules 1: every link for good)."""
+    if rules.legacy:
+        return tuple(Span(row.customer_id, row.created) for row in inputs.links)
+    return tuple(spans(inputs.user_id, inputs.links, inputs.snapshots))
+
+
+def customers_at(inputs: UserInputs, at: int, rules: Rules = CURRENT) -> tuple[str, ...]:
+    """The user's customers at `at`, sorted: those a link holds them by then."""
+    return held(link_spans(inputs, rules), at)
+
+
+def held(link_spans: Iterable[Span], at: int) -> tuple[str, ...]:
+    """The customers these spans hold at `at`, sorted."""
+    return tuple(sorted({sp.customer_id for sp in link_spans if sp.holds(at)}))
 
 
 @dataclass
@@ -231,40 +331,50 @@ class _Grants:
             self.denials.setdefault(feature, reason)
 
 
-def _chosen(objects: Mapping[ObjectKey, list[Snapshot]], key: ObjectKey, at: int) -> State | None:
-    chosen = state_at(objects.get(key, ()), at)
-    return chosen.state if chosen is not None else None
+def _chosen(objects: Objects, key: ObjectKey) -> State | None:
+    folded = objects.get(key)
+    return folded.chosen.state if folded is not None else None
 
 
-def _summary(
-    objects: Mapping[ObjectKey, list[Snapshot]], customer_id: str, at: int
-) -> EntitlementSummary | None:
+def _summary(objects: Objects, customer_id: str) -> Folded | None:
     """The customer's entitlement summary, if it may be trusted whole (S56)."""
-    chosen = state_at(objects.get((ENTITLEMENT_SUMMARY, customer_id), ()), at)
-    if chosen is None or not isinstance(chosen.state, EntitlementSummary):
+    folded = objects.get((ENTITLEMENT_SUMMARY, customer_id))
+    if folded is None or not isinstance(folded.chosen.state, EntitlementSummary):
         return None
-    return chosen.state if chosen.state.complete or chosen.observation else None
+    return folded if folded.chosen.state.complete or folded.chosen.observation else None
+
+
+def _trusted(summary: Folded | None, subs: list[SubscriptionAccess], rules: Rules) -> bool:
+    """A summary is trusted only while no subscription of its customer has stopped granting
+    after it (Stripe sends none when a trial ends into paused, STRIPE-SEMANTICS 1.5)."""
+    if summary is None:
+        return False
+    if rules.legacy:
+        return True
+    created = summary.chosen.created
+    return all(s.stopped_granting is None or s.stopped_granting <= created for s in subs)
 
 
 def _grant_customer(
     grants: _Grants,
     subs: list[SubscriptionAccess],
-    summary: EntitlementSummary | None,
+    summary: Folded | None,
     plans: Plans,
+    rules: Rules = CURRENT,
 ) -> None:
     """One customer's features: its plans, or its complete summary gated by P1 (S16, S21)."""
     granting = [s for s in subs if s.grants_access]
     for s in subs:
         if not s.grants_access and s.denied:
             grants.deny(s.features, s.denied)
-    if summary is not None and granting:
+    if summary is not None and granting and _trusted(summary, subs, rules):
+        listed = summary.chosen.state
+        assert isinstance(listed, EntitlementSummary)
         # The summary is customer-wide: applied whole, in place of every plan's features.
         gate = f"{granting[0].id} ({granting[0].status})"
-        grants.grant(
-            summary.lookup_keys, f"entitlement summary of {summary.customer_id} via {gate}"
-        )
-        unlisted = {f for s in granting for f in s.features} - set(summary.lookup_keys)
-        grants.deny(unlisted, f"the entitlement summary of {summary.customer_id} does not list it")
+        grants.grant(listed.lookup_keys, f"entitlement summary of {listed.customer_id} via {gate}")
+        unlisted = {f for s in granting for f in s.features} - set(listed.lookup_keys)
+        grants.deny(unlisted, f"the entitlement summary of {listed.customer_id} does not list it")
         return
     for s in granting:
         for plan in (p for p in map(plans.by_id, s.plan_ids) if p is not None):
@@ -280,31 +390,33 @@ def _held_plans(plans: Plans, subs: Iterable[SubscriptionAccess], features: set[
     return sorted(held)
 
 
-def _latest_invoice(
-    objects: Mapping[ObjectKey, list[Snapshot]], subscription_id: str, at: int
-) -> tuple[Invoice, list[Snapshot]] | None:
-    found: list[tuple[tuple[int, str], Invoice, list[Snapshot]]] = []
-    for (kind, _), snaps in objects.items():
-        chosen = state_at(snaps, at) if kind == INVOICE else None
-        if chosen is not None and isinstance(chosen.state, Invoice):
-            inv = chosen.state
-            if inv.subscription_id == subscription_id and not inv.deleted:
-                found.append(((inv.created or chosen.created, inv.id), inv, snaps))
-    if not found:
-        return None
-    _, invoice, snaps = max(found, key=lambda f: f[0])
-    return invoice, snaps
+def _latest_invoices(objects: Objects) -> dict[str, Folded]:
+    """Each subscription's latest invoice (by the invoice's own `created`, then id)."""
+    found: dict[str, tuple[tuple[int, str], Folded]] = {}
+    for (kind, _), folded in objects.items():
+        inv = folded.chosen.state
+        if kind != INVOICE or not isinstance(inv, Invoice) or inv.deleted:
+            continue
+        if inv.subscription_id is None:
+            continue
+        rank = (inv.created or folded.chosen.created, inv.id)
+        if inv.subscription_id not in found or rank > found[inv.subscription_id][0]:
+            found[inv.subscription_id] = (rank, folded)
+    return {sid: folded for sid, (_, folded) in found.items()}
 
 
-def _payment_failed(
-    sub: SubscriptionAccess, objects: Mapping[ObjectKey, list[Snapshot]], at: int
-) -> bool:
+def _payment_failed(sub: SubscriptionAccess, latest: Folded | None, rules: Rules) -> bool:
     if sub.status in ("past_due", "unpaid"):
         return True
-    latest = _latest_invoice(objects, sub.id, at)
-    if latest is None or latest[0].status not in ("open", None):
+    if latest is None:
         return False
-    tried = attempts(latest[1], at)
+    inv = latest.chosen.state
+    assert isinstance(inv, Invoice)
+    # The latest attempt decides, whatever the status became (uncollectible, void): only a
+    # payment ends the warning. Rules 1 looked at open invoices only.
+    if inv.paid or (rules.legacy and inv.status not in ("open", None)):
+        return False
+    tried = latest.attempts
     if not tried:
         return False
     last = tried[-1].number
@@ -327,15 +439,17 @@ def _trial_ending(sub: SubscriptionAccess, at: int) -> bool:
 
 def _warnings(
     subs: Iterable[SubscriptionAccess],
-    objects: Mapping[ObjectKey, list[Snapshot]],
+    objects: Objects,
     deleted: frozenset[str],
     at: int,
+    rules: Rules = CURRENT,
 ) -> tuple[str, ...]:
     found: set[str] = set()
+    latest = _latest_invoices(objects)
     for s in subs:
         if s.status in TERMINAL_SUBSCRIPTION or s.customer_id in deleted:
             continue  # an ended subscription warns of nothing
-        if _payment_failed(s, objects, at):
+        if _payment_failed(s, latest.get(s.id), rules):
             found.add("payment_failed")
         if _cancellation_scheduled(s, at):
             found.add("cancellation_scheduled")
@@ -344,64 +458,83 @@ def _warnings(
     return tuple(sorted(found))
 
 
-def _needs_refetch(
-    objects: Mapping[ObjectKey, list[Snapshot]], customers: Iterable[str], at: int
-) -> tuple[str, ...]:
-    ids = {oid for (_, oid), snaps in objects.items() if is_ambiguous(snaps, at)}
+def _needs_refetch(objects: Objects, customers: Iterable[str]) -> tuple[str, ...]:
+    ids = {oid for (_, oid), folded in objects.items() if folded.ambiguous}
     truncated = {
         cid
         for cid in customers
-        if (chosen := state_at(objects.get((ENTITLEMENT_SUMMARY, cid), ()), at)) is not None
-        and isinstance(chosen.state, EntitlementSummary)
-        and not (chosen.state.complete or chosen.observation)
+        if (folded := objects.get((ENTITLEMENT_SUMMARY, cid))) is not None
+        and isinstance(folded.chosen.state, EntitlementSummary)
+        and not (folded.chosen.state.complete or folded.chosen.observation)
     }
     return tuple(sorted(ids | truncated))
 
 
-def _deleted(
-    objects: Mapping[ObjectKey, list[Snapshot]], customers: Iterable[str], at: int
-) -> frozenset[str]:
+def _deleted(objects: Objects, customers: Iterable[str]) -> frozenset[str]:
     """Customers deleted at or before `at`: they never grant again."""
     return frozenset(
         cid
         for cid in customers
-        if isinstance(state := _chosen(objects, (CUSTOMER, cid), at), Customer) and state.deleted
+        if isinstance(state := _chosen(objects, (CUSTOMER, cid)), Customer) and state.deleted
     )
 
 
-def evaluate(inputs: UserInputs, plans: Plans, at: int) -> Entitlements:
-    """The user's entitlements at `at` (policy P1-P5 over the user's snapshots)."""
-    customers = linked_customers(inputs.links, at)
+def fold_objects(
+    inputs: UserInputs, customers: Iterable[str], plans: Plans, at: int, rules: Rules = CURRENT
+) -> dict[ObjectKey, Folded]:
+    """Every object of these customers, folded at `at` (those with a snapshot by then)."""
     linked = set(customers)
-    objects = by_object(s for s in inputs.snapshots if customer_of(s) in linked)
-    deleted = _deleted(objects, customers, at)
+    pile = (s for s in inputs.snapshots if customer_of(s) in linked)
+    if rules.legacy:  # rules 1 had no witness for summaries
+        pile = (replace(s, previous={}) if s.kind == ENTITLEMENT_SUMMARY else s for s in pile)
+    found = {key: fold_object(snaps, plans, at) for key, snaps in by_object(pile).items()}
+    return {key: folded for key, folded in found.items() if folded is not None}
+
+
+def decide(
+    user_id: str,
+    customers: tuple[str, ...],
+    objects: Objects,
+    plans: Plans,
+    at: int,
+    rules: Rules = CURRENT,
+) -> Entitlements:
+    """The user's entitlements at `at`, from their customers' objects folded at `at`."""
+    deleted = _deleted(objects, customers)
     subs = sorted(
         (
-            access
-            for (kind, _), snaps in objects.items()
+            found
+            for (kind, _), folded in objects.items()
             if kind == SUBSCRIPTION
-            and (access := subscription_access(snaps, plans, at, deleted)) is not None
+            and (found := _access(folded, plans, at, deleted, rules)) is not None
         ),
         key=lambda s: (s.customer_id or "", s.id),
     )
     grants = _Grants()
     for cid in customers:
         mine = [s for s in subs if s.customer_id == cid]
-        _grant_customer(grants, mine, _summary(objects, cid, at), plans)
+        _grant_customer(grants, mine, _summary(objects, cid), plans, rules)
     for plan in plans.default_plans():
         grants.grant(plan.features, f"plan {plan.id} (default)")
     features = set(grants.reasons)
     return Entitlements(
-        user_id=inputs.user_id,
+        user_id=user_id,
         features=tuple(sorted(features)),
         plans=tuple(_held_plans(plans, subs, features)),
         customer_ids=customers,
         subscriptions=tuple(subs),
-        warnings=_warnings(subs, objects, deleted, at),
+        warnings=_warnings(subs, objects, deleted, at, rules),
         reasons=dict(sorted(grants.reasons.items())),
         denials={f: r for f, r in sorted(grants.denials.items()) if f not in features},
-        needs_refetch=_needs_refetch(objects, customers, at),
+        needs_refetch=_needs_refetch(objects, customers),
     )
+
+
+def evaluate(inputs: UserInputs, plans: Plans, at: int, rules: Rules = CURRENT) -> Entitlements:
+    """The user's entitlements at `at` (policy P1-P5 over the user's snapshots)."""
+    customers = customers_at(inputs, at, rules)
+    objects = fold_objects(inputs, customers, plans, at, rules)
+    return decide(inputs.user_id, customers, objects, plans, at, rules)
 
 
 def access(entitlements: Entitlements, feature: str) -> tuple[bool, str]:

@@ -67,12 +67,15 @@ def test_period_end_plus_leeway_is_a_rule_driven_change() -> None:
     )
 
 
-def test_cancel_at_is_a_rule_driven_change() -> None:
-    events = [link(id="evt_l", created=T), sub_event("created", "evt_c", T, cancel_at=T + 9 * DAY)]
+def test_cancel_at_without_the_deletion_ends_access_at_the_period_end_plus_leeway() -> None:
+    # P5 (CONTRACT.md): a scheduled cancellation is bounded like any period end; a final
+    # prorated period ending at cancel_at gives cancel_at + leeway.
+    final = {"cancel_at": T + 9 * DAY, "period": (T, T + 9 * DAY)}
+    events = [link(id="evt_l", created=T), sub_event("created", "evt_c", T, **final)]
     last = history(events, T + M)[-1]
     assert (last.at, last.reason, last.features_after) == (
-        T + 9 * DAY,
-        "cancel_at reached for sub_1",
+        T + 11 * DAY,
+        "period end + leeway passed for sub_1",
         CORE,
     )
 

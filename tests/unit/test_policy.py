@@ -108,9 +108,9 @@ def test_zero_grace_means_past_due_never_grants() -> None:
 
 
 def test_access_until_is_the_earliest_rule() -> None:
-    events = linked(sub_event("created", "e1", T, cancel_at=T + 10 * DAY))
+    events = linked(sub_event("created", "e1", T, status="past_due"))
     sub = evaluate(inputs("u_1", events), PLANS, T).subscriptions[0]
-    assert (sub.access_until, sub.until_rule) == (T + 10 * DAY, "cancel_at reached")
+    assert (sub.access_until, sub.until_rule) == (T + 7 * DAY, "past_due grace ended")
     plain = evaluate(inputs("u_1", linked(sub_event("created", "e1", T))), PLANS, T)
     assert plain.subscriptions[0].access_until == T + M + 2 * DAY
 

@@ -535,15 +535,17 @@ def s34_first() -> list[Json]:
 def test_s34_cancel_at_period_end_keeps_access_until_the_end_then_none() -> None:
     between = entitlements(s34_first(), T + 10 * DAY)
     sub = only_sub(between)
-    assert (sub.status, sub.grants_access, sub.access_until) == ("active", True, T + M)
+    assert (sub.status, sub.grants_access, sub.access_until) == ("active", True, T + M + LEEWAY)
     assert between.warnings == ("cancellation_scheduled",)
     assert between.features == PRO
     ended = [*s34_first(), sub_event("deleted", "evt_d", T + M, status="canceled", ended_at=T + M)]
     after = entitlements(ended, T + M)
     assert (only_sub(after).status, after.features, after.warnings) == ("canceled", CORE, ())
-    # Even without the .deleted event, access ends at cancel_at, never at canceled_at.
-    assert features(s34_first(), T + M - 1) == PRO
-    assert features(s34_first(), T + M) == CORE
+    # Without the .deleted event, cancel_at is bounded like any period end (P5), and
+    # canceled_at is never an end.
+    assert features(s34_first(), T + M) == PRO
+    assert features(s34_first(), T + M + LEEWAY - 1) == PRO
+    assert features(s34_first(), T + M + LEEWAY) == CORE
 
 
 def test_s35_portal_cancel_in_flexible_mode_is_scheduled_by_cancel_at() -> None:
@@ -560,7 +562,7 @@ def test_s35_portal_cancel_in_flexible_mode_is_scheduled_by_cancel_at() -> None:
     ]
     ent = entitlements(events, T + 10 * DAY)
     assert ent.warnings == ("cancellation_scheduled",)
-    assert (ent.features, only_sub(ent).access_until) == (PRO, T + M)
+    assert (ent.features, only_sub(ent).access_until) == (PRO, T + M + LEEWAY)
 
 
 def test_s36_reactivation_before_the_period_end_continues_into_the_next_period() -> None:
