@@ -280,13 +280,16 @@ class Attempt:
     outcome: str
 
 
+def attempt_of(s: Snapshot) -> Attempt | None:
+    """The payment attempt an invoice snapshot records, if any."""
+    outcome = _ATTEMPT_OUTCOME.get(s.event_type)
+    if outcome is None or not isinstance(s.state, Invoice):
+        return None
+    # A $0 invoice is paid without any attempt.
+    return Attempt(s.state.attempt_count, outcome) if s.state.attempt_count > 0 else None
+
+
 def attempts(snapshots: Iterable[Snapshot], at: int) -> tuple[Attempt, ...]:
     """The set of (attempt_count, outcome) facts of one invoice up to `at`, sorted."""
-    found = {
-        Attempt(s.state.attempt_count, _ATTEMPT_OUTCOME[s.event_type])
-        for s in _eligible(snapshots, at)
-        if isinstance(s.state, Invoice)
-        and s.event_type in _ATTEMPT_OUTCOME
-        and s.state.attempt_count > 0  # a $0 invoice is paid without any attempt
-    }
+    found = {a for s in _eligible(snapshots, at) if (a := attempt_of(s)) is not None}
     return tuple(sorted(found))

@@ -1,13 +1,17 @@
 """Every change of a user's features over time, and the `explain` narrative (pure).
 
-History is `evaluate` re-run at every moment something could change: each snapshot's or
-link's `created`, and each rule time (`access_until`) an evaluation announces.
+History is the policy applied at every moment something could change: each snapshot's or
+link's `created`, and each rule time (`access_until`) an evaluation announces. It is one
+pass: the times are visited in order and each object's fold advances by the snapshots that
+became eligible (`_Sweep`), so a user's n events cost O(n log n), not n evaluations of n.
 """
 
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,16 +25,32 @@ from billing_ledger.ledger.canonical import (
     Customer,
     EntitlementSummary,
     Snapshot,
+    Subscription,
 )
-from billing_ledger.projections.fold import ObjectKey, by_object, state_at
-from billing_ledger.projections.links import customer_of
+from billing_ledger.projections.fold import (
+    Attempt,
+    Key,
+    ObjectKey,
+    attempt_of,
+    by_object,
+    is_terminal,
+    ranked,
+)
+from billing_ledger.projections.links import VIA_CUSTOMER, VIA_SUBSCRIPTION, customer_of
 from billing_ledger.projections.plans import Plans
 from billing_ledger.projections.policy import (
     Entitlements,
+    Folded,
     SubscriptionAccess,
     UserInputs,
     access,
+    customers_at,
+    decide,
+    denies,
     evaluate,
+    fold_objects,
+    held,
+    link_spans,
 )
 
 
@@ -64,13 +84,147 @@ class _Cause:
     reason: str
 
 
-def _event_times(inputs: UserInputs, until: int) -> set[int]:
-    times = {s.created for s in inputs.snapshots} | {row.created for row in inputs.links}
-    return {t for t in times if t <= until}
+# -- the one-pass fold ------------------------------------------------------------------
 
 
-def _snapshot_by_event(inputs: UserInputs, event_id: str) -> Snapshot | None:
-    return next((s for s in inputs.snapshots if s.event_id == event_id), None)
+def _is_past_due(s: Snapshot) -> bool:
+    return isinstance(s.state, Subscription) and s.state.status == "past_due"
+
+
+@dataclass
+class _Running:
+    """One object's fold as the sweep stands: what `policy.fold_object` computes at once."""
+
+    rivals: frozenset[str]  # events whose snapshot ties a differing one (fold.is_ambiguous)
+    top: tuple[Key, Snapshot] | None = None
+    terminal: bool = False  # a terminal snapshot is eligible: it is the state for good
+    run_start: int | None = None  # first of the trailing past_due run (non-terminal order)
+    tried: set[Attempt] = field(default_factory=set)
+    denied_since: int | None = None
+    folded: Folded | None = None  # cached until the next snapshot of this object
+
+    def add(self, group: list[tuple[Key, Snapshot]], plans: Plans) -> None:
+        """Snapshots of one second, ascending by key: they become eligible together."""
+        for key, s in group:
+            if self.top is None or key > self.top[0]:
+                self.top = (key, s)
+            if is_terminal(s.state):
+                self.terminal = True
+            elif _is_past_due(s):
+                self.run_start = s.created if self.run_start is None else self.run_start
+            else:
+                self.run_start = None
+            attempt = attempt_of(s)
+            if attempt is not None:
+                self.tried.add(attempt)
+            if denies(s, plans):
+                self.denied_since = s.created
+        self.folded = None
+
+    def fold(self) -> Folded | None:
+        """The fold as `policy.fold_object` would give it now (None before any snapshot)."""
+        if self.top is None:
+            return None
+        if self.folded is None:
+            chosen = self.top[1]
+            since = None if self.terminal or chosen.kind != SUBSCRIPTION else self.run_start
+            self.folded = Folded(
+                chosen=chosen,
+                past_due_since=since,
+                attempts=tuple(sorted(self.tried)) if chosen.kind == INVOICE else (),
+                ambiguous=chosen.event_id in self.rivals,
+                denied_since=self.denied_since,
+            )
+        return self.folded
+
+
+def _ambiguous(keyed: list[tuple[Key, Snapshot]]) -> frozenset[str]:
+    """Events whose snapshot, were it the state, ties a differing state (fold.is_ambiguous)."""
+    groups: dict[Key, list[Snapshot]] = defaultdict(list)
+    for key, s in keyed:
+        groups[key[:-2]].append(s)
+    return frozenset(
+        s.event_id
+        for group in groups.values()
+        if len(group) > 1
+        for s in group
+        if any(o.state != s.state for o in group)
+    )
+
+
+class _Sweep:
+    """The user's objects folded at increasing times, each snapshot added once."""
+
+    def __init__(self, inputs: UserInputs, plans: Plans) -> None:
+        self.inputs = inputs
+        self.plans = plans
+        self.spans = link_spans(inputs)
+        self.running: dict[ObjectKey, _Running] = {}
+        self.customer: dict[ObjectKey, str | None] = {}
+        self.ambiguous: dict[ObjectKey, frozenset[str]] = {}
+        pending: list[tuple[int, ObjectKey, list[tuple[Key, Snapshot]]]] = []
+        for key, snaps in by_object(inputs.snapshots).items():
+            keyed = ranked(snaps)
+            self.running[key] = _Running(_ambiguous(keyed))
+            self.customer[key] = customer_of(snaps[0])
+            seconds: dict[int, list[tuple[Key, Snapshot]]] = defaultdict(list)
+            for pair in keyed:
+                seconds[pair[1].created].append(pair)
+            pending += [(t, key, group) for t, group in seconds.items()]
+        pending.sort(key=lambda p: p[0])
+        self.pending = pending
+        self.next = 0
+
+    def advance(self, at: int) -> None:
+        """Add every snapshot created at or before `at`."""
+        while self.next < len(self.pending) and self.pending[self.next][0] <= at:
+            _, key, group = self.pending[self.next]
+            self.running[key].add(group, self.plans)
+            self.next += 1
+
+    def objects(self, customers: Iterable[str]) -> dict[ObjectKey, Folded]:
+        """The folded objects of these customers, as `policy.fold_objects` gives them."""
+        linked = set(customers)
+        found = {}
+        for key, running in self.running.items():
+            if self.customer[key] in linked:
+                folded = running.fold()
+                if folded is not None:
+                    found[key] = folded
+        return found
+
+    def evaluate(self, at: int) -> tuple[Entitlements, dict[ObjectKey, Folded]]:
+        """`policy.evaluate(inputs, plans, at)`, for `at` no earlier than the last call."""
+        self.advance(at)
+        customers = held(self.spans, at)
+        objects = self.objects(customers)
+        return decide(self.inputs.user_id, customers, objects, self.plans, at), objects
+
+
+def _one_customer_per_object(inputs: UserInputs) -> bool:
+    """The sweep keeps one customer per object (Stripe never moves one): check it holds."""
+    seen: dict[ObjectKey, str | None] = {}
+    for s in inputs.snapshots:
+        if seen.setdefault((s.kind, s.object_id), customer_of(s)) != customer_of(s):
+            return False
+    return True
+
+
+# -- causes -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Index:
+    """Look-ups the causes need, built once per history."""
+
+    inputs: UserInputs
+    by_event: dict[str, Snapshot] = field(default_factory=dict)
+    by_created: dict[int, list[Snapshot]] = field(default_factory=lambda: defaultdict(list))
+
+    def __post_init__(self) -> None:
+        for s in self.inputs.snapshots:
+            self.by_event.setdefault(s.event_id, s)  # the first, as a scan would find
+            self.by_created[s.created].append(s)
 
 
 def _status_change(before: SubscriptionAccess | None, after: SubscriptionAccess) -> str:
@@ -79,7 +233,7 @@ def _status_change(before: SubscriptionAccess | None, after: SubscriptionAccess)
 
 
 def _subscription_cause(
-    inputs: UserInputs, before: Entitlements | None, after: Entitlements, at: int
+    index: _Index, before: Entitlements | None, after: Entitlements, at: int
 ) -> _Cause | None:
     """A subscription whose grant changed because of a snapshot created at `at`."""
     earlier = {s.id: s for s in (before.subscriptions if before else ())}
@@ -90,36 +244,47 @@ def _subscription_cause(
             sub.features,
         ):
             continue
-        chosen = _snapshot_by_event(inputs, sub.event_id)
+        chosen = index.by_event.get(sub.event_id)
         if chosen is not None and chosen.created == at:
             return _Cause(sub.event_id, chosen.event_type, _status_change(old, sub))
     return None
 
 
 def _link_cause(
-    inputs: UserInputs, before: Entitlements | None, after: Entitlements, at: int
+    index: _Index, before: Entitlements | None, after: Entitlements, at: int
 ) -> _Cause | None:
     """A link, created at `at`, that brought a new customer to the user."""
     known = set(before.customer_ids if before else ())
-    for row in sorted(inputs.links, key=lambda r: (r.customer_id, r.event_id)):
-        if row.created == at and row.customer_id not in known:
-            carrier = _snapshot_by_event(inputs, row.event_id)
+    now = set(after.customer_ids)
+    rows = (r for r in index.inputs.links if r.created == at)
+    for row in sorted(rows, key=lambda r: (r.customer_id, r.event_id)):
+        if row.customer_id not in known and row.customer_id in now:
+            carrier = index.by_event.get(row.event_id)
             event_type = carrier.event_type if carrier is not None else None
             reason = f"{row.customer_id} linked to {row.user_id} via {row.via}"
             return _Cause(row.event_id, event_type, reason)
     return None
 
 
+_VIA = {CUSTOMER: VIA_CUSTOMER, SUBSCRIPTION: VIA_SUBSCRIPTION}
+
+
+def _move_cause(
+    index: _Index, before: Entitlements | None, after: Entitlements, at: int
+) -> _Cause | None:
+    """A customer the user lost at `at` because its metadata named another user."""
+    lost = set(before.customer_ids if before else ()) - set(after.customer_ids)
+    for s in sorted(index.by_created.get(at, ()), key=lambda s: (s.kind, s.event_id)):
+        user = getattr(s.state, "app_user_id", None)
+        cid = customer_of(s)
+        if cid in lost and user and user != index.inputs.user_id and s.kind in _VIA:
+            return _Cause(s.event_id, s.event_type, f"{cid} moved to {user} via {_VIA[s.kind]}")
+    return None
+
+
 # Which object most likely explains a change nobody else claimed, most likely first.
 _KIND_PRIORITY = (ENTITLEMENT_SUMMARY, CUSTOMER, SUBSCRIPTION, LINK, CHECKOUT_SESSION, INVOICE)
-
-
-def _chosen_at(objects: dict[ObjectKey, list[Snapshot]], at: int) -> list[Snapshot]:
-    """Snapshots created at `at` that the fold chose for their object, likeliest cause first."""
-    chosen = [state_at(snaps, at) for snaps in objects.values()]
-    found = [s for s in chosen if s is not None and s.created == at]
-    rank = {kind: i for i, kind in enumerate(_KIND_PRIORITY)}
-    return sorted(found, key=lambda s: (rank.get(s.kind, len(rank)), s.object_id))
+_RANK = {kind: i for i, kind in enumerate(_KIND_PRIORITY)}
 
 
 def _describe(s: Snapshot) -> str:
@@ -132,11 +297,10 @@ def _describe(s: Snapshot) -> str:
     return f"{s.event_type} for {s.object_id}"
 
 
-def _other_cause(inputs: UserInputs, after: Entitlements, at: int) -> _Cause | None:
+def _other_cause(objects: dict[ObjectKey, Folded], at: int) -> _Cause | None:
     """Any other chosen snapshot of `at` (an entitlement summary, a deleted customer, ...)."""
-    linked = set(after.customer_ids)
-    objects = by_object(s for s in inputs.snapshots if customer_of(s) in linked)
-    for s in _chosen_at(objects, at):
+    found = [f.chosen for f in objects.values() if f.chosen.created == at]
+    for s in sorted(found, key=lambda s: (_RANK.get(s.kind, len(_RANK)), s.object_id)):
         return _Cause(s.event_id, s.event_type, _describe(s))
     return None
 
@@ -149,14 +313,41 @@ def _rule_cause(before: Entitlements | None, at: int) -> _Cause | None:
     return None
 
 
-def _cause(inputs: UserInputs, before: Entitlements | None, after: Entitlements, at: int) -> _Cause:
+def _cause(
+    index: _Index,
+    before: Entitlements | None,
+    after: Entitlements,
+    objects: dict[ObjectKey, Folded],
+    at: int,
+) -> _Cause:
     return (
-        _subscription_cause(inputs, before, after, at)
-        or _link_cause(inputs, before, after, at)
+        _subscription_cause(index, before, after, at)
+        or _link_cause(index, before, after, at)
+        or _move_cause(index, before, after, at)
         or _rule_cause(before, at)
-        or _other_cause(inputs, after, at)
+        or _other_cause(objects, at)
         or _Cause(None, None, "features changed")
     )
+
+
+def _event_times(inputs: UserInputs, until: int) -> set[int]:
+    times = {s.created for s in inputs.snapshots} | {row.created for row in inputs.links}
+    return {t for t in times if t <= until}
+
+
+Evaluator = Callable[[int], tuple[Entitlements, dict[ObjectKey, Folded]]]
+
+
+def _evaluator(inputs: UserInputs, plans: Plans) -> Evaluator:
+    """The sweep's evaluation, or the policy's own where the sweep's premise fails."""
+    if _one_customer_per_object(inputs):
+        return _Sweep(inputs, plans).evaluate
+
+    def each(at: int) -> tuple[Entitlements, dict[ObjectKey, Folded]]:
+        objects = fold_objects(inputs, customers_at(inputs, at), plans, at)
+        return evaluate(inputs, plans, at), objects
+
+    return each
 
 
 def changes(inputs: UserInputs, plans: Plans, until: int) -> list[Change]:
@@ -167,18 +358,20 @@ def changes(inputs: UserInputs, plans: Plans, until: int) -> list[Change]:
     features = plans.default_features()  # what a user the ledger has never seen has
     before: Entitlements | None = None
     found: list[Change] = []
+    index = _Index(inputs)
+    evaluate_at = _evaluator(inputs, plans)
     while pending:
         at = heapq.heappop(pending)
         if at in seen:
             continue
         seen.add(at)
-        now = evaluate(inputs, plans, at)
+        now, objects = evaluate_at(at)
         for sub in now.subscriptions:
             # A grant ends by itself at access_until: evaluate again then.
             if sub.access_until is not None and sub.access_until <= until:
                 heapq.heappush(pending, sub.access_until)
         if now.features != features:
-            cause = _cause(inputs, before, now, at)
+            cause = _cause(index, before, now, objects, at)
             found.append(
                 Change(at, cause.event_id, cause.event_type, features, now.features, cause.reason)
             )

@@ -209,7 +209,8 @@ class Folded:
     denied_since: int | None = None
 
 
-def _denies(s: Snapshot, plans: Plans) -> bool:
+def denies(s: Snapshot, plans: Plans) -> bool:
+    """Whether a snapshot's status grants nothing (past_due grants for the grace window)."""
     state = s.state
     return (
         isinstance(state, Subscription)
@@ -224,7 +225,7 @@ def fold_object(snapshots: Iterable[Snapshot], plans: Plans, at: int) -> Folded 
     chosen = state_at(snaps, at)
     if chosen is None:
         return None
-    denied = [s.created for s in snaps if s.created <= at and _denies(s, plans)]
+    denied = [s.created for s in snaps if s.created <= at and denies(s, plans)]
     kind = chosen.kind
     return Folded(
         chosen=chosen,
