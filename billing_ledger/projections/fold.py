@@ -225,7 +225,11 @@ def state_at(snapshots: Iterable[Snapshot], at: int) -> Snapshot | None:
 
 def is_ambiguous(snapshots: Iterable[Snapshot], at: int) -> bool:
     """Whether only the event id chose between differing states (S17: ask Stripe)."""
-    keyed = _keyed(_eligible(snapshots, at))
+    return ambiguous_in(_keyed(_eligible(snapshots, at)))
+
+
+def ambiguous_in(keyed: Sequence[tuple[Key, Snapshot]]) -> bool:
+    """`is_ambiguous` over snapshots already keyed and sorted (`ranked`)."""
     if not keyed:
         return False
     top_key, winner = keyed[-1]
@@ -239,7 +243,11 @@ def _is_past_due(s: Snapshot) -> bool:
 
 def past_due_since(snapshots: Iterable[Snapshot], at: int) -> int | None:
     """Start of the current past_due episode: first of the trailing run of past_due states."""
-    order = ordered(_eligible(snapshots, at))
+    return past_due_in(ordered(_eligible(snapshots, at)))
+
+
+def past_due_in(order: Sequence[Snapshot]) -> int | None:
+    """`past_due_since` over snapshots already in the fold's order."""
     if not order or not _is_past_due(order[-1]):
         return None
     start = order[-1]
@@ -248,6 +256,11 @@ def past_due_since(snapshots: Iterable[Snapshot], at: int) -> int | None:
             break
         start = s
     return start.created
+
+
+def eligible(snapshots: Iterable[Snapshot], at: int) -> list[Snapshot]:
+    """The snapshots created at or before `at`."""
+    return _eligible(snapshots, at)
 
 
 ObjectKey = tuple[str, str]

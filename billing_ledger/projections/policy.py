@@ -28,11 +28,12 @@ from billing_ledger.projections.fold import (
     TERMINAL_SUBSCRIPTION,
     Attempt,
     ObjectKey,
+    ambiguous_in,
     attempts,
     by_object,
-    is_ambiguous,
-    past_due_since,
-    state_at,
+    eligible,
+    past_due_in,
+    ranked,
 )
 from billing_ledger.projections.links import LinkRow, Span, customer_of, links_of, spans
 from billing_ledger.projections.plans import DAY, Plan, Plans
@@ -221,17 +222,18 @@ def denies(s: Snapshot, plans: Plans) -> bool:
 
 def fold_object(snapshots: Iterable[Snapshot], plans: Plans, at: int) -> Folded | None:
     """One object's fold at `at`, or None when no snapshot of it is created by then."""
-    snaps = list(snapshots)
-    chosen = state_at(snaps, at)
-    if chosen is None:
+    snaps = eligible(snapshots, at)
+    keyed = ranked(snaps)  # one sort serves the choice, the episode and the tie
+    if not keyed:
         return None
-    denied = [s.created for s in snaps if s.created <= at and denies(s, plans)]
+    chosen = keyed[-1][1]
+    denied = [s.created for s in snaps if denies(s, plans)]
     kind = chosen.kind
     return Folded(
         chosen=chosen,
-        past_due_since=past_due_since(snaps, at) if kind == SUBSCRIPTION else None,
+        past_due_since=past_due_in([s for _, s in keyed]) if kind == SUBSCRIPTION else None,
         attempts=attempts(snaps, at) if kind == INVOICE else (),
-        ambiguous=is_ambiguous(snaps, at),
+        ambiguous=ambiguous_in(keyed),
         denied_since=max(denied, default=None),
     )
 
