@@ -508,7 +508,7 @@ def test_s34_cancel_at_period_end_then_the_end(ledger: Ledger) -> None:
     assert (sub["status"], sub["cancel_at_period_end"], sub["access_until"]) == (
         "active",
         True,
-        T + M,
+        T + M + LEEWAY,  # P5: bounded like any period end until the deletion event
     )
     assert (body["features"], body["warnings"]) == (PRO, ["cancellation_scheduled"])
     ledger.deliver(sub_event("deleted", "evt_d", T + M, status="canceled", ended_at=T + M))
@@ -532,7 +532,7 @@ def test_s35_portal_cancel_in_flexible_mode(ledger: Ledger) -> None:
     )  # fmt: skip
     body = ledger.entitlements(at=T + 10 * DAY)
     assert body["warnings"] == ["cancellation_scheduled"]
-    assert (body["features"], body["subscriptions"][0]["access_until"]) == (PRO, T + M)
+    assert (body["features"], body["subscriptions"][0]["access_until"]) == (PRO, T + M + LEEWAY)
     rebuild_equals_live(ledger)
 
 
