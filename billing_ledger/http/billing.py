@@ -31,7 +31,7 @@ from billing_ledger.ledger.normalise import CUSTOMER_LINK
 from billing_ledger.ledger.records import Incoming
 from billing_ledger.projections.fold import TERMINAL_SUBSCRIPTION, by_object, state_at
 from billing_ledger.projections.links import customer_of
-from billing_ledger.projections.policy import UserInputs, linked_customers
+from billing_ledger.projections.policy import UserInputs, customers_at
 
 if TYPE_CHECKING:
     from billing_ledger.bootstrap import Deps
@@ -157,7 +157,7 @@ async def ledger_customer(deps: Deps, user_id: str, livemode: bool) -> str | Non
 
 def preferred_customer(inputs: UserInputs, at: int) -> str | None:
     """A live customer: one with a subscription that has not ended, else the latest linked."""
-    customers = linked_customers(inputs.links, at)
+    customers = customers_at(inputs, at)  # a customer moved to another user is not ours
     objects = by_object(s for s in inputs.snapshots if customer_of(s) in customers)
     deleted = {
         cid
@@ -176,7 +176,11 @@ def preferred_customer(inputs: UserInputs, at: int) -> str | None:
     }
     latest = sorted(inputs.links, key=lambda link: (link.created, link.event_id), reverse=True)
     ranked = sorted(
-        (link.customer_id for link in latest if link.customer_id not in deleted),
+        (
+            c.customer_id
+            for c in latest
+            if c.customer_id in customers and c.customer_id not in deleted
+        ),
         key=lambda cid: cid not in subscribed,  # stable: the latest link wins among equals
     )
     return ranked[0] if ranked else None

@@ -45,7 +45,14 @@ _INVOICE_RANK = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3
 
 # previous_attributes keys that mean the same thing on the canonical state.
 _WITNESS_FIELDS: dict[type, tuple[str, ...]] = {
-    Subscription: ("status", "cancel_at", "cancel_at_period_end", "canceled_at", "ended_at"),
+    Subscription: (
+        "status",
+        "cancel_at",
+        "cancel_at_period_end",
+        "canceled_at",
+        "ended_at",
+        "trial_end",
+    ),
     Invoice: ("status", "paid", "attempt_count", "amount_paid", "amount_remaining"),
 }
 
@@ -82,6 +89,8 @@ def _subscription_before(previous: Mapping[str, Any]) -> dict[str, Any]:
     found = {k: previous[k] for k in _WITNESS_FIELDS[Subscription] if k in previous}
     if "items" in previous:  # a plan change or a renewal: the whole item list as it was
         found["items"] = _items(_listed(previous["items"]))
+    if "pause_collection" in previous:  # an object or null: the state keeps whether set
+        found["pause_collection"] = bool(previous["pause_collection"])
     return found | _metadata_user(previous)
 
 

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from billing_ledger.http.billing import preferred_customer
 from billing_ledger.projections.fold import state_at
 from billing_ledger.projections.history import changes
 from billing_ledger.projections.invoices import user_invoices
@@ -27,6 +28,7 @@ from tests.unit.builders import (
     example_plans,
     inputs,
     invoice_event,
+    item,
     link,
     snap,
     sub_event,
@@ -289,3 +291,34 @@ def test_history_credits_the_move_to_the_snapshot_that_moved_it() -> None:
     last = changes(inputs("u_1", moved()), PLANS, T + 20 * DAY)[-1]
     assert (last.at, last.event_id, last.features_after) == (T + 10 * DAY, "evt_c2", ("core",))
     assert last.reason == "cus_1 moved to u_2 via customer_metadata"
+
+
+def test_a_moved_customer_is_not_the_old_users_for_checkout_or_the_portal() -> None:
+    assert preferred_customer(inputs("u_1", moved()), T + DAY) == "cus_1"
+    assert preferred_customer(inputs("u_1", moved()), T + 10 * DAY) is None
+    assert preferred_customer(inputs("u_2", moved()), T + 10 * DAY) == "cus_1"
+
+
+# -- the same kind of tie elsewhere: every field a subscription update names ------------
+
+
+def test_a_same_second_plan_change_is_ordered_by_its_items_witness() -> None:
+    old_items = {"items": {"data": [item("price_basic", T, T + M)]}}
+    for low, high in (("evt_a", "evt_z"), ("evt_z", "evt_a")):
+        events = linked(
+            sub_event("updated", high, T, old_items, prices=("price_pro",)),
+            sub_event("updated", low, T, {"items": {}}, prices=("price_basic",)),
+        )
+        assert evaluate(inputs("u_1", events), PLANS, T).features == ("core", "pro")
+
+
+def test_a_same_second_trial_extension_is_ordered_by_its_witness() -> None:
+    for low, high in (("evt_a", "evt_z"), ("evt_z", "evt_a")):
+        events = linked(
+            sub_event("updated", high, T, {"trial_end": T + DAY}, status="trialing",
+                      trial=(T, T + 9 * DAY), period=(T, T + 9 * DAY)),
+            sub_event("updated", low, T, {"trial_end": None}, status="trialing",
+                      trial=(T, T + DAY), period=(T, T + DAY)),
+        )  # fmt: skip
+        sub = evaluate(inputs("u_1", events), PLANS, T).subscriptions[0]
+        assert sub.trial_end == T + 9 * DAY
