@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from billing_ledger.bootstrap import Deps, build
 from billing_ledger.ledger.store import Database, DatabaseUrl, EventStore, guard
+from billing_ledger.projections.policy import RULES_VERSION
 from billing_ledger.replay import stripe_api
 from billing_ledger.replay.backfill import Backfill
 from billing_ledger.replay.explain import explain
@@ -172,6 +173,8 @@ def replay_lines(report: RebuildReport) -> Iterator[str]:
     for d in report.diffs:
         yield f"  {d.table}: {d.added} added, {d.changed} changed, {d.removed} removed"
     yield _plans_line(report)
+    if report.rules_before != RULES_VERSION:
+        yield f"rules: {report.rules_before} (recorded by the last replay, or none) -> {RULES_VERSION}"
     if report.users:
         yield "users whose features would change now:"
         yield from (f"  {change.line()}" for change in report.users)

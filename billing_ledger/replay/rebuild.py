@@ -27,6 +27,7 @@ import psycopg
 from billing_ledger.ledger.records import Incoming
 from billing_ledger.ledger.store import Database, EventStore, guard
 from billing_ledger.projections.plans import Plans, PlansError, parse_plans
+from billing_ledger.projections.policy import CURRENT, RULES_VERSION, Rules
 from billing_ledger.projections.runner import Runner
 from billing_ledger.projections.views import Views
 from billing_ledger.replay import impact, tables
@@ -72,6 +73,7 @@ class RebuildReport:
     plans_after: PlansFile | None = None
     users: list[impact.FeatureChange] = field(default_factory=list)
     swapped: bool = False
+    rules_before: int = RULES_VERSION  # the rules the last swap recorded (1: none recorded)
 
     @property
     def rate(self) -> float:
@@ -138,14 +140,16 @@ class Rebuild:
         report.diffs = tables.diff(self.live, self.shadow)
         report.plans_before = last_plans(self.store)
         before_plans = report.plans_before.plans if report.plans_before else self.plans.plans
-        if before_plans != self.plans.plans:
+        report.rules_before = last_rules(self.store)
+        rules = (Rules(report.rules_before), CURRENT)
+        if before_plans != self.plans.plans or rules[0] != rules[1]:
             users = set(tables.users(self.live)) | set(tables.users(self.shadow))
         else:
             customers = {c for d in report.diffs for c in d.customers}
             users = impact.users_of(self.live, customers) | impact.users_of(self.shadow, customers)
         now = int(self.clock())
         before = (self.live, before_plans)
-        report.users = impact.changes(users, before, (self.shadow, self.plans.plans), now)
+        report.users = impact.changes(users, before, (self.shadow, self.plans.plans), now, rules)
 
     def swap(self, report: RebuildReport) -> None:
         """Record the replay, catch the shadow up to the head, and rename it into place."""
@@ -166,6 +170,7 @@ class Rebuild:
             "rows_added_changed_removed": diffs,
             "plans_sha256_12": self.plans.sha,
             "plans_toml": self.plans.text,
+            "rules_version": RULES_VERSION,
         }
         return own_event(REPLAY, obj, created=int(self.clock()), livemode=self.livemode)
 
@@ -191,6 +196,16 @@ def last_plans(store: EventStore) -> PlansFile | None:
         return PlansFile(text, parse_plans(tomllib.loads(text), "<recorded plans>"))
     except (tomllib.TOMLDecodeError, PlansError):
         return None  # an older plans format: compare under the current plans only
+
+
+def last_rules(store: EventStore) -> int:
+    """The rules version the last swap recorded; 1 for a ledger no swap of this version
+    recorded (its answers were served by the rules before issue 15's fixes)."""
+    version = 1
+    for event in of_type(store, REPLAY):
+        recorded = event.payload().get("data", {}).get("object", {}).get("rules_version")
+        version = recorded if isinstance(recorded, int) else 1
+    return version
 
 
 @contextmanager
