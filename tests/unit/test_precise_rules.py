@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from billing_ledger.http.billing import preferred_customer
 from billing_ledger.projections.fold import state_at
 from billing_ledger.projections.history import changes
@@ -322,3 +324,52 @@ def test_a_same_second_trial_extension_is_ordered_by_its_witness() -> None:
         )  # fmt: skip
         sub = evaluate(inputs("u_1", events), PLANS, T).subscriptions[0]
         assert sub.trial_end == T + 9 * DAY
+
+
+# -- every warning against every way an invoice ends; every link source against its ends --
+
+
+@pytest.mark.parametrize(
+    ("end", "status", "warns"),
+    [
+        ("paid", "paid", False),
+        ("voided", "void", True),
+        ("marked_uncollectible", "uncollectible", True),
+        ("updated", "open", True),
+        ("finalized", "open", True),
+    ],
+)
+def test_payment_failed_against_each_way_the_invoice_can_end(
+    end: str, status: str, warns: bool
+) -> None:
+    events = failed_then(end, status)
+    warnings = evaluate(inputs("u_1", events), PLANS, T + M + 2 * DAY).warnings
+    assert warnings == (("payment_failed",) if warns else ())
+
+
+def source(via: str) -> Json:
+    """A link of u_1 to cus_1 of each kind the contract names."""
+    return {
+        "checkout": event("checkout.session.completed", checkout_session(), id="l", created=T),
+        "ledger": link(id="l", created=T),
+        "customer": event("customer.created", customer(app_user_id="u_1"), id="l", created=T),
+        "subscription": sub_event("created", "l", T, app_user_id="u_1"),
+    }[via]
+
+
+@pytest.mark.parametrize("via", ["checkout", "ledger", "customer", "subscription"])
+def test_every_link_source_against_the_customers_deletion(via: str) -> None:
+    gone = event("customer.deleted", customer(deleted=True), id="evt_cd", created=T + DAY)
+    events = [source(via), sub_event("created", "e1", T, id="sub_9"), gone]
+    ent = evaluate(inputs("u_1", events), PLANS, T + 2 * DAY)
+    assert (ent.customer_ids, ent.features) == (("cus_1",), ("core",))
+
+
+@pytest.mark.parametrize(
+    ("via", "ends"), [("checkout", False), ("ledger", False), ("customer", True)]
+)
+def test_every_link_source_against_a_customer_metadata_move(via: str, ends: bool) -> None:
+    away = ruby_mock_customer("evt_mv", T + DAY, "u_2", "u_1")
+    events = [source(via), sub_event("created", "e1", T, id="sub_9"), away]
+    ent = evaluate(inputs("u_1", events), PLANS, T + 2 * DAY)
+    assert ent.customer_ids == (() if ends else ("cus_1",))
