@@ -24,6 +24,7 @@ from billing_ledger.ledger.canonical import (
     SUBSCRIPTION,
     Customer,
     EntitlementSummary,
+    Invoice,
     Snapshot,
     Subscription,
 )
@@ -41,6 +42,7 @@ from billing_ledger.projections.plans import Plans
 from billing_ledger.projections.policy import (
     Entitlements,
     Folded,
+    Folds,
     SubscriptionAccess,
     UserInputs,
     access,
@@ -50,6 +52,7 @@ from billing_ledger.projections.policy import (
     evaluate,
     fold_objects,
     held,
+    invoice_rank,
     link_spans,
 )
 
@@ -152,6 +155,86 @@ def _ambiguous(keyed: list[tuple[Key, Snapshot]]) -> frozenset[str]:
     )
 
 
+@dataclass
+class _Book:
+    """One customer's folded objects as `policy.folds_of` reads them, kept current."""
+
+    subscriptions: dict[str, Folded] = field(default_factory=dict)
+    summary: Folded | None = None
+    customer: Folded | None = None
+    ambiguous: set[ObjectKey] = field(default_factory=set)
+    invoices: dict[str, dict[str, Folded]] = field(default_factory=lambda: defaultdict(dict))
+    counted: dict[str, str] = field(default_factory=dict)  # invoice id -> its subscription
+    latest: dict[str, tuple[tuple[int, str], Folded]] = field(default_factory=dict)
+
+    def put(self, key: ObjectKey, folded: Folded) -> None:
+        """Record an object's new fold."""
+        kind, oid = key
+        (self.ambiguous.add if folded.ambiguous else self.ambiguous.discard)(key)
+        if kind == SUBSCRIPTION:
+            self.subscriptions[oid] = folded
+        elif kind == ENTITLEMENT_SUMMARY:
+            self.summary = folded
+        elif kind == CUSTOMER:
+            self.customer = folded
+        elif kind == INVOICE:
+            self._put_invoice(oid, folded)
+
+    def _put_invoice(self, oid: str, folded: Folded) -> None:
+        rank = invoice_rank(folded)
+        state = folded.chosen.state
+        sid = state.subscription_id if rank is not None and isinstance(state, Invoice) else None
+        was = self.counted.pop(oid, None)
+        if was is not None:
+            del self.invoices[was][oid]
+        if sid is not None and rank is not None:
+            self.invoices[sid][oid] = folded
+            self.counted[oid] = sid
+            best = self.latest.get(sid)
+            if best is None or rank >= best[0]:
+                self.latest[sid] = (rank, folded)
+                if was is None or was == sid:
+                    return
+        if was is not None and was in self.latest and self.latest[was][1].chosen.object_id == oid:
+            self._rescan(was)  # the latest invoice moved away or ranks lower now: look again
+        elif sid is not None and self.latest[sid][1].chosen.object_id == oid:
+            self._rescan(sid)
+
+    def _rescan(self, sid: str) -> None:
+        ranked_ = [(invoice_rank(f), f) for f in self.invoices[sid].values()]
+        found = [(r, f) for r, f in ranked_ if r is not None]
+        if found:
+            self.latest[sid] = max(found, key=lambda pair: pair[0])
+        else:
+            self.latest.pop(sid, None)
+
+
+def _folds(books: Iterable[_Book]) -> Folds:
+    """The policy's reading of these customers' books, as `policy.folds_of` would give it."""
+    subscriptions: list[Folded] = []
+    summaries: dict[str, Folded] = {}
+    customers: dict[str, Folded] = {}
+    latest: dict[str, tuple[tuple[int, str], Folded]] = {}
+    ambiguous: set[str] = set()
+    for book in books:
+        subscriptions += book.subscriptions.values()
+        if book.summary is not None:
+            summaries[book.summary.chosen.object_id] = book.summary
+        if book.customer is not None:
+            customers[book.customer.chosen.object_id] = book.customer
+        for sid, pair in book.latest.items():
+            if sid not in latest or pair[0] > latest[sid][0]:
+                latest[sid] = pair
+        ambiguous.update(oid for _, oid in book.ambiguous)
+    return Folds(
+        subscriptions=tuple(subscriptions),
+        summaries=summaries,
+        customers=customers,
+        latest_invoices={sid: f for sid, (_, f) in latest.items()},
+        ambiguous=frozenset(ambiguous),
+    )
+
+
 class _Sweep:
     """The user's objects folded at increasing times, each snapshot added once."""
 
@@ -161,7 +244,7 @@ class _Sweep:
         self.spans = link_spans(inputs)
         self.running: dict[ObjectKey, _Running] = {}
         self.customer: dict[ObjectKey, str | None] = {}
-        self.ambiguous: dict[ObjectKey, frozenset[str]] = {}
+        self.books: dict[str | None, _Book] = defaultdict(_Book)
         pending: list[tuple[int, ObjectKey, list[tuple[Key, Snapshot]]]] = []
         for key, snaps in by_object(inputs.snapshots).items():
             keyed = ranked(snaps)
@@ -175,30 +258,33 @@ class _Sweep:
         self.pending = pending
         self.next = 0
 
-    def advance(self, at: int) -> None:
-        """Add every snapshot created at or before `at`."""
+    def advance(self, at: int) -> list[ObjectKey]:
+        """Add every snapshot created at or before `at`; the objects that moved."""
+        touched: list[ObjectKey] = []
         while self.next < len(self.pending) and self.pending[self.next][0] <= at:
             _, key, group = self.pending[self.next]
             self.running[key].add(group, self.plans)
+            touched.append(key)
             self.next += 1
+        for key in dict.fromkeys(touched):
+            folded = self.running[key].fold()
+            if folded is not None:
+                self.books[self.customer[key]].put(key, folded)
+        return touched
 
-    def objects(self, customers: Iterable[str]) -> dict[ObjectKey, Folded]:
-        """The folded objects of these customers, as `policy.fold_objects` gives them."""
-        linked = set(customers)
-        found = {}
-        for key, running in self.running.items():
-            if self.customer[key] in linked:
-                folded = running.fold()
-                if folded is not None:
-                    found[key] = folded
-        return found
-
-    def evaluate(self, at: int) -> tuple[Entitlements, dict[ObjectKey, Folded]]:
-        """`policy.evaluate(inputs, plans, at)`, for `at` no earlier than the last call."""
-        self.advance(at)
+    def evaluate(self, at: int) -> tuple[Entitlements, list[Folded]]:
+        """`policy.evaluate(inputs, plans, at)`, for `at` no earlier than the last call, and
+        the folds of the user's objects that moved since that call."""
+        touched = self.advance(at)
         customers = held(self.spans, at)
-        objects = self.objects(customers)
-        return decide(self.inputs.user_id, customers, objects, self.plans, at), objects
+        folds = _folds(self.books[cid] for cid in customers if cid in self.books)
+        linked = set(customers)
+        moved = [
+            folded
+            for key in dict.fromkeys(touched)
+            if self.customer[key] in linked and (folded := self.running[key].fold()) is not None
+        ]
+        return decide(self.inputs.user_id, customers, folds, self.plans, at), moved
 
 
 def _one_customer_per_object(inputs: UserInputs) -> bool:
@@ -297,9 +383,9 @@ def _describe(s: Snapshot) -> str:
     return f"{s.event_type} for {s.object_id}"
 
 
-def _other_cause(objects: dict[ObjectKey, Folded], at: int) -> _Cause | None:
+def _other_cause(moved: Iterable[Folded], at: int) -> _Cause | None:
     """Any other chosen snapshot of `at` (an entitlement summary, a deleted customer, ...)."""
-    found = [f.chosen for f in objects.values() if f.chosen.created == at]
+    found = [f.chosen for f in moved if f.chosen.created == at]
     for s in sorted(found, key=lambda s: (_RANK.get(s.kind, len(_RANK)), s.object_id)):
         return _Cause(s.event_id, s.event_type, _describe(s))
     return None
@@ -317,7 +403,7 @@ def _cause(
     index: _Index,
     before: Entitlements | None,
     after: Entitlements,
-    objects: dict[ObjectKey, Folded],
+    moved: list[Folded],
     at: int,
 ) -> _Cause:
     return (
@@ -325,7 +411,7 @@ def _cause(
         or _link_cause(index, before, after, at)
         or _move_cause(index, before, after, at)
         or _rule_cause(before, at)
-        or _other_cause(objects, at)
+        or _other_cause(moved, at)
         or _Cause(None, None, "features changed")
     )
 
@@ -335,7 +421,7 @@ def _event_times(inputs: UserInputs, until: int) -> set[int]:
     return {t for t in times if t <= until}
 
 
-Evaluator = Callable[[int], tuple[Entitlements, dict[ObjectKey, Folded]]]
+Evaluator = Callable[[int], tuple[Entitlements, list[Folded]]]
 
 
 def _evaluator(inputs: UserInputs, plans: Plans) -> Evaluator:
@@ -343,9 +429,9 @@ def _evaluator(inputs: UserInputs, plans: Plans) -> Evaluator:
     if _one_customer_per_object(inputs):
         return _Sweep(inputs, plans).evaluate
 
-    def each(at: int) -> tuple[Entitlements, dict[ObjectKey, Folded]]:
+    def each(at: int) -> tuple[Entitlements, list[Folded]]:
         objects = fold_objects(inputs, customers_at(inputs, at), plans, at)
-        return evaluate(inputs, plans, at), objects
+        return evaluate(inputs, plans, at), list(objects.values())
 
     return each
 
@@ -365,13 +451,13 @@ def changes(inputs: UserInputs, plans: Plans, until: int) -> list[Change]:
         if at in seen:
             continue
         seen.add(at)
-        now, objects = evaluate_at(at)
+        now, moved = evaluate_at(at)
         for sub in now.subscriptions:
             # A grant ends by itself at access_until: evaluate again then.
             if sub.access_until is not None and sub.access_until <= until:
                 heapq.heappush(pending, sub.access_until)
         if now.features != features:
-            cause = _cause(index, before, now, objects, at)
+            cause = _cause(index, before, now, moved, at)
             found.append(
                 Change(at, cause.event_id, cause.event_type, features, now.features, cause.reason)
             )

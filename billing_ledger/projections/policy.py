@@ -296,6 +296,39 @@ def subscription_access(
 Objects = Mapping[ObjectKey, Folded]
 
 
+def invoice_rank(folded: Folded) -> tuple[int, str] | None:
+    """How late an invoice is among its subscription's (None: it counts for none)."""
+    inv = folded.chosen.state
+    if not isinstance(inv, Invoice) or inv.deleted or inv.subscription_id is None:
+        return None
+    return (inv.created or folded.chosen.created, inv.id)
+
+
+@dataclass(frozen=True)
+class Folds:
+    """What the policy reads of a user's folded objects at `at`."""
+
+    subscriptions: tuple[Folded, ...]
+    summaries: Mapping[str, Folded]  # customer id -> its entitlement summary
+    customers: Mapping[str, Folded]  # customer id -> the customer
+    latest_invoices: Mapping[str, Folded]  # subscription id -> its latest invoice
+    ambiguous: frozenset[str]  # object ids only a re-fetch can settle (S17)
+
+
+def folds_of(objects: Objects) -> Folds:
+    """The policy's reading of every folded object."""
+    by_kind: dict[str, dict[str, Folded]] = {}
+    for (kind, oid), folded in objects.items():
+        by_kind.setdefault(kind, {})[oid] = folded
+    return Folds(
+        subscriptions=tuple(by_kind.get(SUBSCRIPTION, {}).values()),
+        summaries=by_kind.get(ENTITLEMENT_SUMMARY, {}),
+        customers=by_kind.get(CUSTOMER, {}),
+        latest_invoices=_latest_invoices(by_kind.get(INVOICE, {}).values()),
+        ambiguous=frozenset(oid for (_, oid), f in objects.items() if f.ambiguous),
+    )
+
+
 def linked_customers(links: Iterable[LinkRow], at: int) -> tuple[str, ...]:
     """Every customer a link names by `at`, sorted (ended metadata links too: see customers_at)."""
     return tuple(sorted({row.customer_id for row in links if row.created <= at}))
@@ -334,14 +367,14 @@ class _Grants:
             self.denials.setdefault(feature, reason)
 
 
-def _chosen(objects: Objects, key: ObjectKey) -> State | None:
-    folded = objects.get(key)
+def _chosen(found: Mapping[str, Folded], oid: str) -> State | None:
+    folded = found.get(oid)
     return folded.chosen.state if folded is not None else None
 
 
-def _summary(objects: Objects, customer_id: str) -> Folded | None:
+def _summary(folds: Folds, customer_id: str) -> Folded | None:
     """The customer's entitlement summary, if it may be trusted whole (S56)."""
-    folded = objects.get((ENTITLEMENT_SUMMARY, customer_id))
+    folded = folds.summaries.get(customer_id)
     if folded is None or not isinstance(folded.chosen.state, EntitlementSummary):
         return None
     return folded if folded.chosen.state.complete or folded.chosen.observation else None
@@ -393,18 +426,17 @@ def _held_plans(plans: Plans, subs: Iterable[SubscriptionAccess], features: set[
     return sorted(held)
 
 
-def _latest_invoices(objects: Objects) -> dict[str, Folded]:
+def _latest_invoices(invoices: Iterable[Folded]) -> dict[str, Folded]:
     """Each subscription's latest invoice (by the invoice's own `created`, then id)."""
     found: dict[str, tuple[tuple[int, str], Folded]] = {}
-    for (kind, _), folded in objects.items():
+    for folded in invoices:
+        rank = invoice_rank(folded)
         inv = folded.chosen.state
-        if kind != INVOICE or not isinstance(inv, Invoice) or inv.deleted:
+        if rank is None or not isinstance(inv, Invoice) or inv.subscription_id is None:
             continue
-        if inv.subscription_id is None:
-            continue
-        rank = (inv.created or folded.chosen.created, inv.id)
-        if inv.subscription_id not in found or rank > found[inv.subscription_id][0]:
-            found[inv.subscription_id] = (rank, folded)
+        sid = inv.subscription_id
+        if sid not in found or rank > found[sid][0]:
+            found[sid] = (rank, folded)
     return {sid: folded for sid, (_, folded) in found.items()}
 
 
@@ -442,13 +474,12 @@ def _trial_ending(sub: SubscriptionAccess, at: int) -> bool:
 
 def _warnings(
     subs: Iterable[SubscriptionAccess],
-    objects: Objects,
+    latest: Mapping[str, Folded],
     deleted: frozenset[str],
     at: int,
     rules: Rules = CURRENT,
 ) -> tuple[str, ...]:
     found: set[str] = set()
-    latest = _latest_invoices(objects)
     for s in subs:
         if s.status in TERMINAL_SUBSCRIPTION or s.customer_id in deleted:
             continue  # an ended subscription warns of nothing
@@ -461,24 +492,23 @@ def _warnings(
     return tuple(sorted(found))
 
 
-def _needs_refetch(objects: Objects, customers: Iterable[str]) -> tuple[str, ...]:
-    ids = {oid for (_, oid), folded in objects.items() if folded.ambiguous}
+def _needs_refetch(folds: Folds, customers: Iterable[str]) -> tuple[str, ...]:
     truncated = {
         cid
         for cid in customers
-        if (folded := objects.get((ENTITLEMENT_SUMMARY, cid))) is not None
+        if (folded := folds.summaries.get(cid)) is not None
         and isinstance(folded.chosen.state, EntitlementSummary)
         and not (folded.chosen.state.complete or folded.chosen.observation)
     }
-    return tuple(sorted(ids | truncated))
+    return tuple(sorted(folds.ambiguous | truncated))
 
 
-def _deleted(objects: Objects, customers: Iterable[str]) -> frozenset[str]:
+def _deleted(folds: Folds, customers: Iterable[str]) -> frozenset[str]:
     """Customers deleted at or before `at`: they never grant again."""
     return frozenset(
         cid
         for cid in customers
-        if isinstance(state := _chosen(objects, (CUSTOMER, cid)), Customer) and state.deleted
+        if isinstance(state := _chosen(folds.customers, cid), Customer) and state.deleted
     )
 
 
@@ -497,26 +527,25 @@ def fold_objects(
 def decide(
     user_id: str,
     customers: tuple[str, ...],
-    objects: Objects,
+    folds: Folds,
     plans: Plans,
     at: int,
     rules: Rules = CURRENT,
 ) -> Entitlements:
     """The user's entitlements at `at`, from their customers' objects folded at `at`."""
-    deleted = _deleted(objects, customers)
+    deleted = _deleted(folds, customers)
     subs = sorted(
         (
             found
-            for (kind, _), folded in objects.items()
-            if kind == SUBSCRIPTION
-            and (found := _access(folded, plans, at, deleted, rules)) is not None
+            for folded in folds.subscriptions
+            if (found := _access(folded, plans, at, deleted, rules)) is not None
         ),
         key=lambda s: (s.customer_id or "", s.id),
     )
     grants = _Grants()
     for cid in customers:
         mine = [s for s in subs if s.customer_id == cid]
-        _grant_customer(grants, mine, _summary(objects, cid), plans, rules)
+        _grant_customer(grants, mine, _summary(folds, cid), plans, rules)
     for plan in plans.default_plans():
         grants.grant(plan.features, f"plan {plan.id} (default)")
     features = set(grants.reasons)
@@ -526,10 +555,10 @@ def decide(
         plans=tuple(_held_plans(plans, subs, features)),
         customer_ids=customers,
         subscriptions=tuple(subs),
-        warnings=_warnings(subs, objects, deleted, at, rules),
+        warnings=_warnings(subs, folds.latest_invoices, deleted, at, rules),
         reasons=dict(sorted(grants.reasons.items())),
         denials={f: r for f, r in sorted(grants.denials.items()) if f not in features},
-        needs_refetch=_needs_refetch(objects, customers),
+        needs_refetch=_needs_refetch(folds, customers),
     )
 
 
@@ -537,7 +566,7 @@ def evaluate(inputs: UserInputs, plans: Plans, at: int, rules: Rules = CURRENT) 
     """The user's entitlements at `at` (policy P1-P5 over the user's snapshots)."""
     customers = customers_at(inputs, at, rules)
     objects = fold_objects(inputs, customers, plans, at, rules)
-    return decide(inputs.user_id, customers, objects, plans, at, rules)
+    return decide(inputs.user_id, customers, folds_of(objects), plans, at, rules)
 
 
 def access(entitlements: Entitlements, feature: str) -> tuple[bool, str]:

@@ -85,30 +85,44 @@ def subscription_lifecycle(draw: st.DrawFn, sub_id: str, cus: str) -> list[Json]
 
 @st.composite
 def invoice_lifecycle(draw: st.DrawFn, sub_id: str, cus: str) -> list[Json]:
-    """draft -> open -> failed attempts -> paid or void, at drawn times."""
-    inv = {"id": f"in_{sub_id}", "customer": cus, "subscription": sub_id, "created": T}
-    ends = ("paid", "voided", "marked_uncollectible", None)
+    """One to three invoices of the subscription, each draft -> open -> failed attempts ->
+    paid, void or uncollectible (or a draft deleted), at drawn times."""
+    found: list[Json] = []
+    for k in range(draw(st.integers(1, 3))):
+        found += draw(one_invoice(sub_id, cus, k))
+    return found
+
+
+@st.composite
+def one_invoice(draw: st.DrawFn, sub_id: str, cus: str, k: int) -> list[Json]:
+    """draft -> open -> failed attempts -> an end, at drawn times."""
+    iid = f"in_{sub_id}_{k}"
+    created = T + draw(st.sampled_from((0, 0, DAY, M)))  # ties make the id decide "latest"
+    inv = {"id": iid, "customer": cus, "subscription": sub_id, "created": created}
+    ends = ("paid", "voided", "marked_uncollectible", "deleted", None)
     t = T + draw(STEPS)
-    found = [invoice_event("created", f"evt_in_{sub_id}_0", t, **inv)]
+    found = [invoice_event("created", f"evt_{iid}_0", t, **inv)]
+    end = draw(st.sampled_from(ends))
+    if end == "deleted":  # a draft removed for good: no longer anyone's latest invoice
+        return [*found, invoice_event("deleted", f"evt_{iid}_del", t + draw(STEPS), **inv)]
     for n in range(1, draw(st.integers(0, 3)) + 1):
         t += draw(STEPS)
         found.append(
             invoice_event(
-                "payment_failed", f"evt_in_{sub_id}_f{n}", t, status="open", attempt_count=n, **inv
+                "payment_failed", f"evt_{iid}_f{n}", t, status="open", attempt_count=n, **inv
             )
         )
-    end = draw(st.sampled_from(ends))
     if end is not None:
         status = {"paid": "paid", "voided": "void"}.get(end, "uncollectible")
         paid = 2000 if end == "paid" else 0
         t += draw(STEPS)
         found.append(
-            invoice_event(end, f"evt_in_{sub_id}_end", t, status=status, amount_paid=paid, **inv)
+            invoice_event(end, f"evt_{iid}_end", t, status=status, amount_paid=paid, **inv)
         )
         if end == "marked_uncollectible" and draw(st.booleans()):  # paid after all
             t += draw(STEPS)
             paid_late = inv | {"status": "paid", "amount_paid": 2000}
-            found.append(invoice_event("paid", f"evt_in_{sub_id}_late", t, **paid_late))
+            found.append(invoice_event("paid", f"evt_{iid}_late", t, **paid_late))
     return found
 
 
@@ -242,3 +256,20 @@ def test_history_s_one_pass_evaluates_exactly_as_the_policy_does(data: st.DataOb
         sweep = _Sweep(mine, PLANS)
         for at in times:
             assert sweep.evaluate(at)[0] == evaluate(mine, PLANS, at)
+
+
+def test_the_one_pass_hands_latest_back_when_the_latest_invoice_is_deleted() -> None:
+    failed = {"id": "in_a", "customer": "cus_0", "created": T, "status": "open"}
+    draft = {"id": "in_b", "customer": "cus_0", "created": T + DAY}
+    events = [
+        link(user_id="u_1", customer="cus_0", id="evt_l", created=T),
+        sub_event("created", "evt_s", T, customer="cus_0"),
+        invoice_event("payment_failed", "evt_f", T, attempt_count=1, **failed),
+        invoice_event("created", "evt_d", T + DAY, **draft),
+        invoice_event("deleted", "evt_x", T + 2 * DAY, **draft),
+    ]
+    mine = inputs("u_1", events)
+    sweep = _Sweep(mine, PLANS)
+    for at in (T, T + DAY, T + 2 * DAY):
+        assert sweep.evaluate(at)[0] == evaluate(mine, PLANS, at)
+    assert evaluate(mine, PLANS, T + 2 * DAY).warnings == ("payment_failed",)
