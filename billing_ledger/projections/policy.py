@@ -512,14 +512,28 @@ def _deleted(folds: Folds, customers: Iterable[str]) -> frozenset[str]:
     )
 
 
+# The previous_attributes fields rules 1 read as witnesses (none of summaries or customers).
+_RULES_1_WITNESSES = {
+    SUBSCRIPTION: ("status", "cancel_at", "cancel_at_period_end", "canceled_at", "ended_at"),
+    INVOICE: ("status", "paid", "attempt_count", "amount_paid", "amount_remaining"),
+}
+
+
+def _rules_1_witness(s: Snapshot) -> Snapshot:
+    """The snapshot as rules 1 ordered it: only the witness fields they knew."""
+    known = _RULES_1_WITNESSES.get(s.kind, ())
+    kept = {k: v for k, v in s.previous.items() if k in known}
+    return s if kept == s.previous else replace(s, previous=kept)
+
+
 def fold_objects(
     inputs: UserInputs, customers: Iterable[str], plans: Plans, at: int, rules: Rules = CURRENT
 ) -> dict[ObjectKey, Folded]:
     """Every object of these customers, folded at `at` (those with a snapshot by then)."""
     linked = set(customers)
     pile = (s for s in inputs.snapshots if customer_of(s) in linked)
-    if rules.legacy:  # rules 1 had no witness for summaries
-        pile = (replace(s, previous={}) if s.kind == ENTITLEMENT_SUMMARY else s for s in pile)
+    if rules.legacy:
+        pile = (_rules_1_witness(s) for s in pile)
     found = {key: fold_object(snaps, plans, at) for key, snaps in by_object(pile).items()}
     return {key: folded for key, folded in found.items() if folded is not None}
 

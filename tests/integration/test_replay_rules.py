@@ -20,6 +20,7 @@ from tests.unit.builders import (
     customer,
     event,
     invoice_event,
+    item,
     sub_event,
     summary,
 )
@@ -42,12 +43,14 @@ def sub(cus: str, sub_id: str, **fields: object) -> dict[str, object]:
 
 
 def affected() -> list[Json]:
-    """One user per rule whose answer rules 2 change, and two whose answers they do not."""
+    """One user per rule whose answer rules 2 change (and one for the items witness), and two
+    whose answers they do not."""
     before = {"entitlements": {"data": [active_entitlement("core")]}}
     pro = summary("core", "pro", customer="cus_w")
     paused = sub("cus_p", "sub_p", status="paused")
     due = {"id": "in_f", "customer": "cus_f", "subscription": "sub_f", "created": B + DAY}
     final = sub("cus_c", "sub_c", cancel_at=TODAY - 1, period=(B, TODAY - 1))
+    old_items = {"items": {"data": [item("price_basic", *PERIOD)]}}
     return [
         # 1. witness: the summary naming the other's list as before is the later.
         linked("u_witness", "cus_w"),
@@ -90,6 +93,16 @@ def affected() -> list[Json]:
             created=B + 10 * DAY,
             previous={"metadata": {"app_user_id": "u_moved_from"}},
         ),
+        # And the same kind of tie elsewhere: a same-second plan change named by its items.
+        linked("u_plan", "cus_i"),
+        sub_event("updated", "evt_ia", B + DAY, old_items, **sub("cus_i", "sub_i")),
+        sub_event(
+            "updated",
+            "evt_iz",
+            B + DAY,
+            {"items": {}},
+            **sub("cus_i", "sub_i", prices=("price_basic",)),
+        ),
         # Untouched by the rules: a plain paying user.
         linked("u_plain", "cus_x"),
         sub_event("created", "evt_x0", B, **sub("cus_x", "sub_x")),
@@ -111,7 +124,14 @@ def test_a_dry_run_after_the_upgrade_names_exactly_the_users_the_fixed_rules_cha
         ledger.features("u_plain")  # waits until the projections applied everything
     lines = replay(config, dry_run=True)
     assert "rules: 1 (recorded by the last replay, or none) -> 2" in lines
-    assert named(lines) == {"u_witness", "u_paused", "u_failed", "u_cancel", "u_moved_from"}
+    assert named(lines) == {
+        "u_witness",
+        "u_paused",
+        "u_failed",
+        "u_cancel",
+        "u_moved_from",
+        "u_plan",
+    }
     assert "  u_failed: core, pro (warnings: (none) -> payment_failed)" in lines
     assert "  u_moved_from: core, pro -> core (-pro)" in lines
     swapped = replay(config)  # records rules 2
