@@ -329,11 +329,6 @@ def folds_of(objects: Objects) -> Folds:
     )
 
 
-def linked_customers(links: Iterable[LinkRow], at: int) -> tuple[str, ...]:
-    """Every customer a link names by `at`, sorted (ended metadata links too: see customers_at)."""
-    return tuple(sorted({row.customer_id for row in links if row.created <= at}))
-
-
 def link_spans(inputs: UserInputs, rules: Rules = CURRENT) -> tuple[Span, ...]:
     """When each of the user's links holds (rules 1: every link for good)."""
     if rules.legacy:
