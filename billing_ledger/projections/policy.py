@@ -2,7 +2,8 @@
 
 `evaluate(inputs, plans, at)` answers what a user may use at `at`, from every snapshot of
 the user's linked customers. Nothing here reads a clock: the time rules (grace window,
-period end plus leeway, cancel_at) are evaluated against `at`.
+period end plus leeway, ended_at) are evaluated against `at`. `fold_objects` folds each
+object at `at`; `decide` applies the policy to those folds (history feeds it its own).
 """
 
 from __future__ import annotations
