@@ -373,3 +373,25 @@ def test_every_link_source_against_a_customer_metadata_move(via: str, ends: bool
     events = [source(via), sub_event("created", "e1", T, id="sub_9"), away]
     ent = evaluate(inputs("u_1", events), PLANS, T + 2 * DAY)
     assert ent.customer_ids == (() if ends else ("cus_1",))
+
+
+ODD = [None, 7, True, "x", [], {}, [1, "a", None], {"data": "x"}, {"data": [7, {"price": 7}]}]
+
+
+@pytest.mark.parametrize("odd", ODD)
+def test_a_witness_of_any_shape_orders_without_raising(odd: Any) -> None:
+    fields = ("entitlements", "metadata", "items", "status", "pause_collection", "trial_end")
+    events = [
+        summary_update("evt_a", T, ("core",), ()),
+        event(SUMMARY, summary("core", "pro"), id="evt_b", created=T,
+              previous=dict.fromkeys(fields, odd)),
+        sub_event("updated", "evt_c", T, dict.fromkeys(fields, odd)),
+        sub_event("updated", "evt_d", T, {"metadata": odd}),
+        ruby_mock_customer("evt_e", T, "u_1", None) | {"id": "evt_e"},
+    ]  # fmt: skip
+    events[-1]["data"]["previous_attributes"] = {"metadata": odd}
+    ent = evaluate(inputs("u_1", events), PLANS, T)
+    assert ent.customer_ids == ("cus_1",)
+    assert changes(inputs("u_1", events), PLANS, T + DAY) == changes(
+        inputs("u_1", events[::-1]), PLANS, T + DAY
+    )
