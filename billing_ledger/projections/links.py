@@ -93,8 +93,8 @@ class Span:
 def _owners(snapshots: Iterable[Snapshot]) -> list[tuple[int, str]]:
     """(created, user) each time the metadata's owner of one object may change, in order.
 
-    The owner at `at` is the user the greatest snapshot (in the fold's order) among those
-    created by `at` that name anyone names: a snapshot without the key moves nothing."""
+    The owner at `at` is the user named by the greatest, in the fold's order, of the
+    snapshots created by `at` that name a user; a snapshot naming nobody moves nothing."""
     best: dict[int, tuple[Key, str]] = {}
     for key, s in ranked(snapshots):
         user = getattr(s.state, "app_user_id", None)
