@@ -125,24 +125,41 @@ def _runs(owners: list[tuple[int, str]], user_id: str, customer_id: str) -> list
     return spans
 
 
+def _objects_of(
+    row: LinkRow, kind: str, carrier: Snapshot | None, pile: list[Snapshot]
+) -> set[tuple[str, str]]:
+    """The objects whose metadata a metadata link follows. Without its own snapshot (a read
+    that loaded only each object's present): the customer, or the customer's subscriptions."""
+    if carrier is not None:
+        return {(kind, carrier.object_id)}
+    if kind == CUSTOMER:
+        return {(CUSTOMER, row.customer_id)}
+    return {
+        (s.kind, s.object_id) for s in pile if s.kind == kind and customer_of(s) == row.customer_id
+    }
+
+
 def spans(user_id: str, links: Iterable[LinkRow], snapshots: Iterable[Snapshot]) -> list[Span]:
     """When each of the user's links holds (CONTRACT.md): Checkout and the service's own
     links for good; a metadata link until that object's metadata names another user."""
     pile = list(snapshots)
     by_event = {s.event_id: s for s in reversed(pile)}  # the first rendering of an id
     found: list[Span] = []
-    objects: dict[tuple[str, str], str] = {}
+    objects: dict[tuple[str, str], tuple[str, int]] = {}  # object -> (customer, first link)
     for row in links:
         kind = _METADATA.get(row.via)
-        carrier = by_event.get(row.event_id)
-        if kind is None or carrier is None:
+        followed = _objects_of(row, kind, by_event.get(row.event_id), pile) if kind else set()
+        if not followed:
             found.append(Span(row.customer_id, row.created))
-        else:
-            objects[(kind, carrier.object_id)] = row.customer_id
+        for key in followed:
+            start = min(row.created, objects.get(key, (row.customer_id, row.created))[1])
+            objects[key] = (row.customer_id, start)
     grouped: dict[tuple[str, str], list[Snapshot]] = defaultdict(list)
     for s in pile:
         if (s.kind, s.object_id) in objects:
             grouped[(s.kind, s.object_id)].append(s)
-    for key, customer_id in sorted(objects.items()):
-        found += _runs(_owners(grouped[key]), user_id, customer_id)
+    for key, (customer_id, start) in sorted(objects.items()):
+        owners = _owners(grouped[key])
+        # No snapshot of it names anyone (none loaded): the link's own word holds.
+        found += _runs(owners, user_id, customer_id) if owners else [Span(customer_id, start)]
     return sorted(found, key=lambda sp: (sp.start, sp.customer_id, sp.end or 0))

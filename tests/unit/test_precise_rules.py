@@ -14,10 +14,12 @@ from typing import Any
 import pytest
 
 from billing_ledger.http.billing import preferred_customer
-from billing_ledger.projections.fold import state_at
+from billing_ledger.ledger.canonical import Snapshot
+from billing_ledger.projections.fold import by_object, state_at
 from billing_ledger.projections.history import changes
 from billing_ledger.projections.invoices import user_invoices
-from billing_ledger.projections.policy import LEGACY, evaluate
+from billing_ledger.projections.links import links_of
+from billing_ledger.projections.policy import LEGACY, evaluate, gather, rule_witnesses
 from tests.unit.builders import (
     DAY,
     Json,
@@ -395,3 +397,44 @@ def test_a_witness_of_any_shape_orders_without_raising(odd: Any) -> None:
     assert changes(inputs("u_1", events), PLANS, T + DAY) == changes(
         inputs("u_1", events[::-1]), PLANS, T + DAY
     )
+
+
+# -- what a read that loads only each object's present must load as well ---------------
+
+
+def present_only(events: list[Json]) -> list[Snapshot]:
+    """Each object's latest second, plus the rules' witnesses (policy.rule_witnesses)."""
+    kept: list[Snapshot] = []
+    for snaps in by_object(snap(e) for e in events).values():
+        top = max(s.created for s in snaps)
+        chosen = {s.event_id: s for s in snaps if s.created == top}
+        chosen |= {s.event_id: s for s in rule_witnesses(snaps)}
+        kept += chosen.values()
+    return kept
+
+
+def test_a_present_only_read_still_sees_a_pause_after_the_summary() -> None:
+    resumed = sub_event("updated", "e5", T + 16 * DAY, {"status": "paused"},
+                        period=(T + 16 * DAY, T + M + 16 * DAY))  # fmt: skip
+    events = [*paused_trial_with_addon(), resumed]
+    at = T + 17 * DAY
+    full = evaluate(inputs("u_1", events), PLANS, at)
+    assert full.features == ("core", "export", "pro")  # plans decide: pro is back via sub_1
+    assert full.reasons["pro"] == "plan pro via sub_1 (active)"
+    partial = gather("u_1", present_only(events))
+    assert evaluate(partial, PLANS, at) == full
+
+
+def test_a_present_only_read_still_sees_who_owns_the_metadata() -> None:
+    cleared = event("customer.updated", customer(), id="evt_c3", created=T + 20 * DAY)
+    events = [*moved(), cleared]
+    for user in ("u_1", "u_2"):
+        full = evaluate(inputs(user, events), PLANS, T + 21 * DAY)
+        partial = gather(user, [*present_only(events), *links_carried(events, user)])
+        assert evaluate(partial, PLANS, T + 21 * DAY) == full
+    assert evaluate(inputs("u_1", events), PLANS, T + 21 * DAY).customer_ids == ()
+
+
+def links_carried(events: list[Json], user: str) -> list[Snapshot]:
+    """The snapshots whose links the views' links table keeps (all of them, in this test)."""
+    return [s for s in map(snap, events) if links_of(s) and links_of(s)[0].user_id == user]
