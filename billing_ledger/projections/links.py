@@ -144,22 +144,19 @@ def spans(user_id: str, links: Iterable[LinkRow], snapshots: Iterable[Snapshot])
     links for good; a metadata link until that object's metadata names another user."""
     pile = list(snapshots)
     by_event = {s.event_id: s for s in reversed(pile)}  # the first rendering of an id
-    found: list[Span] = []
-    objects: dict[tuple[str, str], tuple[str, int]] = {}  # object -> (customer, first link)
+    grouped: dict[tuple[str, str], list[Snapshot]] = defaultdict(list)
+    for s in pile:
+        grouped[(s.kind, s.object_id)].append(s)
+    owners: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    found: set[Span] = set()
     for row in links:
         kind = _METADATA.get(row.via)
         followed = _objects_of(row, kind, by_event.get(row.event_id), pile) if kind else set()
-        if not followed:
-            found.append(Span(row.customer_id, row.created))
-        for key in followed:
-            start = min(row.created, objects.get(key, (row.customer_id, row.created))[1])
-            objects[key] = (row.customer_id, start)
-    grouped: dict[tuple[str, str], list[Snapshot]] = defaultdict(list)
-    for s in pile:
-        if (s.kind, s.object_id) in objects:
-            grouped[(s.kind, s.object_id)].append(s)
-    for key, (customer_id, start) in sorted(objects.items()):
-        owners = _owners(grouped[key])
-        # No snapshot of it names anyone (none loaded): the link's own word holds.
-        found += _runs(owners, user_id, customer_id) if owners else [Span(customer_id, start)]
+        for key in followed - owners.keys():
+            owners[key] = _owners(grouped[key])
+        named = sorted(key for key in followed if owners[key])
+        if not named:  # nothing loaded names anyone: the link's own word holds
+            found.add(Span(row.customer_id, row.created))
+        for key in named:
+            found.update(_runs(owners[key], user_id, row.customer_id))
     return sorted(found, key=lambda sp: (sp.start, sp.customer_id, sp.end or 0))
