@@ -30,6 +30,7 @@ def _health(deps: Deps) -> tuple[int, dict[str, Any]]:
     for name, info in projections.items():
         deps.metrics.projection_position.labels(name).set(info["position"])
         deps.metrics.projection_lag.labels(name).set(max(0, head - info["position"]))
+        deps.metrics.projection_skipped.labels(name).set(info.get("skipped_total", 0))
     failing = any(info.get("error") for info in projections.values())
     return 200, {
         "status": "degraded" if failing else "ok",

@@ -38,6 +38,12 @@ class Metrics:
             ["projection"],
             registry=self.registry,
         )
+        self.projection_skipped = Gauge(
+            "ledger_projection_skipped_events",
+            "Events each projection skipped for their content (recorded with its position)",
+            ["projection"],
+            registry=self.registry,
+        )
         self.projection_lag = Gauge(
             "ledger_projection_lag",
             "Positions stored but not yet applied, by projection",

@@ -20,6 +20,16 @@ CHECKOUT_SESSION = "checkout_session"
 ENTITLEMENT_SUMMARY = "entitlement_summary"
 LINK = "link"  # a user-to-customer link this service recorded itself (ledger.customer_link)
 
+# What a snapshot may keep of a payload, whatever a sender signed (normalise.py applies
+# these before any fold sees it; nothing else of a payload is copied into a snapshot).
+MAX_ID = 255  # ids and user ids: what the store and the /v1 routes accept
+MAX_TEXT = 2048  # any other text (a status, a URL, an email)
+MAX_INT = 2**53 - 1  # |n|: exact in JSON everywhere; sums with a leeway stay in 64 bits
+MAX_ITEMS = 100  # subscription items (Stripe allows 20)
+MAX_LOOKUP_KEYS = 1000  # entitlements of one summary (Stripe embeds at most 10)
+MAX_DEPTH = 8  # nesting of a previous_attributes value (Stripe's own is at most 5)
+MAX_PREVIOUS = 16_384  # previous_attributes kept per snapshot, in roughly encoded bytes
+
 
 @dataclass(frozen=True)
 class Item:

@@ -8,6 +8,7 @@ Pure: bytes in, a frozen snapshot (or None) out.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,6 +20,13 @@ from billing_ledger.ledger.canonical import (
     ENTITLEMENT_SUMMARY,
     INVOICE,
     LINK,
+    MAX_DEPTH,
+    MAX_ID,
+    MAX_INT,
+    MAX_ITEMS,
+    MAX_LOOKUP_KEYS,
+    MAX_PREVIOUS,
+    MAX_TEXT,
     SUBSCRIPTION,
     CheckoutSession,
     Customer,
@@ -53,17 +61,24 @@ class _Malformed(Exception):
 
 
 # -- small readers that never trust a field's type --------------------------------------
+# The rule for every field a fold reads: a value of the wrong type or beyond its bound
+# (canonical.py) reads as absent; only a missing id or status refuses the event.
+
+
+def _text(value: Any, limit: int = MAX_TEXT) -> str | None:
+    return value if isinstance(value, str) and 0 < len(value) <= limit else None
 
 
 def _str(obj: Json, key: str) -> str | None:
-    value = obj.get(key)
-    return value if isinstance(value, str) and value else None
+    return _text(obj.get(key))
 
 
 def _int(obj: Json, key: str) -> int | None:
     value = obj.get(key)
     # bool is an int in Python; a boolean is never a timestamp or an amount.
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    if isinstance(value, int) and not isinstance(value, bool) and -MAX_INT <= value <= MAX_INT:
+        return value
+    return None
 
 
 def _dict(obj: Json, key: str) -> Json:
@@ -73,11 +88,9 @@ def _dict(obj: Json, key: str) -> Json:
 
 def _id_of(value: Any) -> str | None:
     """An id, whether Stripe sent it bare or as an expanded object."""
-    if isinstance(value, str) and value:
-        return value
     if isinstance(value, dict):
-        return _str(value, "id")
-    return None
+        value = value.get("id")
+    return _text(value, MAX_ID)
 
 
 def _required_id(obj: Json, key: str = "id") -> str:
@@ -88,7 +101,8 @@ def _required_id(obj: Json, key: str = "id") -> str:
 
 
 def _app_user_id(obj: Json) -> str | None:
-    return _str(_dict(obj, "metadata"), "app_user_id")
+    # Only this one value of the metadata is kept, whatever else it holds.
+    return _text(_dict(obj, "metadata").get("app_user_id"), MAX_ID)
 
 
 # -- subscriptions ----------------------------------------------------------------------
@@ -99,7 +113,7 @@ def _item(raw: Json) -> Item:
     price = raw.get("price")
     plan = _dict(raw, "plan")
     if isinstance(price, str):  # an unexpanded price: only its id is known
-        return _item_period(raw, price, None, _id_of(plan.get("product")))
+        return _item_period(raw, _text(price, MAX_ID), None, _id_of(plan.get("product")))
     source: Json = price if isinstance(price, dict) else plan
     return _item_period(
         raw, _str(source, "id"), _str(source, "lookup_key"), _id_of(source.get("product"))
@@ -120,6 +134,9 @@ def _item_period(raw: Json, price_id: str | None, lookup: str | None, product: s
 def _items(obj: Json) -> tuple[Item, ...]:
     data = _dict(obj, "items").get("data")
     raw_items = [raw for raw in data if isinstance(raw, dict)] if isinstance(data, list) else []
+    if len(raw_items) > MAX_ITEMS:
+        # Items decide access: a list cut short would grant or deny at random, so refuse it.
+        raise _Malformed(f"subscription has more than {MAX_ITEMS} items")
     if not raw_items and isinstance(obj.get("plan"), dict):
         # 2017-era single-plan subscriptions carry the plan and quantity at the top level.
         raw_items = [{"plan": obj["plan"], "quantity": obj.get("quantity")}]
@@ -237,7 +254,7 @@ def checkout_state(event_type: str, obj: Json) -> CheckoutSession:
         id=_required_id(obj),
         customer_id=_id_of(obj.get("customer")),
         subscription_id=_id_of(obj.get("subscription")),
-        client_reference_id=_str(obj, "client_reference_id"),
+        client_reference_id=_text(obj.get("client_reference_id"), MAX_ID),
         mode=_str(obj, "mode"),
         status=_str(obj, "status") or _CHECKOUT_STATUS_BY_TYPE.get(event_type),
         payment_status=_str(obj, "payment_status"),
@@ -255,17 +272,20 @@ def summary_state(event_type: str, obj: Json) -> EntitlementSummary:
     raw = obj.get("entitlements")
     listed = raw if isinstance(raw, dict) else {"data": raw, "has_more": False}
     data = listed.get("data")
-    keys = {k for k in map(_lookup_key, data if isinstance(data, list) else []) if k}
+    keys = sorted({k for k in map(_lookup_key, data if isinstance(data, list) else []) if k})
+    # A list of the wrong type or past the bound is kept like one Stripe cut short (has_more):
+    # never trusted whole, so the plans decide.
+    whole = data is None or (isinstance(data, list) and len(keys) <= MAX_LOOKUP_KEYS)
     return EntitlementSummary(
         customer_id=_required_id(obj, "customer"),
-        lookup_keys=tuple(sorted(keys)),
-        complete=listed.get("has_more") is not True,
+        lookup_keys=tuple(keys[:MAX_LOOKUP_KEYS]),
+        complete=whole and listed.get("has_more") is not True,
     )
 
 
 def link_state(event_type: str, obj: Json) -> Link:
     """Read a user-to-customer link this service recorded."""
-    user_id = _str(obj, "user_id")
+    user_id = _text(obj.get("user_id"), MAX_ID)
     if user_id is None:
         raise _Malformed("customer link has no user_id")
     return Link(user_id=user_id, customer_id=_required_id(obj, "customer"))
@@ -337,7 +357,46 @@ def _data(event: Recorded, body: Json) -> tuple[Json, dict[str, Any]]:
     if not isinstance(data, dict) or not isinstance(obj, dict):
         raise NormaliseError(event.event_id, "data.object is missing or not an object")
     previous = data.get("previous_attributes")
-    return obj, dict(previous) if isinstance(previous, dict) else {}
+    return obj, bounded_previous(previous) if isinstance(previous, dict) else {}
+
+
+def bounded_previous(previous: Json) -> dict[str, Any]:
+    """The previous_attributes a snapshot keeps: each value whole, or dropped whole when it
+    nests deeper than MAX_DEPTH or would take the kept total past MAX_PREVIOUS.
+
+    A witness must be exact or absent, so no value is kept in part.
+    """
+    kept: dict[str, Any] = {}
+    budget = MAX_PREVIOUS
+    for key, value in previous.items():
+        size = _encoded_size(value, MAX_DEPTH, budget - len(key))
+        if size is not None:
+            kept[key] = value
+            budget -= len(key) + size
+    return kept
+
+
+def _encoded_size(value: Any, depth: int, budget: int) -> int | None:
+    """About how many bytes `value` encodes to, or None past `depth` levels or `budget`."""
+    if isinstance(value, (dict, list)):
+        if depth <= 0:
+            return None
+        parts = value.items() if isinstance(value, dict) else enumerate(value)
+        total = 2
+        for key, inner in parts:
+            size = _encoded_size(inner, depth - 1, budget - total)
+            if size is None:
+                return None
+            total += size + (len(key) + 4 if isinstance(key, str) else 1)
+            if total > budget:
+                return None
+        return total
+    if isinstance(value, int) and not -MAX_INT <= value <= MAX_INT:
+        return None  # no field it could witness holds it (see _int)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # not JSON
+    size = len(value) + 2 if isinstance(value, str) else 8
+    return size if size <= budget else None
 
 
 _KEYED_BY_CUSTOMER = (EntitlementSummary, Link)  # a tuple: `A | B` builds a union each call
@@ -365,7 +424,7 @@ def _read(event: Recorded, reader: Reader, event_type: str, obj: Json) -> State:
 
 def _observation(event: Recorded, obj: Json, body: Json) -> Snapshot | None:
     """A recorded re-fetch: the object's snapshot, timed when it was observed."""
-    entry = OBSERVED.get(obj.get("object") or "")
+    entry = OBSERVED.get(_str(obj, "object") or "")
     if entry is None:
         return None
     kind, reader = entry

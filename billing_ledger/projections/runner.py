@@ -1,8 +1,9 @@
 """The projection runner: reads the store in position order and applies batches to the views.
 
-One batch is one transaction (rows and position together). A failing event stops the
-projection where it is, names the event in `status()`, and is retried after a back-off;
-ingestion is untouched. On PostgreSQL a session-level advisory lock per projection keeps
+One batch is one transaction (rows and position together). An event that fails for what it
+holds (it cannot be normalised, or its rows cannot be written) is skipped: logged, recorded
+with the position in the same transaction, listed in `status()`. A failure of the database
+stops the projection where it is and is retried after a back-off; ingestion is untouched. On PostgreSQL a session-level advisory lock per projection keeps
 every runner but one idle, and LISTEN on the store's channel wakes the active one; SQLite
 has no notifications, so the runner polls.
 """
@@ -10,21 +11,23 @@ has no notifications, so the runner polls.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from eventsourcing.persistence import DataError, IntegrityError, PersistenceError
 
 from billing_ledger.ledger.canonical import Snapshot
 from billing_ledger.ledger.logfmt import fields
 from billing_ledger.ledger.normalise import normalise
 from billing_ledger.ledger.records import Recorded
-from billing_ledger.ledger.store import TABLE, EventStore
-from billing_ledger.projections.views import PositionMovedError, Views
+from billing_ledger.ledger.store import TABLE, EventStore, StorageError
+from billing_ledger.projections.views import PositionMovedError, Skipped, Views
 
 log = logging.getLogger("billing_ledger.projections")
 
@@ -35,6 +38,18 @@ POLL_SECONDS = 0.1
 SETTLE_SECONDS = 0.05
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 30.0
+REASON_CHARS = 300  # of a skip's reason, as recorded and listed
+
+# What a database raises; of these only the ones about a row's values say "this event".
+_DATABASE_ERRORS = (StorageError, PersistenceError, psycopg.Error, sqlite3.Error, OSError)
+_ROW_ERRORS = (
+    DataError,
+    IntegrityError,
+    psycopg.DataError,
+    psycopg.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.IntegrityError,
+)
 
 
 class ProjectionError(RuntimeError):
@@ -63,7 +78,9 @@ class _Prepared:
 
     snapshots: list[Snapshot]
     last: int  # the position the batch reaches
-    error: ProjectionError | None = None
+    error: ProjectionError | None = None  # unused since failing events are skipped
+    positions: list[int] = field(default_factory=list)  # of each snapshot's event
+    skipped: list[Skipped] = field(default_factory=list)
 
 
 class Runner:
@@ -94,6 +111,8 @@ class Runner:
         self._flagged: set[str] = set()
         self._pool: ThreadPoolExecutor | None = None  # reads ahead, writes behind
         self._leader = _leader_for(self)
+        # (position when read, {"skipped": [...], "skipped_total": N}) for status()
+        self._skips: tuple[int | None, dict[str, Any]] = (None, {"skipped": [], "skipped_total": 0})
 
     @property
     def position(self) -> int:
@@ -103,12 +122,27 @@ class Runner:
         return self._position or 0
 
     def status(self) -> dict[str, dict[str, Any]]:
-        """`{name: {"position": N, "error": None | TEXT}}`, as /healthz shows it."""
+        """`{name: {"position": N, "error": None | TEXT, "skipped": [...], "skipped_total": N}}`,
+        as /healthz shows it."""
         try:
             position = self.position
         except Exception as e:  # /healthz must answer even when the database does not
             return {self.name: {"position": 0, "error": f"{type(e).__name__}: {e}"}}
-        return {self.name: {"position": position, "error": self._error}}
+        return {self.name: {"position": position, "error": self._error, **self._skips_at(position)}}
+
+    def _skips_at(self, position: int) -> dict[str, Any]:
+        """The skipped events as of `position`: read again only when the position moved
+        (a skip commits with its position), so /healthz adds no query in steady state."""
+        read_at, skips = self._skips
+        if read_at == position:
+            return skips
+        try:
+            listed, total = self.views.skipped()
+        except Exception:  # the database is away: the last list read stands
+            return skips
+        skips = {"skipped": [s.to_json() for s in listed], "skipped_total": total}
+        self._skips = (position, skips)
+        return skips
 
     def start(self) -> None:
         """Run in a background thread until `stop()`."""
@@ -230,29 +264,88 @@ class Runner:
         return read
 
     def _commit(self, prepared: _Prepared, after: int) -> bool:
-        """Commit one prepared batch; False when another runner or a swap moved the position."""
+        """Commit one prepared batch; False when another runner or a swap moved the position.
+
+        A batch failing for an event's content is applied again event by event (`_isolate`);
+        a failure of the database propagates, and the batch is retried later as it was.
+        """
         if prepared.last <= after:
             return True
         try:
-            self.views.apply(prepared.snapshots, after, prepared.last)
+            try:
+                self._apply(prepared.snapshots, after, prepared.last, prepared.skipped)
+            except PositionMovedError:
+                raise
+            except Exception as e:
+                if not _content_failure(e):
+                    raise
+                log.warning(
+                    "%s",
+                    fields(
+                        projection=self.name,
+                        outcome="isolating",
+                        after=after,
+                        position=prepared.last,
+                        error=_reason(e),
+                    ),
+                )
+                self._isolate(prepared, after)
         except PositionMovedError as moved:
             log.info("%s; reading again from %d", moved, moved.tracked)
             self._set_position(moved.tracked)
             return False
-        self.applied += len(prepared.snapshots)
-        self._set_position(prepared.last)
+        return True
+
+    def _apply(
+        self, snapshots: list[Snapshot], after: int, position: int, skipped: Sequence[Skipped]
+    ) -> None:
+        """One transaction: rows, skips and position; then log it."""
+        self.views.apply(snapshots, after, position, skipped)
+        self.applied += len(snapshots)
+        self._set_position(position)
+        for skip in skipped:
+            log.warning(
+                "%s",
+                fields(
+                    projection=self.name,
+                    event=skip.event_id,
+                    type=skip.event_type,
+                    position=skip.position,
+                    outcome="skipped",
+                    reason=skip.reason,
+                ),
+            )
         # One line per batch, not per event: a catch-up applies thousands a second.
         log.info(
             "%s",
             fields(
                 projection=self.name,
                 outcome="applied",
-                events=len(prepared.snapshots),
+                events=len(snapshots),
                 after=after,
-                position=prepared.last,
+                position=position,
             ),
         )
-        return True
+
+    def _isolate(self, prepared: _Prepared, after: int) -> None:
+        """Apply a failed batch one event a transaction, skipping each event that fails
+        alone for its content. Deterministic: replay skips the same events the same way."""
+        done = after
+        for snapshot, position in zip(prepared.snapshots, prepared.positions, strict=True):
+            earlier = [s for s in prepared.skipped if done < s.position <= position]
+            try:
+                self._apply([snapshot], done, position, earlier)
+            except PositionMovedError:
+                raise
+            except Exception as e:
+                if not _content_failure(e):
+                    raise
+                skip = Skipped(snapshot.event_id, position, snapshot.event_type, _reason(e))
+                self._apply([], done, position, [*earlier, skip])
+            done = position
+        if prepared.last > done:
+            rest = [s for s in prepared.skipped if s.position > done]
+            self._apply([], done, prepared.last, rest)
 
     def _release_workers(self) -> None:
         with self._apply_lock:
@@ -270,13 +363,13 @@ class Runner:
         for event in events:
             try:
                 snapshot = self._snapshot(event)
-            except Exception as e:  # a fold does not catch: stop here and say which event
-                prepared.error = ProjectionError(
-                    self.name, event.event_id, event.position, e, event.type
-                )
-                return prepared
+            except Exception as e:  # normalising is pure: this event would fail every time
+                reason = _reason(e)
+                prepared.skipped.append(Skipped(event.event_id, event.position, event.type, reason))
+                snapshot = None
             if snapshot is not None:
                 prepared.snapshots.append(snapshot)
+                prepared.positions.append(event.position)
             prepared.last = event.position
         return prepared
 
@@ -330,6 +423,32 @@ class Runner:
                 self._position = position
                 if notify:
                     self._changed.notify_all()
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """`error` and the exceptions it was raised from or during, outermost first."""
+    found = [error]
+    while len(found) < 10:
+        last = found[-1]
+        inner = last.__cause__ or (None if last.__suppress_context__ else last.__context__)
+        if inner is None or inner in found:
+            break
+        found.append(inner)
+    return found
+
+
+def _content_failure(error: BaseException) -> bool:
+    """Whether a failure comes from what the events hold, never from the database being
+    away: no database error at all, or the database refusing a value (a DataError)."""
+    database = [e for e in _chain(error) if isinstance(e, _DATABASE_ERRORS)]
+    return not database or any(isinstance(e, _ROW_ERRORS) for e in database)
+
+
+def _reason(error: BaseException) -> str:
+    """Why an event was skipped: the innermost cause, in one line."""
+    root = _chain(error)[-1]
+    text = " ".join(f"{type(root).__name__}: {root}".split())
+    return text[:REASON_CHARS]
 
 
 class _Leader:

@@ -35,6 +35,8 @@ log = logging.getLogger("billing_ledger.projections")
 SNAPSHOTS = "billing_snapshots"
 LINKS = "billing_links"
 TRACKING = "billing_tracking"  # our own table: other projections keep theirs
+SKIPPED = "billing_skipped"  # events the projection refused, committed with the position
+SKIPPED_LISTED = 100  # the newest skips `skipped()` lists (all are counted)
 CACHE_SIZE = 100_000  # users whose inputs a process keeps loaded
 # ...and snapshots in all (about 1 KB each in memory): a user's history grows with every
 # event, so a count of users alone would let the cache grow without bound.
@@ -52,6 +54,20 @@ class PositionMovedError(RuntimeError):
     def __init__(self, name: str, tracked: int, after: int, position: int) -> None:
         super().__init__(f"projection {name} is at {tracked}, not ready for ({after}, {position}]")
         self.tracked = tracked
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An event the projection skipped for its content, and why."""
+
+    event_id: str
+    position: int
+    event_type: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        """As /healthz lists it."""
+        return {"event_id": self.event_id, "position": self.position, "reason": self.reason}
 
 
 @dataclass(frozen=True)
@@ -127,10 +143,11 @@ class Views:
         self.db = db
         self.name = name
         self.suffix = suffix
-        self.names = {base: base + suffix for base in (SNAPSHOTS, LINKS, TRACKING)}
+        self.names = {base: base + suffix for base in (SNAPSHOTS, LINKS, TRACKING, SKIPPED)}
         self.snapshots = db.table(self.names[SNAPSHOTS])
         self.links = db.table(self.names[LINKS])
         self.tracking = db.table(self.names[TRACKING])
+        self.skips = db.table(self.names[SKIPPED])
         self.tracker: _SQLiteTracking | PostgresTrackingRecorder
         if db.dialect == "sqlite":
             self.tracker = _SQLiteTracking(db.sqlite, self.names[TRACKING])
@@ -166,7 +183,7 @@ class Views:
     def drop(self) -> None:
         """Drop the tables (replay's shadow, or a rebuild from nothing)."""
         with self.db.transaction() as cursor:
-            for table in (self.snapshots, self.links, self.tracking):
+            for table in (self.snapshots, self.links, self.tracking, self.skips):
                 cursor.execute(f"DROP TABLE IF EXISTS {table}")
 
     def position(self) -> int:
@@ -174,8 +191,15 @@ class Views:
         with self.db.transaction(commit=False) as cursor:
             return self._tracked(cursor, lock=False)
 
-    def apply(self, snapshots: Sequence[Snapshot], after: int, position: int) -> None:
-        """Commit a batch's rows and the position (`after`, `position`] in one transaction."""
+    def apply(
+        self,
+        snapshots: Sequence[Snapshot],
+        after: int,
+        position: int,
+        skipped: Sequence[Skipped] = (),
+    ) -> None:
+        """Commit a batch's rows, its skipped events and the position (`after`, `position`]
+        in one transaction."""
         rows = [snapshot_row(s) for s in snapshots]
         links = sorted({link_tuple(link) for s in snapshots for link in links_of(s)})
         with self.db.transaction() as cursor:
@@ -189,6 +213,8 @@ class Views:
             # swap by replay, moved the position. Roll back and read again from there.
             if tracked < after or tracked >= position:
                 raise PositionMovedError(self.name, tracked, after, position)
+            # After the position check: a skip is recorded once, with the range it is in.
+            cursor.executemany(self._sql.insert_skipped, [_skip_row(s) for s in skipped])
             self.tracker._insert_tracking(cursor, Tracking(self.name, position))
         self._remember(after, position, rows, links)
 
@@ -220,6 +246,15 @@ class Views:
         cursor.execute(self._sql.tracked_for_update if lock else self._sql.tracked, (self.name,))
         row = cursor.fetchone()
         return int(row[0] if self.db.dialect == "sqlite" else row["notification_id"]) if row else 0
+
+    def skipped(self) -> tuple[list[Skipped], int]:
+        """The newest SKIPPED_LISTED skipped events, oldest first, and how many there are."""
+        with self.db.transaction(commit=False) as cursor:
+            cursor.execute(self._sql.skipped, (SKIPPED_LISTED,))
+            listed = [_skip(_values(r)) for r in cursor.fetchall()]
+            cursor.execute(f"SELECT COUNT(*) AS n FROM {self.skips}")
+            total = int(_values(cursor.fetchone())[0])
+        return sorted(listed, key=lambda s: s.position), total
 
     def load_inputs(self, user_id: str) -> UserInputs:
         """Everything the policy needs for one user: their links, their customers' snapshots."""
@@ -346,7 +381,7 @@ class Views:
         if shadow.suffix == self.suffix or shadow.name != self.name:
             raise ValueError("promote takes a shadow of the same projection")
         with self.db.transaction() as cursor:
-            for base in (SNAPSHOTS, LINKS, TRACKING):
+            for base in (SNAPSHOTS, LINKS, TRACKING, SKIPPED):
                 cursor.execute(f"DROP TABLE IF EXISTS {self.db.table(self.names[base])}")
                 cursor.execute(
                     f"ALTER TABLE {self.db.table(shadow.names[base])} "
@@ -360,6 +395,16 @@ class Views:
             self._applied.clear()
         self._recent = (-1.0, 0)
         log.info("projection %s: promoted tables of suffix %r", self.name, shadow.suffix)
+
+
+def _skip_row(skip: Skipped) -> tuple[str, int, str, str]:
+    # The JSON column escapes NUL itself; these are text columns, so escape them alike.
+    return (_escape(skip.event_id), skip.position, _escape(skip.event_type), _escape(skip.reason))
+
+
+def _skip(row: tuple[Any, ...]) -> Skipped:
+    event_id, position, event_type, reason = row
+    return Skipped(_unescape(event_id), int(position), _unescape(event_type), _unescape(reason))
 
 
 def _pop_first(cache: dict[str, tuple[int, UserInputs]]) -> tuple[str, tuple[int, UserInputs]]:
@@ -481,6 +526,10 @@ class _Statements:
             f"event_id {text} NOT NULL, via {text} NOT NULL, "
             f'CONSTRAINT "{links}_pkey" PRIMARY KEY (user_id, customer_id, event_id, via))',
             f'CREATE INDEX IF NOT EXISTS "{links}_customer" ON {views.links} (customer_id)',
+            # No key or index: nothing to rename in a swap, and the position check in
+            # `apply` already records each skip once. It holds a handful of rows.
+            f"CREATE TABLE IF NOT EXISTS {views.skips} (event_id {text} NOT NULL, "
+            f"position {integer} NOT NULL, event_type {text} NOT NULL, reason {text} NOT NULL)",
         ]
         ignore = "INSERT OR IGNORE" if self.sqlite else "INSERT"
         self.insert_snapshots = (
@@ -490,6 +539,11 @@ class _Statements:
         self.insert_links = (
             f"{ignore} INTO {views.links} ({', '.join(_LINK_COLUMNS)}) "
             f"VALUES ({', '.join([p] * len(_LINK_COLUMNS))})"
+        )
+        self.insert_skipped = f"INSERT INTO {views.skips} VALUES ({p}, {p}, {p}, {p})"
+        self.skipped = (
+            f"SELECT event_id, position, event_type, reason FROM {views.skips} "
+            f"ORDER BY position DESC LIMIT {p}"
         )
         self.tracked = f"SELECT notification_id FROM {views.tracking} WHERE application_name = {p}"
         # SQLite holds the database's write lock by now; PostgreSQL locks the row.

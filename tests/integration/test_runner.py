@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -11,13 +12,15 @@ from typing import Any
 import orjson
 import pytest
 
+from billing_ledger.ledger import normalise
 from billing_ledger.ledger.records import Incoming
-from billing_ledger.ledger.store import Database, DatabaseUrl, EventStore
+from billing_ledger.ledger.store import Database, DatabaseUrl, EventStore, StorageError
 from billing_ledger.ledger.verify import parse_event
-from billing_ledger.projections.runner import ProjectionError, Runner
+from billing_ledger.projections.runner import Runner
 from billing_ledger.projections.views import Views
 from tests.support.databases import postgres_url
 from tests.support.ledger import incoming
+from tests.support.pgcluster import cluster
 from tests.unit.builders import T, event, invoice, subscription
 
 Json = dict[str, Any]
@@ -86,7 +89,9 @@ def test_catch_up_applies_everything_in_batches(store: EventStore, views: Views)
     assert runner.position == head == views.position()
     assert runner.applied == 10
     assert len(views.rows().snapshots) == 10
-    assert runner.status() == {"billing": {"position": head, "error": None}}
+    assert runner.status() == {
+        "billing": {"position": head, "error": None, "skipped": [], "skipped_total": 0}
+    }
 
 
 def test_a_second_catch_up_applies_nothing(store: EventStore, views: Views) -> None:
@@ -154,42 +159,110 @@ def test_a_live_deployment_projects_only_live_events(store: EventStore, views: V
     assert [row[3] for row in views.rows().snapshots] == ["evt_live"]
 
 
-def test_a_failing_event_stops_the_projection_where_it_is(
+def skipped_ids(runner: Runner) -> list[str]:
+    return [s["event_id"] for s in runner.status()["billing"]["skipped"]]
+
+
+def test_an_event_that_cannot_be_normalised_is_skipped_logged_and_listed(
     store: EventStore, views: Views, caplog: pytest.LogCaptureFixture
 ) -> None:
-    first = append(store, subscription_events(2, "evt_before"))
+    append(store, subscription_events(2, "evt_before"))
     bad = store.append([poisoned("evt_bad")])[0].position
-    append(store, subscription_events(2, "evt_after"))
+    head = append(store, subscription_events(2, "evt_after"))
     runner = Runner(store, views, livemode=False)
-    with (
-        caplog.at_level(logging.ERROR, "billing_ledger.projections"),
-        pytest.raises(ProjectionError) as stopped,
-    ):
-        runner.catch_up()
-    assert stopped.value.event_id == "evt_bad" and stopped.value.position == bad
-    assert runner.position == first == views.position()  # everything before it, nothing after
-    error = runner.status()["billing"]["error"]
-    assert error is not None and "evt_bad" in error
-    assert any("evt_bad" in r.getMessage() for r in caplog.records)
-    with pytest.raises(ProjectionError):
-        runner.catch_up()  # it does not skip the event by itself
-    assert runner.position == first
+    with caplog.at_level(logging.WARNING, "billing_ledger.projections"):
+        assert runner.catch_up() == head == views.position()
+    assert runner.applied == 4 and len(views.rows().snapshots) == 4
+    status = runner.status()["billing"]
+    assert status["error"] is None and status["skipped_total"] == 1
+    [skip] = status["skipped"]
+    assert (skip["event_id"], skip["position"]) == ("evt_bad", bad)
+    assert "data.object is missing" in skip["reason"]
+    lines = [r.getMessage() for r in caplog.records if "outcome=skipped" in r.getMessage()]
+    assert (
+        len(lines) == 1
+        and f"event=evt_bad type=customer.subscription.updated position={bad}" in lines[0]
+    )
+    restarted = Runner(store, Views(store.db), livemode=False)  # the skip is durable
+    assert restarted.catch_up() == head and skipped_ids(restarted) == ["evt_bad"]
 
 
-def test_the_thread_keeps_stopping_at_a_failing_event_while_appends_go_on(
+def test_the_thread_goes_past_a_failing_event_while_appends_go_on(
     store: EventStore, views: Views
 ) -> None:
     store.append([poisoned("evt_bad")])
     runner = Runner(store, views, livemode=False)
     runner.start()
     try:
-        assert wait_until(lambda: runner.status()["billing"]["error"] is not None)
-        head = append(store, subscription_events(3))  # ingestion is untouched
-        assert store.head() == head
-        assert runner.position == 0
-        assert not runner.wait_for(head, 0.3)
+        head = append(store, subscription_events(3))
+        assert runner.wait_for(head, 10)
+        assert runner.status()["billing"]["error"] is None
+        assert skipped_ids(runner) == ["evt_bad"]
     finally:
         runner.stop()
+
+
+def deep(levels: int) -> Json:
+    nested: Json = {}
+    for _ in range(levels):
+        nested = {"a": nested}
+    return nested
+
+
+def test_with_the_bounds_lifted_a_batch_failing_to_write_skips_only_the_failing_event(
+    store: EventStore, views: Views, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The runner's own guard, alone: without the normaliser's depth bound, the snapshot of
+    # the deep event cannot be serialised inside the views' transaction.
+    monkeypatch.setattr(normalise, "MAX_DEPTH", 10_000)
+    events = subscription_events(5)
+    events[2]["data"]["previous_attributes"] = deep(300)
+    # The standard library's encoder: orjson refuses to write what a sender may well send.
+    head = max(
+        r.position for r in store.append([parse_event(json.dumps(e).encode()) for e in events])
+    )
+    runner = Runner(store, views, livemode=False, batch=10)
+    assert runner.catch_up() == head == views.position()
+    assert sorted(r[3] for r in views.rows().snapshots) == ["evt_0", "evt_1", "evt_3", "evt_4"]
+    [skip] = runner.status()["billing"]["skipped"]
+    assert skip["event_id"] == "evt_2" and skip["position"] == head - 2
+    assert "Recursion limit" in skip["reason"]
+    rebuilt = Views(store.db, suffix="_again")  # a rebuild skips it the same way
+    rebuilt.create()
+    Runner(store, rebuilt, livemode=False, batch=3).catch_up()
+    assert rebuilt.rows() == views.rows() and rebuilt.skipped() == views.skipped()
+
+
+def reaches(runner: Runner, head: int) -> bool:
+    try:
+        return runner.catch_up() == head
+    except StorageError:  # the server is still starting
+        return False
+
+
+@pytest.mark.postgres
+def test_views_whose_database_is_down_stop_the_projection_and_skip_nothing(pg_url: str) -> None:
+    store = EventStore(Database(DatabaseUrl.parse(pg_url)))
+    store.create()
+    with cluster() as away:
+        views = Views(Database(DatabaseUrl.parse(away.url)))
+        views.create()
+        runner = Runner(store, views, livemode=False)
+        try:
+            runner.catch_up()
+            head = append(store, subscription_events(3))
+            away.stop()
+            with pytest.raises(StorageError):
+                runner.catch_up()
+            assert runner.position == 0 and "storage unavailable" in (runner._error or "")
+            away.start()
+            assert wait_until(lambda: reaches(runner, head), timeout=30)
+            assert runner.status()["billing"]["skipped"] == []
+            assert len(views.rows().snapshots) == 3
+        finally:
+            runner.stop()
+            views.db.close()
+            store.db.close()
 
 
 def test_the_thread_applies_new_events_and_wait_for_sees_them(
