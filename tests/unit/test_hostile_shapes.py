@@ -28,11 +28,7 @@ PLANS = example_plans()
 SNAPSHOT_BYTES = 64 * 1024  # well above any real snapshot, far below what a sender can send
 
 json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats()
-    | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=5), inner),
     max_leaves=30,
 )
