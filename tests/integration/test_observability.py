@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
 from collections.abc import Iterator
 
 import orjson
@@ -62,14 +61,6 @@ def deliver(client: TestClient, body: bytes, signature: str | None = None) -> in
     ).status_code
 
 
-def stopped_at_poison(deps: Deps) -> None:
-    """Wait (up to 10 s) until the runner reports the event it stopped at."""
-    deadline = time.monotonic() + 10
-    while not deps.runner.status()["billing"]["error"]:
-        assert time.monotonic() < deadline, "the runner never reported the poison event"
-        time.sleep(0.02)
-
-
 # -- logs -------------------------------------------------------------------------------
 
 
@@ -104,7 +95,7 @@ def test_a_hostile_event_id_cannot_forge_a_log_line_or_a_field(
     assert parse(line)["event"] == hostile and parse(line)["type"] == "a type"
 
 
-def test_the_runner_logs_each_applied_batch_and_the_event_it_stopped_at(
+def test_the_runner_logs_each_applied_batch_and_each_event_it_skipped(
     app: tuple[TestClient, Deps], caplog: pytest.LogCaptureFixture
 ) -> None:
     client, deps = app
@@ -113,24 +104,21 @@ def test_the_runner_logs_each_applied_batch_and_the_event_it_stopped_at(
     assert deliver(client, event_body("evt_a")) == deliver(client, event_body("evt_b")) == 200
     deps.runner.start()
     assert deps.runner.wait_for(2, 10)
-    assert deliver(client, POISON) == 200  # acknowledged all the same: the fold stops later
-    stopped_at_poison(deps)
+    assert deliver(client, POISON) == 200  # acknowledged all the same: the fold skips it
+    assert deps.runner.wait_for(3, 10)
     logged = lines(caplog, "billing_ledger.projections")
     applied = [line for line in logged if line.get("outcome") == "applied"]
+    batch = {"projection": "billing", "outcome": "applied"}
     assert applied == [
-        {
-            "projection": "billing",
-            "outcome": "applied",
-            "events": "2",
-            "after": "0",
-            "position": "2",
-        }
+        {**batch, "events": "2", "after": "0", "position": "2"},
+        {**batch, "events": "0", "after": "2", "position": "3"},
     ]
-    failed = [line for line in logged if line.get("outcome") == "failed"]
-    assert failed, logged
-    assert (failed[0]["projection"], failed[0]["event"]) == ("billing", "evt_poison")
-    assert (failed[0]["type"], failed[0]["position"]) == ("invoice.created", "3")
-    assert "evt_poison" in (failed[0]["error"] or "")
+    [skipped] = [line for line in logged if line.get("outcome") == "skipped"]
+    assert (skipped["projection"], skipped["event"]) == ("billing", "evt_poison")
+    assert (skipped["type"], skipped["position"]) == ("invoice.created", "3")
+    assert "data.object is missing" in (skipped["reason"] or "")
+    assert deps.runner.status()["billing"]["error"] is None
+    assert sample(scrape(client), "ledger_projection_skipped_events", projection="billing") == 1
 
 
 def test_logfmt_quotes_what_is_not_plainly_safe() -> None:
