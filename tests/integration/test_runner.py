@@ -10,13 +10,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
+import psycopg
 import pytest
 
 from billing_ledger.ledger import normalise
 from billing_ledger.ledger.records import Incoming
-from billing_ledger.ledger.store import Database, DatabaseUrl, EventStore, StorageError
+from billing_ledger.ledger.store import Database, DatabaseUrl, EventStore, StorageError, guard
 from billing_ledger.ledger.verify import parse_event
-from billing_ledger.projections.runner import Runner
+from billing_ledger.projections.runner import Runner, _content_failure
 from billing_ledger.projections.views import Views
 from tests.support.databases import postgres_url
 from tests.support.ledger import incoming
@@ -351,3 +352,34 @@ def test_two_runners_racing_without_the_lock_never_apply_a_batch_twice(pg_url: s
     finally:
         for runner in (first, second):
             runner.store.db.close()
+
+
+def real_error(run: Callable[[], Any]) -> BaseException:
+    try:
+        run()
+    except Exception as e:  # the point is to keep it
+        return e
+    raise AssertionError("expected an error")
+
+
+def test_only_a_value_the_database_refuses_counts_as_the_events_fault(store: EventStore) -> None:
+    def execute(sql: str, *params: Any) -> Callable[[], None]:
+        def run() -> None:
+            with store.db.transaction(commit=False) as cursor:
+                cursor.execute(sql, params)
+
+        return run
+
+    def connect_to_nothing() -> None:
+        with guard():
+            psycopg.connect("host=127.0.0.1 port=1 connect_timeout=2").close()
+
+    p = store.db.param
+    assert not _content_failure(real_error(execute("SELECT * FROM no_such_table")))
+    assert not _content_failure(real_error(connect_to_nothing))
+    assert _content_failure(real_error(lambda: orjson.dumps(deep(300))))
+    if store.db.dialect == "postgres":
+        too_big = execute(f"SELECT CAST({p} AS bigint) + 1", 2**63 - 1)
+    else:
+        too_big = execute(f"SELECT {p}", 2**70)  # SQLite would turn the sum into a float
+    assert _content_failure(real_error(too_big))
