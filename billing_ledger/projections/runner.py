@@ -3,8 +3,8 @@
 One batch is one transaction (rows and position together). An event that fails for what it
 holds (it cannot be normalised, or its rows cannot be written) is skipped: logged, recorded
 with the position in the same transaction, listed in `status()`. A failure of the database
-stops the projection where it is and is retried after a back-off; ingestion is untouched. On PostgreSQL a session-level advisory lock per projection keeps
-every runner but one idle, and LISTEN on the store's channel wakes the active one; SQLite
+stops the projection where it is and is retried after a back-off; ingestion is untouched.
+On PostgreSQL a session-level advisory lock per projection keeps every runner but one idle, and LISTEN on the store's channel wakes the active one; SQLite
 has no notifications, so the runner polls.
 """
 
@@ -122,8 +122,8 @@ class Runner:
         return self._position or 0
 
     def status(self) -> dict[str, dict[str, Any]]:
-        """`{name: {"position": N, "error": None | TEXT, "skipped": [...], "skipped_total": N}}`,
-        as /healthz shows it."""
+        """`{name: {"position", "error", "skipped": [...], "skipped_total"}}`, as /healthz
+        shows it (the skipped events newest 100, oldest first)."""
         try:
             position = self.position
         except Exception as e:  # /healthz must answer even when the database does not
@@ -272,29 +272,32 @@ class Runner:
         if prepared.last <= after:
             return True
         try:
-            try:
-                self._apply(prepared.snapshots, after, prepared.last, prepared.skipped)
-            except PositionMovedError:
-                raise
-            except Exception as e:
-                if not _content_failure(e):
-                    raise
-                log.warning(
-                    "%s",
-                    fields(
-                        projection=self.name,
-                        outcome="isolating",
-                        after=after,
-                        position=prepared.last,
-                        error=_reason(e),
-                    ),
-                )
-                self._isolate(prepared, after)
+            self._apply_or_isolate(prepared, after)
         except PositionMovedError as moved:
             log.info("%s; reading again from %d", moved, moved.tracked)
             self._set_position(moved.tracked)
             return False
         return True
+
+    def _apply_or_isolate(self, prepared: _Prepared, after: int) -> None:
+        try:
+            self._apply(prepared.snapshots, after, prepared.last, prepared.skipped)
+        except PositionMovedError:
+            raise
+        except Exception as e:
+            if not _content_failure(e):
+                raise
+            log.warning(
+                "%s",
+                fields(
+                    projection=self.name,
+                    outcome="isolating",
+                    after=after,
+                    position=prepared.last,
+                    error=_reason(e),
+                ),
+            )
+            self._isolate(prepared, after)
 
     def _apply(
         self, snapshots: list[Snapshot], after: int, position: int, skipped: Sequence[Skipped]

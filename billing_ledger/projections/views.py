@@ -67,7 +67,12 @@ class Skipped:
 
     def to_json(self) -> dict[str, Any]:
         """As /healthz lists it."""
-        return {"event_id": self.event_id, "position": self.position, "reason": self.reason}
+        return {
+            "event_id": self.event_id,
+            "position": self.position,
+            "type": self.event_type,
+            "reason": self.reason,
+        }
 
 
 @dataclass(frozen=True)
@@ -214,7 +219,8 @@ class Views:
             if tracked < after or tracked >= position:
                 raise PositionMovedError(self.name, tracked, after, position)
             # After the position check: a skip is recorded once, with the range it is in.
-            cursor.executemany(self._sql.insert_skipped, [_skip_row(s) for s in skipped])
+            if skipped:
+                cursor.executemany(self._sql.insert_skipped, [_skip_row(s) for s in skipped])
             self.tracker._insert_tracking(cursor, Tracking(self.name, position))
         self._remember(after, position, rows, links)
 
