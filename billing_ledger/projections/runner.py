@@ -305,7 +305,6 @@ class Runner:
         """One transaction: rows, skips and position; then log it."""
         self.views.apply(snapshots, after, position, skipped)
         self.applied += len(snapshots)
-        self._set_position(position)
         for skip in skipped:
             log.warning(
                 "%s",
@@ -329,6 +328,7 @@ class Runner:
                 position=position,
             ),
         )
+        self._set_position(position)  # after the lines: whoever waits for it sees them
 
     def _isolate(self, prepared: _Prepared, after: int) -> None:
         """Apply a failed batch one event a transaction, skipping each event that fails
