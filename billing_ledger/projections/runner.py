@@ -111,8 +111,6 @@ class Runner:
         self._flagged: set[str] = set()
         self._pool: ThreadPoolExecutor | None = None  # reads ahead, writes behind
         self._leader = _leader_for(self)
-        # (position when read, {"skipped": [...], "skipped_total": N}) for status()
-        self._skips: tuple[int | None, dict[str, Any]] = (None, {"skipped": [], "skipped_total": 0})
 
     @property
     def position(self) -> int:
@@ -128,21 +126,8 @@ class Runner:
             position = self.position
         except Exception as e:  # /healthz must answer even when the database does not
             return {self.name: {"position": 0, "error": f"{type(e).__name__}: {e}"}}
-        return {self.name: {"position": position, "error": self._error, **self._skips_at(position)}}
-
-    def _skips_at(self, position: int) -> dict[str, Any]:
-        """The skipped events as of `position`: read again only when the position moved
-        (a skip commits with its position), so /healthz adds no query in steady state."""
-        read_at, skips = self._skips
-        if read_at == position:
-            return skips
-        try:
-            listed, total = self.views.skipped()
-        except Exception:  # the database is away: the last list read stands
-            return skips
-        skips = {"skipped": [s.to_json() for s in listed], "skipped_total": total}
-        self._skips = (position, skips)
-        return skips
+        skipped = self.views.skipped_at(position)
+        return {self.name: {"position": position, "error": self._error, **skipped}}
 
     def start(self) -> None:
         """Run in a background thread until `stop()`."""

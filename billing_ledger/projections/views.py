@@ -25,7 +25,7 @@ from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 
 from billing_ledger.ledger.canonical import Snapshot, snapshot_from_json, snapshot_to_json
-from billing_ledger.ledger.store import Database, guard
+from billing_ledger.ledger.store import Database, StorageError, guard
 from billing_ledger.projections import answers
 from billing_ledger.projections.links import LinkRow, customer_of, links_of
 from billing_ledger.projections.policy import UserInputs
@@ -171,6 +171,8 @@ class Views:
         # The batches this process committed, newest last: a cached user none of them
         # touched is still current, so steady ingestion does not empty the cache.
         self._applied: deque[_Applied] = deque(maxlen=APPLIED_KEPT)
+        # (position when read, what skipped_at answers): /healthz asks on every call.
+        self._skips: tuple[int | None, dict[str, Any]] = (None, _skips_json([], 0))
 
     def shadow(self, suffix: str) -> Views:
         """The same projection under other table names (for replay)."""
@@ -261,6 +263,19 @@ class Views:
             cursor.execute(f"SELECT COUNT(*) AS n FROM {self.skips}")
             total = int(_values(cursor.fetchone())[0])
         return sorted(listed, key=lambda s: s.position), total
+
+    def skipped_at(self, position: int) -> dict[str, Any]:
+        """`{"skipped": [...], "skipped_total": N}` as /healthz shows them at `position`, read
+        again only when the position moved (a skip commits with its position)."""
+        read_at, skips = self._skips
+        if read_at == position:
+            return skips
+        try:
+            skips = _skips_json(*self.skipped())
+        except StorageError:  # the database is away: the last list read stands
+            return skips
+        self._skips = (position, skips)
+        return skips
 
     def load_inputs(self, user_id: str) -> UserInputs:
         """Everything the policy needs for one user: their links, their customers' snapshots."""
@@ -401,6 +416,10 @@ class Views:
             self._applied.clear()
         self._recent = (-1.0, 0)
         log.info("projection %s: promoted tables of suffix %r", self.name, shadow.suffix)
+
+
+def _skips_json(listed: list[Skipped], total: int) -> dict[str, Any]:
+    return {"skipped": [s.to_json() for s in listed], "skipped_total": total}
 
 
 def _skip_row(skip: Skipped) -> tuple[str, int, str, str]:
