@@ -290,7 +290,24 @@ def write_schemas() -> Json:
                 "projections": {
                     "type": "object",
                     "additionalProperties": obj(
-                        {"position": {"type": "integer"}, "error": NULLABLE_STR}
+                        {
+                            "position": {"type": "integer"},
+                            "error": NULLABLE_STR,
+                            # The newest 100 events skipped for their content, oldest first.
+                            "skipped": {
+                                "type": "array",
+                                "items": obj(
+                                    {
+                                        "event_id": {"type": "string"},
+                                        "position": {"type": "integer"},
+                                        "type": {"type": "string"},
+                                        "reason": {"type": "string"},
+                                    }
+                                ),
+                            },
+                            "skipped_total": {"type": "integer"},
+                        },
+                        required=("position", "error"),
                     ),
                 },
                 "error": {"type": "string"},
