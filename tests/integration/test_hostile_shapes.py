@@ -92,10 +92,11 @@ def the_hostile_users_reads_answer(ledger: Ledger) -> None:
 
 def replay_skips_the_same(ledger: Ledger, deps: Deps) -> None:
     before = deps.views.skipped()
-    lines: list[str] = []
-    args = argparse.Namespace(projection=None, dry_run=False)
-    assert cmd_replay(args, deps.settings, lines.append) == 0, lines
-    assert deps.views.skipped() == before
+    for _ in range(2):  # the second swaps out tables the first swapped in
+        lines: list[str] = []
+        args = argparse.Namespace(projection=None, dry_run=False)
+        assert cmd_replay(args, deps.settings, lines.append) == 0, lines
+        assert deps.views.skipped() == before
 
 
 @pytest.mark.parametrize("shape", sorted(large("evt_hostile")))
