@@ -27,7 +27,7 @@ MAX_TEXT = 2048  # any other text (a status, a URL, an email)
 MAX_INT = 2**53 - 1  # |n|: exact in JSON everywhere; sums with a leeway stay in 64 bits
 MAX_ITEMS = 100  # subscription items (Stripe allows 20)
 MAX_LOOKUP_KEYS = 1000  # entitlements of one summary (Stripe embeds at most 10)
-MAX_DEPTH = 8  # nesting of a previous_attributes value (Stripe's own is at most 5)
+MAX_DEPTH = 8  # nesting of a previous_attributes value (Stripe objects nest about 5 deep)
 MAX_PREVIOUS = 16_384  # previous_attributes kept per snapshot, in roughly encoded bytes
 
 

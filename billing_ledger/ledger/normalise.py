@@ -62,7 +62,8 @@ class _Malformed(Exception):
 
 # -- small readers that never trust a field's type --------------------------------------
 # The rule for every field a fold reads: a value of the wrong type or beyond its bound
-# (canonical.py) reads as absent; only a missing id or status refuses the event.
+# (canonical.py) reads as absent; only a missing id or status, or more than MAX_ITEMS items,
+# refuses the event (the runner skips it, listed).
 
 
 def _text(value: Any, limit: int = MAX_TEXT) -> str | None:
