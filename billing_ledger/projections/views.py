@@ -189,8 +189,19 @@ class Views:
             # swap by replay, moved the position. Roll back and read again from there.
             if tracked < after or tracked >= position:
                 raise PositionMovedError(self.name, tracked, after, position)
-            self.tracker._insert_tracking(cursor, Tracking(self.name, position))
+            self._track(cursor, Tracking(self.name, position))
         self._remember(after, position, rows, links)
+
+    def _track(self, cursor: Any, tracking: Tracking) -> None:
+        """Record the position in this transaction with the tracking recorder's own statement
+        (the recorder's insert_tracking would open a transaction of its own)."""
+        params = {
+            "application_name": tracking.application_name,
+            "notification_id": tracking.notification_id,
+        }
+        cursor.execute(self.tracker.insert_tracking_statement, params)
+        if cursor.fetchone() is None:  # the statement's WHERE refused a position not ahead
+            raise PositionMovedError(self.name, self._tracked(cursor, lock=False), 0, 0)
 
     def _remember(
         self, after: int, position: int, rows: list[SnapshotRow], links: list[LinkTuple]
