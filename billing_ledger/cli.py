@@ -42,11 +42,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         )
     from billing_ledger.bootstrap import build
 
+    apart = not args.no_projections and os.environ.get("LEDGER_SERVE_PROJECTIONS") != "false"
     # Read by app_from_env in each HTTP process: none runs the projections itself.
-    os.environ["LEDGER_SERVE_PROJECTIONS"] = "false" if args.no_projections else "apart"
+    os.environ["LEDGER_SERVE_PROJECTIONS"] = "apart" if apart else "false"
     # Fail fast (one line) when storage is unreachable; creates the tables once.
     build(settings, run_projections=False).close()
-    with _projections_apart(not args.no_projections):
+    with _projections_apart(apart):
         uvicorn.run(
             "billing_ledger.http.app:app_from_env",
             factory=True,
