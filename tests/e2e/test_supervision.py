@@ -110,3 +110,30 @@ def test_the_runner_process_killed_under_serve_is_restarted_and_applies_each_eve
         assert len(live.rows().snapshots) == PRELOADED + 1
     finally:
         store.db.close()
+
+
+def test_healthz_of_an_http_process_shows_the_runner_process_failing(database_url: str) -> None:
+    env = {"LEDGER_DATABASE_URL": database_url, "STRIPE_WEBHOOK_SECRET": SECRET}
+    poison = orjson.dumps(
+        {
+            "id": "evt_poison",
+            "object": "event",
+            "type": "invoice.created",
+            "created": T,
+            "livemode": False,
+            "data": {"object": "in_1"},
+        }
+    )
+    server = Server(env, workers=2).start()
+    try:
+        response = httpx.post(
+            f"{server.url}/webhooks/stripe",
+            content=poison,
+            headers={"stripe-signature": sign(poison)},
+        )
+        assert response.status_code == 200  # acknowledged all the same
+        wait_for(lambda: health(server)["status"] == "degraded", timeout=30)
+        error = health(server)["projections"]["billing"]["error"]  # type: ignore[index]
+        assert "evt_poison" in error
+    finally:
+        server.stop()
