@@ -1,8 +1,13 @@
 """Ingest throughput: signed ~3 KB events from 32 concurrent clients into a real uvicorn on PostgreSQL.
 
 Prints events/s and p50/p99 beside, in the same run: the same client against a no-op endpoint,
-and the same service with group commit off (one event per transaction).
-Reproduce: `make bench`, or `PYTHONPATH=. .venv/bin/python bench/ingest.py` (BENCH_EVENTS=N).
+and the same service with group commit off (one event per transaction). Then, when the peer
+(@supabase/stripe-sync-engine) is installed under build/peer (the README's benchmark section
+says how), alternating rounds of the peer and `billing-ledger serve` (its defaults), the same
+client posting the same signed payloads to each: the ratio of events/s, and how far our
+projection is two seconds after each round.
+Reproduce: `make bench`, or `PYTHONPATH=. .venv/bin/python bench/ingest.py` (BENCH_EVENTS=N;
+BENCH_PEER_ROUNDS=R and BENCH_PEER_EVENTS=N for the peer's rounds, BENCH_PEER_ROUNDS=0 skips).
 """
 
 from __future__ import annotations
@@ -10,9 +15,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 
 import httpx
 import psycopg
@@ -24,6 +32,10 @@ from tests.support.signing import SECRET, event_body, sign
 PG = os.environ.get("LEDGER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/ledger_test")
 EVENTS = int(os.environ.get("BENCH_EVENTS", "20000"))
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "32"))
+PEER_DIR = Path(os.environ.get("BENCH_PEER_DIR", "build/peer"))
+PEER_ROUNDS = int(os.environ.get("BENCH_PEER_ROUNDS", "3"))
+PEER_EVENTS = int(os.environ.get("BENCH_PEER_EVENTS", "5000"))
+PEER_PORT = 8787
 
 
 def signed_requests(prefix: str, count: int) -> list[bytes]:
@@ -92,6 +104,76 @@ def line(name: str, result: LoadResult) -> str:
     )
 
 
+def peer_module() -> ModuleType | None:
+    """The peer's own bench module (its payloads, database reset, migrations and server),
+    from its installed copy; None when it is not installed."""
+    if not (PEER_DIR / "node_modules").is_dir() or not (PEER_DIR / "bench_peer.py").is_file():
+        return None
+    sys.path.insert(0, str(PEER_DIR.resolve()))
+    import bench_peer  # type: ignore[import-not-found]
+
+    module: ModuleType = bench_peer
+    # The peer's own setup steps: its role, and its migrations over TCP as the superuser.
+    with psycopg.connect(PG, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'peer_sync'").fetchone():
+            conn.execute("CREATE ROLE peer_sync LOGIN CREATEDB PASSWORD 'peer_sync'")
+    os.environ.setdefault("MIGRATE_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/peer_sync")
+    return module
+
+
+def peer_round(peer: ModuleType, signed: list[bytes]) -> LoadResult:
+    """The peer on a fresh database with its migrations, then the load."""
+    peer.reset_db()
+    peer.migrate()
+    log = Path(tempfile.gettempdir()) / "ledger-bench-peer.log"
+    server = peer.PeerServer(PEER_PORT, peer.DEFAULT_SECRET, log)
+    server.start()
+    try:
+        return measure(PEER_PORT, signed)
+    finally:
+        server.stop()
+
+
+def ledger_round(secret: str, signed: list[bytes]) -> tuple[LoadResult, int, int]:
+    """`serve` with its defaults on a fresh schema; the load, then (position, head) 2 s later."""
+    schema = f"bench_peer_{uuid.uuid4().hex[:8]}"
+    env = {"LEDGER_DATABASE_URL": f"{PG}?schema={schema}", "STRIPE_WEBHOOK_SECRET": secret}
+    server = Server(env, workers=None).start()
+    try:
+        result = measure(server.port, signed)
+        time.sleep(2)  # the figure asked for: how far the projection is two seconds later
+        health = httpx.get(f"{server.url}/healthz", timeout=10).json()
+        position = int(health["projections"]["billing"]["position"])
+        return result, position, int(health["head"])
+    finally:
+        server.stop()
+        with psycopg.connect(PG, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def side_by_side() -> None:
+    """Alternating rounds: the peer, then the ledger, the same signed payloads to each."""
+    peer = peer_module() if PEER_ROUNDS > 0 else None
+    if peer is None:
+        print(f"peer: not installed under {PEER_DIR} (see the README), rounds skipped")
+        return
+    payloads = [body for _, body in peer.build_bench_events(PEER_EVENTS)]
+    print(f"side by side: {PEER_EVENTS} events of the peer's bench, {CONCURRENCY} in flight")
+    for r in range(1, PEER_ROUNDS + 1):
+        signed = [  # signed per round: rounds outlast the 5-minute tolerance
+            post_request("/webhooks/stripe", body, {"Stripe-Signature": sig})
+            for body, sig in peer.sign_all(payloads, peer.DEFAULT_SECRET)
+        ]
+        theirs = peer_round(peer, signed)
+        ours, position, head = ledger_round(peer.DEFAULT_SECRET, signed)
+        print(line(f"round {r}: peer", theirs))
+        print(line(f"round {r}: ledger (serve defaults)", ours))
+        print(
+            f"round {r}: ledger / peer {ours.rate / theirs.rate:.2f}x   "
+            f"projected 2 s after: {position} of {head} ({position / max(1, head):.0%})"
+        )
+
+
 def main() -> None:
     schema = f"bench_ingest_{uuid.uuid4().hex[:8]}"
     try:
@@ -111,6 +193,7 @@ def main() -> None:
         f"group commit / one-per-transaction: {grouped.rate / single.rate:.2f}x   "
         f"group commit / no-op: {grouped.rate / noop.rate:.2f}"
     )
+    side_by_side()
 
 
 if __name__ == "__main__":

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from billing_ledger.http.metrics import Metrics
 from billing_ledger.ledger.store import Database, DatabaseUrl, EventStore, guard
 from billing_ledger.ledger.writer import GroupCommitWriter
+from billing_ledger.projections.follower import Follower
 from billing_ledger.projections.plans import Plans, PlansError, load_plans
 from billing_ledger.projections.runner import Runner
 from billing_ledger.projections.views import Views
@@ -35,14 +38,18 @@ class Deps:
         self.store.db.close()
 
 
-def build(settings: Settings, *, run_projections: bool = True) -> Deps:
-    """Open the store (creating its tables) and wire the write and read sides."""
+def build(settings: Settings, *, run_projections: bool = True, follow: bool = False) -> Deps:
+    """Open the store (creating its tables) and wire the write and read sides; `follow`:
+    the projections run in another process, whose position and error this one follows."""
     plans = _plans(settings)
     store = _open_store(settings)
     deps = Deps(
         settings=settings, store=store, writer=GroupCommitWriter(store, settings.writer_max_batch)
     )
     _wire_read_side(deps, plans, run_projections)
+    if follow and not run_projections:
+        status = os.environ.get("LEDGER_PROJECTION_STATUS_FILE")
+        deps.runner = Follower(deps.views, Path(status) if status else None)
     return deps
 
 

@@ -7,11 +7,14 @@ import ipaddress
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from billing_ledger.ledger.store import DatabaseUrlError, StorageError
-from billing_ledger.process import tune_gc
+from billing_ledger.process import Supervised, default_workers, tune_gc
 from billing_ledger.settings import Settings, SettingsError
 
 
@@ -29,7 +32,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    """Run the HTTP service with its projection runner."""
+    """Run the HTTP service in `--workers` processes and the projection runner in a
+    supervised process of its own (none with `--no-projections`)."""
     import uvicorn
 
     if not settings.api_token and not _is_loopback(args.host):
@@ -38,21 +42,49 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         )
     from billing_ledger.bootstrap import build
 
-    if args.no_projections:
-        # Read by app_from_env in each worker: run `billing-ledger project` elsewhere instead.
-        os.environ["LEDGER_SERVE_PROJECTIONS"] = "false"
+    apart = not args.no_projections and os.environ.get("LEDGER_SERVE_PROJECTIONS") != "false"
+    # Read by app_from_env in each HTTP process: none runs the projections itself.
+    os.environ["LEDGER_SERVE_PROJECTIONS"] = "apart" if apart else "false"
     # Fail fast (one line) when storage is unreachable; creates the tables once.
     build(settings, run_projections=False).close()
-    uvicorn.run(
-        "billing_ledger.http.app:app_from_env",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level="info",
-        access_log=False,
-    )
+    with _projections_apart(apart):
+        uvicorn.run(
+            "billing_ledger.http.app:app_from_env",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers or default_workers(),
+            log_level="info",
+            access_log=False,
+        )
     return 0
+
+
+@contextmanager
+def _projections_apart(wanted: bool) -> Iterator[None]:
+    """`billing-ledger project` as a supervised child while the block runs."""
+    if not wanted:
+        yield
+        return
+    from billing_ledger.projections.commands import STATUS_FILE, SUPERVISOR
+    from billing_ledger.projections.follower import write_status
+
+    with tempfile.TemporaryDirectory(prefix="billing-ledger-") as folder:
+        status = Path(folder) / "projections.json"
+        os.environ[STATUS_FILE] = str(status)  # the HTTP processes read it
+        env = {**os.environ, SUPERVISOR: str(os.getpid())}
+        runner = Supervised(
+            "projection runner",
+            [sys.executable, "-m", "billing_ledger.cli", "project"],
+            env,
+            on_exit=lambda code: write_status(
+                status, f"projection runner exited with status {code}; restarting"
+            ),
+        ).start()
+        try:
+            yield
+        finally:
+            runner.stop()
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -91,14 +123,21 @@ def parser() -> argparse.ArgumentParser:
     """The command line of CONTRACT.md."""
     top = argparse.ArgumentParser(prog="billing-ledger", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="the HTTP service with its projection runner")
+    serve = sub.add_parser(
+        "serve", help="the HTTP service, with the projection runner in a process of its own"
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="HTTP processes (default: the machine's cores, at most 4)",
+    )
     serve.add_argument(
         "--no-projections",
         action="store_true",
-        help="serve without the in-process projection runner (run `billing-ledger project` apart)",
+        help="serve without the projection runner (run `billing-ledger project` apart)",
     )
     sub.add_parser("project", help="the projection runner alone")
     replay = sub.add_parser("replay", help="rebuild projections from the store")

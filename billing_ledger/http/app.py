@@ -98,5 +98,9 @@ def app_from_env() -> Starlette:
     from billing_ledger.settings import Settings
 
     tune_gc()  # each worker is a fresh interpreter when --workers > 1
-    projections = os.environ.get("LEDGER_SERVE_PROJECTIONS", "true") != "false"
-    return create_app(build(Settings.from_env(), run_projections=projections))
+    # true: the runner in this process; apart: `serve` supervises it elsewhere; false: none.
+    projections = os.environ.get("LEDGER_SERVE_PROJECTIONS", "true")
+    settings = Settings.from_env()
+    return create_app(
+        build(settings, run_projections=projections == "true", follow=projections == "apart")
+    )

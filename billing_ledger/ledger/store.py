@@ -8,7 +8,9 @@ recorder's notification id is the ledger position.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -98,6 +100,79 @@ class DatabaseUrl:
         return int.from_bytes(digest, "big", signed=True)
 
 
+class SessionLock:
+    """An exclusive lock by name, held until released or until its holder's process ends.
+
+    PostgreSQL: a session-level advisory lock on a connection of its own (which the holder
+    may also use to LISTEN). SQLite: an flock on a file beside the database, kept there
+    between runs (SQLite's own locks would stop ingestion, and a lock row would outlive a
+    holder that crashed).
+    """
+
+    def __init__(self, url: DatabaseUrl, name: str, *, per_schema: bool = True) -> None:
+        self.url = url
+        self.name = name
+        self.key = url.lock_key(name) if per_schema else DatabaseUrl(url.dialect).lock_key(name)
+        self.connection: psycopg.Connection[Any] | None = None
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this holder has the lock now."""
+        return self.connection is not None or self._fd is not None
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free; False when another holder has it."""
+        return self._take(wait=False)
+
+    def acquire(self) -> None:
+        """Take the lock, waiting for it."""
+        self._take(wait=True)
+
+    def release(self) -> None:
+        """Let go (closing the session or the descriptor is what releases it)."""
+        connection, fd, self.connection, self._fd = self.connection, self._fd, None, None
+        if connection is not None:
+            connection.close()
+        if fd is not None:
+            os.close(fd)
+
+    def _take(self, *, wait: bool) -> bool:
+        if self.held:
+            return True
+        with guard():
+            return self._flock(wait) if self.url.dialect == "sqlite" else self._advisory(wait)
+
+    def _advisory(self, wait: bool) -> bool:
+        connection = psycopg.connect(self.url.conninfo(), autocommit=True)
+        try:
+            if wait:
+                connection.execute("SELECT pg_advisory_lock(%s)", (self.key,))
+            else:
+                row = connection.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
+                if not (row and row[0]):
+                    connection.close()
+                    return False
+        except BaseException:
+            connection.close()
+            raise
+        self.connection = connection
+        return True
+
+    def _flock(self, wait: bool) -> bool:
+        fd = os.open(f"{self.url.path}.{self.name}-lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return True
+
+
 class Database:
     """One datastore shared by the event store and the views, with its SQL dialect."""
 
@@ -140,6 +215,10 @@ class Database:
         with guard(), self.datastore.transaction(commit=commit) as cursor:
             yield cursor
 
+    def session_lock(self, name: str, *, per_schema: bool = True) -> SessionLock:
+        """The one way to take an exclusive lock between processes (see SessionLock)."""
+        return SessionLock(self.url, name, per_schema=per_schema)
+
     @contextmanager
     def schema_lock(self) -> Iterator[None]:
         """Serialise DDL between processes starting together (PostgreSQL raises
@@ -147,12 +226,13 @@ class Database:
         if self.dialect != "postgres":
             yield
             return
-        with guard(), self.postgres.get_connection() as conn:
-            conn.execute("SELECT pg_advisory_lock(hashtext('billing_ledger.schema'))")
-            try:
-                yield
-            finally:
-                conn.execute("SELECT pg_advisory_unlock(hashtext('billing_ledger.schema'))")
+        # Across schemas: CREATE SCHEMA IF NOT EXISTS races with other tenants' too.
+        lock = self.session_lock("billing_ledger.schema", per_schema=False)
+        lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
 
     def ensure_schema(self) -> None:
         """Create the configured PostgreSQL schema when it is missing."""

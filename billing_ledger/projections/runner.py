@@ -4,8 +4,8 @@ One batch is one transaction (rows and position together). An event that fails f
 holds (it cannot be normalised, or its rows cannot be written) is skipped: logged, recorded
 with the position in the same transaction, listed in `status()`. A failure of the database
 stops the projection where it is and is retried after a back-off; ingestion is untouched.
-On PostgreSQL a session-level advisory lock per projection keeps every runner but one idle, and LISTEN on the store's channel wakes the active one; SQLite
-has no notifications, so the runner polls.
+Which runner applies, and how it hears of new events, is the leader's business
+(projections/leader.py); the others follow the tracked position.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from billing_ledger.ledger.logfmt import fields
 from billing_ledger.ledger.normalise import normalise
 from billing_ledger.ledger.records import Recorded
 from billing_ledger.ledger.store import TABLE, EventStore, StorageError
+from billing_ledger.projections.leader import Leader
 from billing_ledger.projections.views import PositionMovedError, Skipped, Views
 
 log = logging.getLogger("billing_ledger.projections")
@@ -94,6 +95,8 @@ class Runner:
         name: str = "billing",
         batch: int = 1000,
         poll: float = POLL_SECONDS,
+        *,
+        listen: bool = True,
     ) -> None:
         self.store = store
         self.views = views
@@ -110,7 +113,8 @@ class Runner:
         self._thread: threading.Thread | None = None
         self._flagged: set[str] = set()
         self._pool: ThreadPoolExecutor | None = None  # reads ahead, writes behind
-        self._leader = _leader_for(self)
+        channel: str = getattr(store.recorder, "channel_name", TABLE)
+        self._leader = Leader(store.db, f"{name}{views.suffix}", channel, listen=listen)
 
     @property
     def position(self) -> int:
@@ -187,9 +191,25 @@ class Runner:
                     continue
                 backoff = BACKOFF_FIRST
                 if read < self.batch:
-                    self._leader.wait(self.poll, self._stopping)
+                    self._idle()
         finally:
             self._leader.release()
+
+    def _idle(self) -> None:
+        """Wait for more, unless more committed while the last batch was applied.
+
+        Notifications queued meanwhile are dropped first, then the head is read: whatever
+        commits after that read notifies again, so no wake-up is lost, and without
+        notifications (SQLite, or none arriving) the next loop still starts at once.
+        """
+        self._leader.drain()
+        try:
+            if self.store.head() > self.position:
+                return
+        except Exception:  # the database is away: the next step says so in status()
+            pass
+        if self._leader.wait(self.poll, self._stopping):
+            self._stopping.wait(SETTLE_SECONDS)
 
     def _follow(self) -> None:
         """Another runner holds the projection: keep our view of its position fresh."""
@@ -437,68 +457,3 @@ def _reason(error: BaseException) -> str:
     root = _chain(error)[-1]
     text = " ".join(f"{type(root).__name__}: {root}".split())
     return text[:REASON_CHARS]
-
-
-class _Leader:
-    """Who may apply: on SQLite every runner (apply is idempotent and position-checked)."""
-
-    held = True
-
-    def acquire(self) -> bool:
-        return True
-
-    def wait(self, timeout: float, stopping: threading.Event) -> None:
-        stopping.wait(timeout)
-
-    def release(self) -> None:
-        return None
-
-
-class _PostgresLeader(_Leader):
-    """A session-level advisory lock on a connection of its own, which also LISTENs."""
-
-    def __init__(self, runner: Runner) -> None:
-        url = runner.store.db.url
-        self.conninfo = url.conninfo()
-        self.key = url.lock_key(f"{runner.name}{runner.views.suffix}")  # per projection
-        self.channel: str = getattr(runner.store.recorder, "channel_name", TABLE)
-        self.conn: psycopg.Connection[Any] | None = None
-        self.held = False
-
-    def acquire(self) -> bool:
-        if self.held:
-            return True
-        try:
-            if self.conn is None:
-                self.conn = psycopg.connect(self.conninfo, autocommit=True)
-            row = self.conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
-            self.held = bool(row and row[0])
-            if self.held:
-                self.conn.execute(f'LISTEN "{self.channel}"')
-                log.info("projection lock %d acquired", self.key)
-        except psycopg.Error as e:
-            log.warning("projection lock unavailable: %s", e)
-            self.release()
-        return self.held
-
-    def wait(self, timeout: float, stopping: threading.Event) -> None:
-        """Sleep until the store notifies an insert, `timeout` passes, or we stop."""
-        if self.conn is None:
-            stopping.wait(timeout)
-            return
-        try:
-            for _ in self.conn.notifies(timeout=timeout, stop_after=1):
-                stopping.wait(SETTLE_SECONDS)
-        except psycopg.Error as e:  # the lock went with the connection: contend again
-            log.warning("projection lock connection lost: %s", e)
-            self.release()
-
-    def release(self) -> None:
-        if self.conn is not None:
-            self.conn.close()  # closing the session releases its advisory lock
-        self.conn = None
-        self.held = False
-
-
-def _leader_for(runner: Runner) -> _Leader:
-    return _PostgresLeader(runner) if runner.store.db.dialect == "postgres" else _Leader()

@@ -223,8 +223,19 @@ class Views:
             # After the position check: a skip is recorded once, with the range it is in.
             if skipped:
                 cursor.executemany(self._sql.insert_skipped, [_skip_row(s) for s in skipped])
-            self.tracker._insert_tracking(cursor, Tracking(self.name, position))
+            self._track(cursor, Tracking(self.name, position))
         self._remember(after, position, rows, links)
+
+    def _track(self, cursor: Any, tracking: Tracking) -> None:
+        """Record the position in this transaction with the tracking recorder's own statement
+        (the recorder's insert_tracking would open a transaction of its own)."""
+        params = {
+            "application_name": tracking.application_name,
+            "notification_id": tracking.notification_id,
+        }
+        cursor.execute(self.tracker.insert_tracking_statement, params)
+        if cursor.fetchone() is None:  # the statement's WHERE refused a position not ahead
+            raise PositionMovedError(self.name, self._tracked(cursor, lock=False), 0, 0)
 
     def _remember(
         self, after: int, position: int, rows: list[SnapshotRow], links: list[LinkTuple]

@@ -12,9 +12,7 @@ those plans on the live rows and under the current plans on the rebuilt rows.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import os
 import time
 import tomllib
 from collections.abc import Callable, Iterator
@@ -22,10 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psycopg
-
 from billing_ledger.ledger.records import Incoming
-from billing_ledger.ledger.store import Database, EventStore, guard
+from billing_ledger.ledger.store import Database, EventStore
 from billing_ledger.projections.plans import Plans, PlansError, parse_plans
 from billing_ledger.projections.policy import CURRENT, RULES_VERSION, Rules
 from billing_ledger.projections.runner import Runner
@@ -212,41 +208,10 @@ def last_rules(store: EventStore) -> int:
 def replay_lock(db: Database) -> Iterator[None]:
     """Hold this database's one replay lock (per schema on PostgreSQL) until the block ends,
     or raise ReplayRunningError at once. Either kind ends with its holder's process."""
-    hold = _advisory_lock if db.dialect == "postgres" else _file_lock
-    with hold(db):
-        yield
-
-
-@contextmanager
-def _advisory_lock(db: Database) -> Iterator[None]:
-    """A session-level advisory lock keyed by schema, on a connection of its own."""
-    with guard():
-        conn = psycopg.connect(db.url.conninfo(), autocommit=True)
+    lock = db.session_lock("replay")
+    if not lock.try_acquire():
+        raise ReplayRunningError(RUNNING)
     try:
-        with guard():
-            row = conn.execute(
-                "SELECT pg_try_advisory_lock(%s)", (db.url.lock_key("replay"),)
-            ).fetchone()
-        if not (row and row[0]):
-            raise ReplayRunningError(RUNNING)
         yield
     finally:
-        conn.close()  # closing the session releases its advisory lock
-
-
-@contextmanager
-def _file_lock(db: Database) -> Iterator[None]:
-    """An exclusive flock on a file beside the SQLite database (kept there between runs).
-
-    flock, not SQLite's own locks: holding a write transaction for the run would stop
-    ingestion, and a lock row would outlive a replay that crashed."""
-    with guard():
-        fd = os.open(f"{db.url.path}.replay-lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ReplayRunningError(RUNNING) from None
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases its flock
+        lock.release()

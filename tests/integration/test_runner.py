@@ -291,6 +291,39 @@ def test_wait_for_follows_a_runner_in_another_process(store: EventStore, views: 
     assert reader.wait_for(head, 2)
 
 
+class CommitsWhileApplying(Views):
+    """Views that append more events to the store while their first batch is applied."""
+
+    def __init__(self, store: EventStore, more: list[Json]) -> None:
+        super().__init__(store.db)
+        self.store = store
+        self.more = more
+        self.appended: int | None = None  # the head once the extra events are committed
+
+    def apply(self, snapshots: Any, after: int, position: int, skipped: Any = ()) -> None:
+        if self.appended is None:
+            self.appended = append(self.store, self.more)
+        super().apply(snapshots, after, position, skipped)
+
+
+@pytest.mark.parametrize("listen", [False, True])
+def test_what_commits_while_a_batch_is_applied_is_read_without_another_wake_up(
+    store: EventStore, listen: bool
+) -> None:
+    views = CommitsWhileApplying(store, subscription_events(3, "evt_during"))
+    views.create()
+    append(store, subscription_events(2))
+    # No poll within the test's time; with listen=False no notification either.
+    runner = Runner(store, views, livemode=False, poll=3600, listen=listen)
+    runner.start()
+    try:
+        assert wait_until(lambda: views.appended is not None)
+        assert views.appended is not None and runner.wait_for(views.appended, 10)
+    finally:
+        runner.stop()
+    assert runner.applied == 5 and len(views.rows().snapshots) == 5
+
+
 def test_stop_releases_quickly_when_idle(store: EventStore, views: Views) -> None:
     runner = Runner(store, views, livemode=False)
     runner.start()
@@ -314,9 +347,10 @@ def _runner_on(url: str) -> Runner:
     return Runner(store, views, livemode=False, batch=7)
 
 
-@pytest.mark.postgres
-def test_two_runners_on_postgres_one_applies_each_event_once(pg_url: str) -> None:
-    first, second = _runner_on(pg_url), _runner_on(pg_url)
+def test_two_runners_one_applies_each_event_once_and_the_other_takes_over(
+    database_url: str,
+) -> None:
+    first, second = _runner_on(database_url), _runner_on(database_url)
     try:
         first.start()
         assert wait_until(lambda: first._leader.held)

@@ -26,7 +26,9 @@ def free_port() -> int:
 class Server:
     """One `billing-ledger serve` process."""
 
-    def __init__(self, env: Mapping[str, str], port: int | None = None, workers: int = 1) -> None:
+    def __init__(
+        self, env: Mapping[str, str], port: int | None = None, workers: int | None = 1
+    ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env}
@@ -48,9 +50,9 @@ class Server:
             "127.0.0.1",
             "--port",
             str(self.port),
-            "--workers",
-            str(self.workers),
         ]
+        if self.workers is not None:  # None: serve's own default
+            command += ["--workers", str(self.workers)]
         self.process = subprocess.Popen(
             command, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -88,7 +90,7 @@ class Server:
 
 
 @contextmanager
-def running(env: Mapping[str, str], workers: int = 1) -> Iterator[Server]:
+def running(env: Mapping[str, str], workers: int | None = 1) -> Iterator[Server]:
     """A started server, stopped afterwards."""
     server = Server(env, workers=workers).start()
     try:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import gc
+import os
 from collections.abc import Iterator
 
 import pytest
 
-from billing_ledger.process import GC_THRESHOLDS, tune_gc
+from billing_ledger.process import GC_THRESHOLDS, default_workers, tune_gc
 
 
 @pytest.fixture
@@ -43,3 +44,11 @@ def test_the_long_running_commands_tune_the_collector(
     assert called == []
     assert cli.main(["project"]) == 0
     assert called == ["tuned"]
+
+
+@pytest.mark.parametrize(("cores", "expected"), [(None, 1), (1, 1), (2, 2), (4, 4), (64, 4)])
+def test_serve_defaults_to_the_machines_cores_at_most_four(
+    monkeypatch: pytest.MonkeyPatch, cores: int | None, expected: int
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert default_workers() == expected
