@@ -19,6 +19,7 @@ from billing_ledger.replay.rebuild import (
     Rebuild,
     RebuildReport,
     ReplayRunningError,
+    SwapFailedError,
     catch_up,
 )
 from billing_ledger.replay.reconcile import Reconcile
@@ -35,6 +36,7 @@ class BadInputError(ValueError):
 _FAILURES = (
     BadInputError,
     ReplayRunningError,
+    SwapFailedError,
     stripe_api.NotConfiguredError,
     stripe_api.StripeUnavailableError,
 )
