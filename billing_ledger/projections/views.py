@@ -289,14 +289,13 @@ class Views:
             with self.db.transaction(commit=False) as cursor:
                 yield cursor
             return
-        with (
-            guard(),
-            self.db.postgres.get_connection() as conn,
-            conn.transaction(),
-            conn.cursor() as cursor,
-        ):
-            cursor.execute(_READ_TIMEOUT)
-            yield cursor
+        with guard(), self.db.postgres.get_connection() as conn, conn.cursor() as cursor:
+            # One round trip opens the transaction and bounds its lock waits (SET LOCAL).
+            cursor.execute(_READ_BEGIN)
+            try:
+                yield cursor
+            finally:
+                conn.execute("ROLLBACK")  # a read: nothing to keep
 
     def cached_inputs(self, user_id: str, position: int) -> UserInputs | None:
         """The user's inputs if they are current at `position`, else None."""
@@ -501,7 +500,7 @@ _HOLDERS = (
     "WHERE l.granted AND l.relation = ANY(%s::regclass[]) AND l.pid <> pg_backend_pid() "
     "AND a.xact_start < now() - make_interval(secs => %s) ORDER BY l.pid"
 )
-_READ_TIMEOUT = f"SET LOCAL lock_timeout = {round(READ_LOCK_TIMEOUT * 1000)}"
+_READ_BEGIN = f"BEGIN; SET LOCAL lock_timeout = {round(READ_LOCK_TIMEOUT * 1000)}"
 
 
 def _pop_first(cache: dict[str, tuple[int, UserInputs]]) -> tuple[str, tuple[int, UserInputs]]:

@@ -209,3 +209,24 @@ def test_replays_beside_readers_and_a_runner_applying_deliveries_all_swap(
         finally:
             readers.stop.set()
             deps.close()
+
+
+@pytest.mark.postgres
+def test_a_read_behind_a_lock_held_for_ever_answers_unavailable_instead_of_hanging(
+    pg_url: str,
+) -> None:
+    config = settings_for(pg_url)
+    with client_for(config) as (client, deps):
+        lifecycle(Ledger(client, deps))
+        operator = session(pg_url)  # someone's ALTER TABLE, left open
+        operator.execute(f"LOCK TABLE {deps.views.links} IN ACCESS EXCLUSIVE MODE")
+        try:
+            pool = ThreadPoolExecutor(1)
+            read = pool.submit(client.get, "/v1/users/u_2/entitlements")  # not cached yet
+            response = read.result(DEADLINE)
+            pool.shutdown()
+        finally:
+            operator.close()
+        assert response.status_code == 503
+        assert response.json()["error"] == "storage_unavailable"
+        assert client.get("/v1/users/u_2/entitlements").status_code == 200  # once it is gone
