@@ -14,6 +14,7 @@ import pytest
 
 from billing_ledger.bootstrap import Deps, build
 from billing_ledger.ledger.store import DatabaseUrl, StorageError
+from billing_ledger.projections.views import ShadowBehindError, Views
 from billing_ledger.replay.own_events import REPLAY
 from billing_ledger.replay.rebuild import (
     PlansFile,
@@ -21,6 +22,7 @@ from billing_ledger.replay.rebuild import (
     RebuildReport,
     SwapFailedError,
     SwapLocks,
+    catch_up,
 )
 from billing_ledger.settings import Settings
 from tests.integration.test_replay import PERIOD, USERS, B, lifecycle, shadow_exists
@@ -230,3 +232,44 @@ def test_a_read_behind_a_lock_held_for_ever_answers_unavailable_instead_of_hangi
         assert response.status_code == 503
         assert response.json()["error"] == "storage_unavailable"
         assert client.get("/v1/users/u_2/entitlements").status_code == 200  # once it is gone
+
+
+def rebuilt_without(deps: Deps, event_id: str, suffix: str = "_other") -> Views:
+    """The views rebuilt from the store, less one event's rows (as a changed fold might)."""
+    shadow = deps.views.shadow(suffix)
+    shadow.drop()
+    shadow.create()
+    catch_up(deps.store, shadow, livemode=False)
+    with deps.views.db.transaction() as cursor:
+        cursor.execute(f"DELETE FROM {shadow.snapshots} WHERE event_id = '{event_id}'")
+    return shadow
+
+
+def test_a_process_whose_tables_another_process_swapped_forgets_what_it_cached(
+    database_url: str,
+) -> None:
+    with populated(database_url) as (config, deps):
+        position = deps.views.position()
+        cached = deps.views.inputs("u_2", position)
+        other = build(config, run_projections=False)  # another process, replaying
+        try:
+            other.views.promote(rebuilt_without(other, "evt_ok_2"))
+        finally:
+            other.close()
+        assert deps.views.position() == position  # the same position: the generation tells
+        again = deps.views.inputs("u_2", position)
+        assert len(again.snapshots) == len(cached.snapshots) - 1
+
+
+def test_a_rebuild_behind_the_live_tables_is_refused_and_changes_nothing(
+    database_url: str,
+) -> None:
+    with populated(database_url) as (_, deps):
+        views = deps.views
+        shadow = rebuilt_without(deps, "evt_ok_2")
+        before, position = views.rows(), views.position()
+        views.apply([], position, position + 1)  # the live tables move on meanwhile
+        with pytest.raises(ShadowBehindError):
+            views.promote(shadow)
+        assert views.rows() == before and views.position() == position + 1
+        shadow.drop()
