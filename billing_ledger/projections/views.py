@@ -36,6 +36,9 @@ log = logging.getLogger("billing_ledger.projections")
 SNAPSHOTS = "billing_snapshots"
 LINKS = "billing_links"
 TRACKING = "billing_tracking"  # our own table: other projections keep theirs
+# The tables a swap replaces, in the one order that reads, batches and the swap take their
+# locks in (PostgreSQL): then none of them can wait for another in a cycle.
+SWAPPED = (LINKS, SNAPSHOTS, TRACKING)
 CACHE_SIZE = 100_000  # users whose inputs a process keeps loaded
 # ...and snapshots in all (about 1 KB each in memory): a user's history grows with every
 # event, so a count of users alone would let the cache grow without bound.
@@ -433,10 +436,7 @@ class Views:
         if self.db.dialect == "postgres":
             cursor.execute(f"SET LOCAL lock_timeout = {ms}")
             try:
-                cursor.execute(
-                    f"LOCK TABLE {self.links}, {self.snapshots}, {self.tracking} "
-                    "IN ACCESS EXCLUSIVE MODE"
-                )
+                cursor.execute(self._sql.lock_all(self))
             except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
                 raise _NotGranted from None
             return lambda: None
@@ -459,13 +459,10 @@ class Views:
                 f"projection {self.name}: the rebuild is at {position}, the live tables at {live}"
             )
         if self.db.dialect == "postgres":
-            cursor.execute(
-                f"LOCK TABLE {shadow.links}, {shadow.snapshots}, {shadow.tracking} "
-                "IN ACCESS EXCLUSIVE MODE"
-            )
+            cursor.execute(self._sql.lock_all(shadow))
         cursor.execute(self._sql.forget_generation(shadow), (self.name + GENERATION,))
         cursor.execute(self._sql.set_generation(shadow), (self.name + GENERATION, generation + 1))
-        for base in (LINKS, SNAPSHOTS, TRACKING):
+        for base in SWAPPED:
             cursor.execute(f"DROP TABLE IF EXISTS {self.db.table(self.names[base])}")
             cursor.execute(
                 f'ALTER TABLE {self.db.table(shadow.names[base])} RENAME TO "{self.names[base]}"'
@@ -476,13 +473,13 @@ class Views:
 
     def _busy(self, timeout: float) -> str:
         """One line for an operator: which tables stayed locked, and by whom (PostgreSQL)."""
-        names = ", ".join(self.names[b] for b in (LINKS, SNAPSHOTS, TRACKING))
+        names = ", ".join(self.names[base] for base in SWAPPED)
         line = f"the live tables ({names}) stayed locked for {timeout:g} s"
         if self.db.dialect != "postgres":
             return f"{line} (another writer holds the database)"
         try:
             with self._reading() as cursor:
-                tables = [self.links, self.snapshots, self.tracking]
+                tables = [self.db.table(self.names[base]) for base in SWAPPED]
                 cursor.execute(_HOLDERS, (tables, timeout))
                 holders = [f"pid {r['pid']} ({r['state']})" for r in cursor.fetchall()]
         except StorageError:
@@ -655,6 +652,11 @@ class _Statements:
             f"SELECT 's', NULL, customer_id, created, event_id, NULL, json "
             f"FROM {views.snapshots} WHERE {customer_in}"
         )
+
+    def lock_all(self, views: Views) -> str:
+        """Lock every swapped table of `views` at once, in SWAPPED's order (PostgreSQL)."""
+        tables = ", ".join(views.db.table(views.names[base]) for base in SWAPPED)
+        return f"LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE"
 
     def forget_generation(self, shadow: Views) -> str:
         """Delete the shadow's generation row (it is written once, by the swap)."""
