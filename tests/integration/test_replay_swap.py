@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ import pytest
 from billing_ledger.bootstrap import Deps, build
 from billing_ledger.ledger.store import DatabaseUrl, StorageError
 from billing_ledger.projections.views import ShadowBehindError, Views
+from billing_ledger.replay.commands import cmd_replay
 from billing_ledger.replay.own_events import REPLAY
 from billing_ledger.replay.rebuild import (
     PlansFile,
@@ -273,3 +275,24 @@ def test_a_rebuild_behind_the_live_tables_is_refused_and_changes_nothing(
             views.promote(shadow)
         assert views.rows() == before and views.position() == position + 1
         shadow.drop()
+
+
+@pytest.mark.postgres
+def test_replay_beside_an_idle_transaction_exits_2_in_one_line_naming_the_session(
+    pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with populated(pg_url) as (config, deps):
+        idle = session(pg_url)
+        idle.execute(f"SELECT count(*) FROM {deps.views.links}")
+        pid = idle.info.backend_pid
+        try:
+            args = argparse.Namespace(projection=None, dry_run=False)
+            assert cmd_replay(args, config) == 2  # after its attempts (about 11 s)
+        finally:
+            idle.close()
+        assert capsys.readouterr().err == (
+            "billing-ledger replay: could not swap in 6 attempts: the live tables "
+            "(billing_links, billing_snapshots, billing_tracking) stayed locked for 0.5 s, "
+            f"held by pid {pid} (idle in transaction); nothing was changed\n"
+        )
+        assert replays(deps) == []
