@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
 import time
 import tomllib
@@ -29,7 +30,7 @@ from pathlib import Path
 import psycopg
 
 from billing_ledger.ledger.records import Incoming
-from billing_ledger.ledger.store import Database, EventStore, guard, retrying
+from billing_ledger.ledger.store import Database, EventStore, StorageError, guard, retrying
 from billing_ledger.projections.plans import Plans, PlansError, parse_plans
 from billing_ledger.projections.runner import Runner
 from billing_ledger.projections.views import (
@@ -40,6 +41,8 @@ from billing_ledger.projections.views import (
 )
 from billing_ledger.replay import impact, tables
 from billing_ledger.replay.own_events import REPLAY, of_type, own_event
+
+log = logging.getLogger("billing_ledger.replay")
 
 SHADOW_SUFFIX = "_replay"
 BATCH = 5000  # events per shadow transaction: fewer, larger commits while rebuilding
@@ -190,8 +193,15 @@ class Rebuild:
         self._promote(report)
         report.swapped = True
         retrying(3, lambda: self.store.append([self._record(report)]))
-        # Apply the record (no rows) so that the tracked position is the head, as it was.
-        report.position = catch_up(self.store, self.live, livemode=self.livemode)
+        # Apply the record (no rows) so that the tracked position is the head, as it was. A
+        # serving runner applies it too (SQLite may refuse one of the two writers at once):
+        # failing here is no failure of the swap.
+        try:
+            report.position = retrying(
+                3, lambda: catch_up(self.store, self.live, livemode=self.livemode)
+            )
+        except StorageError as e:
+            log.warning("replay: swapped; the runners will apply the replay record: %s", e)
 
     def _promote(self, report: RebuildReport) -> None:
         """Promote the shadow, trying again after a pause while the live tables are busy."""

@@ -158,9 +158,11 @@ def test_an_idle_transaction_on_a_view_table_fails_the_swap_clearly_while_reads_
         try:
             with pytest.raises(SwapFailedError) as failed:
                 swap.result(DEADLINE)
-            readers.finish()
         finally:
-            idle.close()
+            try:
+                readers.finish()  # none hung, the idle session still open
+            finally:
+                idle.close()
         assert str(failed.value).startswith("could not swap in 3 attempts: the live tables (")
         assert f"held by pid {pid} (idle in transaction)" in str(failed.value)
         assert readers.answered > 0 and readers.failed == []
@@ -211,7 +213,7 @@ def test_replays_beside_readers_and_a_runner_applying_deliveries_all_swap(
             wait_until(lambda: served.runner.position == deps.store.head(), "caught up")
             assert served.views.position() == served.runner.position
         finally:
-            readers.stop.set()
+            readers.finish()  # before closing what they read through
             deps.close()
 
 
