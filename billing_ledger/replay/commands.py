@@ -18,6 +18,7 @@ from billing_ledger.replay.rebuild import (
     PlansFile,
     Rebuild,
     RebuildReport,
+    RecordNotStoredError,
     ReplayRunningError,
     SwapFailedError,
     catch_up,
@@ -37,6 +38,7 @@ _FAILURES = (
     BadInputError,
     ReplayRunningError,
     SwapFailedError,
+    RecordNotStoredError,
     stripe_api.NotConfiguredError,
     stripe_api.StripeUnavailableError,
 )

@@ -57,6 +57,10 @@ class SwapFailedError(RuntimeError):
     """The swap could not lock the live tables in any attempt: nothing swapped or recorded."""
 
 
+class RecordNotStoredError(RuntimeError):
+    """The swap committed but its `ledger.replay` record could not be appended."""
+
+
 @dataclass(frozen=True)
 class SwapLocks:
     """How long each attempt of a swap waits for the live tables, how many, the first pause."""
@@ -192,7 +196,13 @@ class Rebuild:
         self.hold("caught_up")
         self._promote(report)
         report.swapped = True
-        retrying(3, lambda: self.store.append([self._record(report)]))
+        try:
+            retrying(3, lambda: self.store.append([self._record(report)]))
+        except StorageError as e:
+            raise RecordNotStoredError(
+                f"swapped (position {report.position}), but its ledger.replay record could "
+                f"not be stored ({e}): a dry run compares with the plans recorded before"
+            ) from None
         # Apply the record (no rows) so that the tracked position is the head, as it was. A
         # serving runner applies it too (SQLite may refuse one of the two writers at once):
         # failing here is no failure of the swap.
