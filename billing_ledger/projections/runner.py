@@ -241,6 +241,9 @@ class Runner:
         which roughly halves a long catch-up. Batches still commit one by one, in order.
         """
         pool = self._workers()
+        # From the tracked position, not the one cached: another process may have swapped
+        # the tables (replay), and reading it tells the views to forget their cache too.
+        self._set_position(self.views.position())
         after, read = self.position, 0
         reading = pool.submit(self.store.read, after, self.batch)
         writing: Future[bool] | None = None

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -37,12 +38,22 @@ LINKS = "billing_links"
 TRACKING = "billing_tracking"  # our own table: other projections keep theirs
 SKIPPED = "billing_skipped"  # events the projection refused, committed with the position
 SKIPPED_LISTED = 100  # the newest skips `skipped()` lists (all are counted)
+# The tables a swap replaces, in the one order that reads, batches and the swap take their
+# locks in (PostgreSQL): then none of them can wait for another in a cycle.
+SWAPPED = (LINKS, SNAPSHOTS, TRACKING, SKIPPED)
 CACHE_SIZE = 100_000  # users whose inputs a process keeps loaded
 # ...and snapshots in all (about 1 KB each in memory): a user's history grows with every
 # event, so a count of users alone would let the cache grow without bound.
 CACHE_SNAPSHOTS = answers.CACHE_SNAPSHOTS
 APPLIED_KEPT = 256  # committed batches remembered for keeping cached users current
 TOUCHED_KEPT = 500  # customers listed per remembered batch
+# How long a read waits for a table lock before answering "unavailable": a swap holds the
+# tables for milliseconds, an idle transaction of someone else's could hold them for ever.
+READ_LOCK_TIMEOUT = 2.0
+SWAP_LOCK_TIMEOUT = 0.5  # how long one attempt of a swap waits for the live tables
+# A second row of the tracking table counts the swaps these tables have been through: a
+# process that sees it change knows its cached rows and positions are of other tables.
+GENERATION = ":generation"
 
 SnapshotRow = tuple[str, str, str | None, str, str, int, bool, str]
 LinkTuple = tuple[str, str, int, str, str]
@@ -54,6 +65,14 @@ class PositionMovedError(RuntimeError):
     def __init__(self, name: str, tracked: int, after: int, position: int) -> None:
         super().__init__(f"projection {name} is at {tracked}, not ready for ({after}, {position}]")
         self.tracked = tracked
+
+
+class TablesBusyError(RuntimeError):
+    """A swap could not lock the live tables in time: some session holds them."""
+
+
+class ShadowBehindError(RuntimeError):
+    """The live tables have applied more than the shadow: catch it up and swap again."""
 
 
 @dataclass(frozen=True)
@@ -173,6 +192,7 @@ class Views:
         self._applied: deque[_Applied] = deque(maxlen=APPLIED_KEPT)
         # (position when read, what skipped_at answers): /healthz asks on every call.
         self._skips: tuple[int | None, dict[str, Any]] = (None, _skips_json([], 0))
+        self._generation: int | None = None  # of the tables last read (None: none read yet)
 
     def shadow(self, suffix: str) -> Views:
         """The same projection under other table names (for replay)."""
@@ -194,8 +214,10 @@ class Views:
                 cursor.execute(f"DROP TABLE IF EXISTS {table}")
 
     def position(self) -> int:
-        """The position this projection has applied, 0 before its first batch."""
-        with self.db.transaction(commit=False) as cursor:
+        """The position this projection has applied, 0 before its first batch.
+
+        Reading it notices a swap by another process (see `GENERATION`)."""
+        with self._reading() as cursor:
             return self._tracked(cursor, lock=False)
 
     def apply(
@@ -250,21 +272,47 @@ class Views:
             self._applied.append(touched)
 
     def _insert(self, cursor: Any, rows: list[SnapshotRow], links: list[LinkTuple]) -> None:
+        # Links, then snapshots, then tracking: the order reads and the swap lock them in
+        # (PostgreSQL), so that no two of them can wait for each other.
         if self.db.dialect == "sqlite":
-            cursor.executemany(self._sql.insert_snapshots, rows)
             cursor.executemany(self._sql.insert_links, links)
+            cursor.executemany(self._sql.insert_snapshots, rows)
             return
         if _any_needs_escape(rows):
             rows = [_escaped(r) if _needs_escape(r) else r for r in rows]
         if _any_needs_escape(links):
             links = [_escaped(r) if _needs_escape(r) else r for r in links]
-        _copy_insert(cursor, self.snapshots, "_billing_snapshots_in", rows, _SNAPSHOT_COLUMNS)
         _copy_insert(cursor, self.links, "_billing_links_in", links, _LINK_COLUMNS)
+        _copy_insert(cursor, self.snapshots, "_billing_snapshots_in", rows, _SNAPSHOT_COLUMNS)
 
     def _tracked(self, cursor: Any, *, lock: bool) -> int:
-        cursor.execute(self._sql.tracked_for_update if lock else self._sql.tracked, (self.name,))
-        row = cursor.fetchone()
-        return int(row[0] if self.db.dialect == "sqlite" else row["notification_id"]) if row else 0
+        """The tracked position; notes the tables' generation (forgetting the cache if new)."""
+        position, generation = self._tracking_row(cursor, lock=lock)
+        self._saw(generation)
+        return position
+
+    def _tracking_row(self, cursor: Any, *, lock: bool) -> tuple[int, int]:
+        """(position, generation) as these tables track them, 0 for a row not there yet."""
+        statement = self._sql.tracked_for_update if lock else self._sql.tracked
+        cursor.execute(statement, (self.name, self.name + GENERATION))
+        found = dict(_values(row) for row in cursor.fetchall())
+        return int(found.get(self.name, 0)), int(found.get(self.name + GENERATION, 0))
+
+    def _saw(self, generation: int) -> None:
+        """Forget every cached read when the tables are not the ones they were loaded from."""
+        if generation == self._generation:
+            return
+        if self._generation is not None:
+            log.info("projection %s: tables swapped (generation %d)", self.name, generation)
+        self._forget(generation)
+
+    def _forget(self, generation: int | None) -> None:
+        with self._cache_lock:
+            self._cache.clear()
+            self._cached_snapshots = 0
+            self._applied.clear()
+            self._generation = generation
+        self._recent = (-1.0, 0)
 
     def skipped(self) -> tuple[list[Skipped], int]:
         """The newest SKIPPED_LISTED skipped events, oldest first, and how many there are."""
@@ -305,13 +353,19 @@ class Views:
 
     @contextmanager
     def _reading(self) -> Iterator[Any]:
-        """A cursor for one read statement (PostgreSQL's pooled sessions autocommit)."""
+        """A cursor for one read, which waits at most READ_LOCK_TIMEOUT for a table lock
+        (on PostgreSQL; a lock not granted by then is a StorageError)."""
         if self.db.dialect == "sqlite":
             with self.db.transaction(commit=False) as cursor:
                 yield cursor
             return
         with guard(), self.db.postgres.get_connection() as conn, conn.cursor() as cursor:
-            yield cursor
+            # One round trip opens the transaction and bounds its lock waits (SET LOCAL).
+            cursor.execute(_READ_BEGIN)
+            try:
+                yield cursor
+            finally:
+                conn.execute("ROLLBACK")  # a read: nothing to keep
 
     def cached_inputs(self, user_id: str, position: int) -> UserInputs | None:
         """The user's inputs if they are current at `position`, else None."""
@@ -351,8 +405,11 @@ class Views:
         found = self.cached_inputs(user_id, position)
         if found is not None:
             return found
+        generation = self._generation
         loaded = self.load_inputs(user_id)
         with self._cache_lock:
+            if generation != self._generation:
+                return loaded  # a swap came between: these rows may be of the old tables
             stale = self._cache.pop(user_id, None)
             if stale is not None:
                 self._cached_snapshots -= len(stale[1].snapshots)
@@ -389,11 +446,11 @@ class Views:
 
     def rows(self) -> ViewRows:
         """Every row, sorted: two views built from the same events compare equal."""
-        with self.db.transaction(commit=False) as cursor:
-            cursor.execute(f"SELECT {', '.join(_SNAPSHOT_COLUMNS)} FROM {self.snapshots}")
-            snapshots = sorted(self._snapshot(r) for r in cursor.fetchall())
+        with self.db.transaction(commit=False) as cursor:  # links first, as every reader
             cursor.execute(f"SELECT {', '.join(_LINK_COLUMNS)} FROM {self.links}")
             links = sorted(self._link(r) for r in cursor.fetchall())
+            cursor.execute(f"SELECT {', '.join(_SNAPSHOT_COLUMNS)} FROM {self.snapshots}")
+            snapshots = sorted(self._snapshot(r) for r in cursor.fetchall())
         return ViewRows(snapshots=tuple(snapshots), links=tuple(links))
 
     def _text(self, value: str) -> str:
@@ -408,25 +465,106 @@ class Views:
         values = _values(row)
         return values if self.db.dialect == "sqlite" else _unescaped(values)
 
-    def promote(self, shadow: Views) -> None:
-        """Replace these tables by `shadow`'s in one transaction (its rows and its position)."""
+    def promote(
+        self,
+        shadow: Views,
+        *,
+        lock_timeout: float = SWAP_LOCK_TIMEOUT,
+        while_locked: Callable[[], None] = lambda: None,
+    ) -> int:
+        """Replace these tables by `shadow`'s in one transaction (its rows and its position).
+
+        First the live tables are locked, all in one statement and in the readers' order,
+        waiting at most `lock_timeout` (else TablesBusyError, nothing changed). Holding them,
+        nothing more commits to them: `while_locked` runs (replay catches the shadow up
+        there), then the shadow must have applied at least what they had (else
+        ShadowBehindError). Returns the position the promoted tables track.
+        """
         if shadow.suffix == self.suffix or shadow.name != self.name:
             raise ValueError("promote takes a shadow of the same projection")
-        with self.db.transaction() as cursor:
-            for base in (SNAPSHOTS, LINKS, TRACKING, SKIPPED):
-                cursor.execute(f"DROP TABLE IF EXISTS {self.db.table(self.names[base])}")
-                cursor.execute(
-                    f"ALTER TABLE {self.db.table(shadow.names[base])} "
-                    f'RENAME TO "{self.names[base]}"'
-                )
-            for statement in self._sql.rename_indexes(shadow):
-                cursor.execute(statement)
-        with self._cache_lock:
-            self._cache.clear()
-            self._cached_snapshots = 0
-            self._applied.clear()
-        self._recent = (-1.0, 0)
+        try:
+            with self.db.transaction() as cursor:
+                restore = self._hold(cursor, shadow, lock_timeout)
+                try:
+                    while_locked()
+                    position, generation = self._replace(cursor, shadow)
+                finally:
+                    restore()
+        except _NotGranted:
+            raise TablesBusyError(self._busy(lock_timeout)) from None
+        self._forget(generation)
         log.info("projection %s: promoted tables of suffix %r", self.name, shadow.suffix)
+        return position
+
+    def _hold(self, cursor: Any, shadow: Views, timeout: float) -> Callable[[], None]:
+        """Lock the live tables (SQLite: the whole database) for the transaction; returns
+        what puts the connection's own lock wait back."""
+        ms = max(1, round(timeout * 1000))
+        if self.db.dialect == "postgres":
+            cursor.execute(f"SET LOCAL lock_timeout = {ms}")
+            try:
+                cursor.execute(self._sql.lock_all(self))
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+                raise _NotGranted from None
+            return lambda: None
+        cursor.execute("PRAGMA busy_timeout")
+        (before,) = cursor.fetchone()
+        cursor.execute(f"PRAGMA busy_timeout = {ms}")
+        try:  # a first write takes the database's write lock: no writer commits after it
+            cursor.execute(self._sql.forget_generation(shadow), (self.name + GENERATION,))
+        except sqlite3.OperationalError:
+            cursor.execute(f"PRAGMA busy_timeout = {int(before)}")
+            raise _NotGranted from None
+        return lambda: cursor.execute(f"PRAGMA busy_timeout = {int(before)}")
+
+    def _replace(self, cursor: Any, shadow: Views) -> tuple[int, int]:
+        """Drop the live tables and rename the shadow's into place; (position, generation)."""
+        live, generation = self._tracking_row(cursor, lock=False)
+        position, _ = shadow._tracking_row(cursor, lock=False)
+        if position < live:
+            raise ShadowBehindError(
+                f"projection {self.name}: the rebuild is at {position}, the live tables at {live}"
+            )
+        if self.db.dialect == "postgres":
+            cursor.execute(self._sql.lock_all(shadow))
+        cursor.execute(self._sql.forget_generation(shadow), (self.name + GENERATION,))
+        cursor.execute(self._sql.set_generation(shadow), (self.name + GENERATION, generation + 1))
+        for base in SWAPPED:
+            cursor.execute(f"DROP TABLE IF EXISTS {self.db.table(self.names[base])}")
+            cursor.execute(
+                f'ALTER TABLE {self.db.table(shadow.names[base])} RENAME TO "{self.names[base]}"'
+            )
+        for statement in self._sql.rename_indexes(shadow):
+            cursor.execute(statement)
+        return position, generation + 1
+
+    def _busy(self, timeout: float) -> str:
+        """One line for an operator: which tables stayed locked, and by whom (PostgreSQL)."""
+        names = ", ".join(self.names[base] for base in SWAPPED)
+        line = f"the live tables ({names}) stayed locked for {timeout:g} s"
+        if self.db.dialect != "postgres":
+            return f"{line} (another writer holds the database)"
+        try:
+            with self._reading() as cursor:
+                tables = [self.db.table(self.names[base]) for base in SWAPPED]
+                cursor.execute(_HOLDERS, (tables, timeout))
+                holders = [f"pid {r['pid']} ({r['state']})" for r in cursor.fetchall()]
+        except StorageError:
+            holders = []
+        return f"{line}, held by {', '.join(holders)}" if holders else line
+
+
+class _NotGranted(Exception):
+    """A swap's lock was not granted in time (translated once the transaction is gone)."""
+
+
+# The sessions holding locks on some tables since before the swap's wait (not a passing read).
+_HOLDERS = (
+    "SELECT DISTINCT l.pid, a.state FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.granted AND l.relation = ANY(%s::regclass[]) AND l.pid <> pg_backend_pid() "
+    "AND a.xact_start < now() - make_interval(secs => %s) ORDER BY l.pid"
+)
+_READ_BEGIN = f"BEGIN; SET LOCAL lock_timeout = {round(READ_LOCK_TIMEOUT * 1000)}"
 
 
 def _skips_json(listed: list[Skipped], total: int) -> dict[str, Any]:
@@ -581,7 +719,11 @@ class _Statements:
             f"SELECT event_id, position, event_type, reason FROM {views.skips} "
             f"ORDER BY position DESC LIMIT {p}"
         )
-        self.tracked = f"SELECT notification_id FROM {views.tracking} WHERE application_name = {p}"
+        # The position's row and the generation's (GENERATION), in one statement.
+        self.tracked = (
+            f"SELECT application_name, notification_id FROM {views.tracking} "
+            f"WHERE application_name IN ({p}, {p})"
+        )
         # SQLite holds the database's write lock by now; PostgreSQL locks the row.
         self.tracked_for_update = self.tracked if self.sqlite else f"{self.tracked} FOR UPDATE"
         self.users_of_customer = f"SELECT user_id FROM {views.links} WHERE customer_id = {p}"
@@ -599,6 +741,22 @@ class _Statements:
             f"WHERE user_id = {p} UNION ALL "
             f"SELECT 's', NULL, customer_id, created, event_id, NULL, json "
             f"FROM {views.snapshots} WHERE {customer_in}"
+        )
+
+    def lock_all(self, views: Views) -> str:
+        """Lock every swapped table of `views` at once, in SWAPPED's order (PostgreSQL)."""
+        tables = ", ".join(views.db.table(views.names[base]) for base in SWAPPED)
+        return f"LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE"
+
+    def forget_generation(self, shadow: Views) -> str:
+        """Delete the shadow's generation row (it is written once, by the swap)."""
+        return f"DELETE FROM {shadow.tracking} WHERE application_name = {self.views.db.param}"
+
+    def set_generation(self, shadow: Views) -> str:
+        """Give the shadow's tracking table its generation row."""
+        p = self.views.db.param
+        return (
+            f"INSERT INTO {shadow.tracking} (application_name, notification_id) VALUES ({p}, {p})"
         )
 
     def rename_indexes(self, shadow: Views) -> list[str]:

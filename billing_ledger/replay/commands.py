@@ -19,7 +19,9 @@ from billing_ledger.replay.rebuild import (
     PlansFile,
     Rebuild,
     RebuildReport,
+    RecordNotStoredError,
     ReplayRunningError,
+    SwapFailedError,
     catch_up,
 )
 from billing_ledger.replay.reconcile import Reconcile
@@ -36,6 +38,8 @@ class BadInputError(ValueError):
 _FAILURES = (
     BadInputError,
     ReplayRunningError,
+    SwapFailedError,
+    RecordNotStoredError,
     stripe_api.NotConfiguredError,
     stripe_api.StripeUnavailableError,
 )

@@ -2,17 +2,22 @@
 
 The shadow tables are filled by the runner's own apply path, so a rebuild is exactly what
 live projection would have produced. The live tables answer reads until one transaction
-renames the shadow's tables (rows and tracked position together) into their place.
+renames the shadow's tables (rows and tracked position together) into their place. That
+transaction first locks the live tables, in the order readers take them and waiting a
+bounded time (retried with a back-off); holding them, nothing more commits to them, and the
+shadow is caught up to the head before the rename, so it holds everything they held.
 
 The views hold snapshots, not features: a new plans file changes no row. So that a dry run
 can say what a plans change would do and to whom, each swap records the plans it applied
-(a `ledger.replay` event of our own), and the next run evaluates every affected user under
-those plans on the live rows and under the current plans on the rebuilt rows.
+(a `ledger.replay` event of our own, appended once the swap has committed, so a failed
+swap records nothing), and the next run evaluates every affected user under those plans on
+the live rows and under the current plans on the rebuilt rows.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 import tomllib
 from collections.abc import Callable, Iterator
@@ -21,13 +26,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from billing_ledger.ledger.records import Incoming
-from billing_ledger.ledger.store import Database, EventStore
+from billing_ledger.ledger.store import Database, EventStore, StorageError, retrying
 from billing_ledger.projections.plans import Plans, PlansError, parse_plans
 from billing_ledger.projections.policy import CURRENT, RULES_VERSION, Rules
 from billing_ledger.projections.runner import Runner
-from billing_ledger.projections.views import Views
+from billing_ledger.projections.views import (
+    SWAP_LOCK_TIMEOUT,
+    ShadowBehindError,
+    TablesBusyError,
+    Views,
+)
 from billing_ledger.replay import impact, tables
 from billing_ledger.replay.own_events import REPLAY, of_type, own_event
+
+log = logging.getLogger("billing_ledger.replay")
 
 SHADOW_SUFFIX = "_replay"
 BATCH = 5000  # events per shadow transaction: fewer, larger commits while rebuilding
@@ -36,6 +48,27 @@ RUNNING = "another replay is running on this database; nothing was changed"
 
 class ReplayRunningError(RuntimeError):
     """Another replay holds this database's replay lock (the two would share the shadow)."""
+
+
+class SwapFailedError(RuntimeError):
+    """The swap could not lock the live tables in any attempt: nothing swapped or recorded."""
+
+
+class RecordNotStoredError(RuntimeError):
+    """The swap committed but its `ledger.replay` record could not be appended."""
+
+
+@dataclass(frozen=True)
+class SwapLocks:
+    """How long each attempt of a swap waits for the live tables, how many, the first pause."""
+
+    timeout: float = SWAP_LOCK_TIMEOUT
+    attempts: int = 6
+    backoff: float = 0.25  # doubled after each busy attempt
+
+
+def _no_hold(stage: str) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -89,6 +122,8 @@ class Rebuild:
         livemode: bool,
         clock: Callable[[], float] = time.time,
         batch: int = BATCH,
+        locks: SwapLocks = SwapLocks(),
+        hold: Callable[[str], None] = _no_hold,
     ) -> None:
         self.store = store
         self.live = live
@@ -96,6 +131,10 @@ class Rebuild:
         self.livemode = livemode
         self.clock = clock
         self.batch = batch
+        self.locks = locks
+        # Called at "caught_up" (before the swap's transaction) and "locked" (holding the
+        # live tables): tests hold the swap open there while events arrive.
+        self.hold = hold
         self.shadow = live.shadow(SHADOW_SUFFIX)
 
     def run(self, *, dry_run: bool) -> RebuildReport:
@@ -148,16 +187,65 @@ class Rebuild:
         report.users = impact.changes(users, before, (self.shadow, self.plans.plans), now, rules)
 
     def swap(self, report: RebuildReport) -> None:
-        """Record the replay, catch the shadow up to the head, and rename it into place."""
-        self.store.append([self._record(report)])
+        """Catch the shadow up, swap it in under the live tables' locks, record the replay.
+
+        Runners elsewhere go on from their own positions, which are at most the swapped
+        tables' (nothing commits to the live tables while the swap holds them).
+        """
         report.position = self._catch_up()
-        self.live.promote(self.shadow)
+        self.hold("caught_up")
+        self._promote(report)
         report.swapped = True
+        try:
+            retrying(3, lambda: self.store.append([self._record(report)]))
+        except StorageError as e:
+            raise RecordNotStoredError(
+                f"swapped (position {report.position}), but its ledger.replay record could "
+                f"not be stored ({e}): a dry run compares with the plans recorded before"
+            ) from None
+        # Apply the record (no rows) so that the tracked position is the head, as it was. A
+        # serving runner applies it too (SQLite may refuse one of the two writers at once):
+        # failing here is no failure of the swap.
+        try:
+            report.position = retrying(
+                3, lambda: catch_up(self.store, self.live, livemode=self.livemode)
+            )
+        except StorageError as e:
+            log.warning("replay: swapped; the runners will apply the replay record: %s", e)
+
+    def _promote(self, report: RebuildReport) -> None:
+        """Promote the shadow, trying again after a pause while the live tables are busy."""
+        pause, why = self.locks.backoff, ""
+        for _ in range(self.locks.attempts):
+            try:
+                report.position = self.live.promote(
+                    self.shadow,
+                    lock_timeout=self.locks.timeout,
+                    while_locked=lambda: self._locked(report),
+                )
+                return
+            except ShadowBehindError as behind:  # the live runner passed it: catch up again
+                why = str(behind)
+                report.position = self._catch_up()
+                continue
+            except TablesBusyError as busy:
+                why = str(busy)
+            time.sleep(pause)
+            pause *= 2
+        raise SwapFailedError(
+            f"could not swap in {self.locks.attempts} attempts: {why}; nothing was changed"
+        )
+
+    def _locked(self, report: RebuildReport) -> None:
+        """Holding the live tables: catch the shadow up to the head."""
+        self.hold("locked")
+        if self.store.db.dialect == "postgres":
+            # On SQLite the swap holds the database's one write lock, which this catch-up
+            # would wait for: there promote checks the shadow has not fallen behind instead.
+            report.position = self._catch_up()
 
     def _record(self, report: RebuildReport) -> Incoming:
         """The `ledger.replay` event: an audit record, and the plans it applied."""
-        # It also moves the head past any position a serving process cached reads at, so
-        # every process loads the swapped rows (their caches are keyed by position).
         diffs = {d.table: [d.added, d.changed, d.removed] for d in report.diffs}
         obj = {
             "object": REPLAY,
