@@ -43,12 +43,14 @@ class Follower:
             return self._position
 
     def status(self) -> dict[str, dict[str, Any]]:
-        """`{name: {"position": N, "error": None | TEXT}}`, as /healthz shows it."""
+        """`{name: {"position", "error", "skipped", "skipped_total"}}`, as /healthz shows it
+        (the skipped events are read from the views, where the runner commits them)."""
         try:
             position = self.position
         except Exception as e:  # /healthz must answer even when the database does not
             return {self.name: {"position": 0, "error": f"{type(e).__name__}: {e}"}}
-        return {self.name: {"position": position, "error": self.error()}}
+        skipped = self.views.skipped_at(position)
+        return {self.name: {"position": position, "error": self.error(), **skipped}}
 
     def error(self) -> str | None:
         """What the runner process last reported as failing, None when all is well."""
