@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 import sys
@@ -11,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from urllib.parse import unquote, urlsplit
 
 from billing_ledger.ledger.store import DatabaseUrlError, StorageError
+from billing_ledger.listen import LISTEN_HOST_VARIABLE, is_loopback
 from billing_ledger.process import tune_gc
 from billing_ledger.settings import Settings, SettingsError
 
@@ -19,28 +19,25 @@ class UsageError(ValueError):
     """The command line asks for something the ledger will not do."""
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Run the HTTP service with its projection runner."""
     import uvicorn
 
-    if not settings.api_token and not _is_loopback(args.host):
+    if not settings.api_token and not is_loopback(args.host):
         raise UsageError(
             f"refusing to serve on non-loopback host {args.host} without LEDGER_API_TOKEN"
+        )
+    if settings.demo_signin and not is_loopback(args.host):
+        raise UsageError(
+            f"refusing to serve on non-loopback host {args.host} with LEDGER_DEMO_SIGNIN=true "
+            "(the demo sign-in lets anyone claim any user)"
         )
     from billing_ledger.bootstrap import build
 
     if args.no_projections:
         # Read by app_from_env in each worker: run `billing-ledger project` elsewhere instead.
         os.environ["LEDGER_SERVE_PROJECTIONS"] = "false"
+    os.environ[LISTEN_HOST_VARIABLE] = args.host  # where the workers listen (listen.py)
     # Fail fast (one line) when storage is unreachable; creates the tables once.
     build(settings, run_projections=False).close()
     uvicorn.run(
