@@ -11,6 +11,7 @@ from urllib.parse import unquote, urlsplit
 
 from billing_ledger.ledger.store import DatabaseUrlError, StorageError
 from billing_ledger.listen import LISTEN_HOST_VARIABLE, is_loopback
+from billing_ledger.logs import configure_logging, log_config
 from billing_ledger.process import tune_gc
 from billing_ledger.settings import Settings, SettingsError
 
@@ -47,6 +48,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         port=args.port,
         workers=args.workers,
         log_level="info",
+        log_config=log_config(),  # applied in every worker process, not just this one
         access_log=False,
     )
     return 0
@@ -144,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     its traceback instead).
     """
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     try:
         settings = Settings.from_env()
         if args.command in LONG_RUNNING:
