@@ -17,6 +17,7 @@ from billing_ledger.http.auth import BearerTokenMiddleware
 from billing_ledger.http.errors import EXCEPTION_HANDLERS
 from billing_ledger.http.health import healthz, metrics
 from billing_ledger.http.signin import demo_sign_in_allowed, session_middleware
+from billing_ledger.http.user_ids import ROUTE as UNROUTABLE_USER_READ
 from billing_ledger.http.webhooks import receive_webhook
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def routes() -> list[BaseRoute]:
     ]
     for module in ("reads", "sessions", "pages", "openapi"):
         found += _optional_routes(module)
-    return found
+    return [*found, UNROUTABLE_USER_READ]
 
 
 def _optional_routes(module: str) -> list[BaseRoute]:

@@ -388,7 +388,7 @@ async def login(request: Request) -> Response:
     target = safe_next(form.get("next"))
     user = valid_user_id(form.get("user_id"))
     if user is None:
-        error = "Enter a user id of 1 to 200 printable characters."
+        error = 'Enter a user id of 1 to 200 printable characters, without "/".'
         entered = str(form.get("user_id", ""))[:200]
         return render(
             request, "login.html", {"next": target, "entered": entered, "error": error}, 400

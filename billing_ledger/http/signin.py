@@ -21,6 +21,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 
+from billing_ledger.ledger.user_ids import linkable
 from billing_ledger.listen import is_loopback
 from billing_ledger.settings import Settings
 
@@ -123,11 +124,12 @@ def csrf_ok(request: Request, form: Mapping[str, Any]) -> bool:
 
 
 def valid_user_id(raw: object) -> str | None:
-    """A user id as the API accepts it (1 to 200 printable characters), or None."""
+    """A user id as the API accepts it (1 to 200 printable characters, readable), or None."""
     if not isinstance(raw, str):
         return None
     value = raw.strip()
-    return value if 0 < len(value) <= MAX_USER_ID and value.isprintable() else None
+    fits = 0 < len(value) <= MAX_USER_ID and value.isprintable()
+    return value if fits and linkable(value) else None
 
 
 def safe_next(raw: object, default: str = "/billing") -> str:

@@ -143,6 +143,15 @@ def test_demo_sign_in_follows_the_listener_not_the_app_url(tmp_path: Path, host:
         assert "Signed in as <strong>u_1</strong>" in client.get("/billing").text
 
 
+def test_demo_sign_in_refuses_a_user_id_the_reads_could_never_serve(
+    app: tuple[TestClient, Deps],
+) -> None:
+    client, _ = app
+    answer = sign_in(client, "team/42")
+    assert answer.status_code == 400 and "Enter a user id" in answer.text
+    assert client.get("/billing", follow_redirects=False).status_code == 303
+
+
 def test_a_form_without_the_session_token_is_refused(
     app: tuple[TestClient, Deps], fake_stripe: FakeStripe
 ) -> None:
@@ -365,7 +374,7 @@ def test_billing_page_state_stops_refreshing_when_confirmation_takes_too_long(
 
 def test_billing_page_state_escapes_what_users_control(app: tuple[TestClient, Deps]) -> None:
     client, _ = app
-    sign_in(client, "<script>alert(1)</script>")
+    sign_in(client, "<script>alert(1)<script>")  # no "/": such ids cannot sign in
     page = client.get("/billing?success=true&session_id=%22%3E%3Cscript%3E")
     assert "<script>" not in page.text
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+    assert "&lt;script&gt;alert(1)&lt;script&gt;" in page.text
