@@ -29,4 +29,5 @@ async def unroutable_user_read(request: Request) -> Response:
 
 
 # Registered after every other route: it only sees what none of them matched.
+# GET only: a full match for other methods would turn a read route's 405 into a 404.
 ROUTE = Route("/v1/users/{rest:path}", unroutable_user_read, methods=["GET"])

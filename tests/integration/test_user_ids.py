@@ -72,6 +72,7 @@ def test_an_unknown_route_under_users_is_still_not_found(database_url: str) -> N
     with client_for(settings_for(database_url)) as (client, _):
         assert client.get("/v1/users/u_1/nothing-here").json()["error"] == "not_found"
         assert client.get("/v1/users/u_1").status_code == 404
+        assert client.post("/v1/users/u_1/entitlements").status_code == 405
 
 
 def test_checkout_refuses_a_user_id_it_could_never_link(
