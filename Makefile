@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 run: setup
-	$(VENV)/bin/billing-ledger serve
+	LEDGER_DEMO_SIGNIN=true $(VENV)/bin/billing-ledger serve
 
 demo: setup
 	$(VENV)/bin/billing-ledger demo

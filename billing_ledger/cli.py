@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 import sys
@@ -14,6 +13,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from billing_ledger.ledger.store import DatabaseUrlError, StorageError
+from billing_ledger.listen import LISTEN_HOST_VARIABLE, is_loopback
+from billing_ledger.logs import configure_logging, log_config
 from billing_ledger.process import Supervised, default_workers, tune_gc
 from billing_ledger.settings import Settings, SettingsError
 
@@ -22,29 +23,26 @@ class UsageError(ValueError):
     """The command line asks for something the ledger will not do."""
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Run the HTTP service in `--workers` processes and the projection runner in a
     supervised process of its own (none with `--no-projections`)."""
     import uvicorn
 
-    if not settings.api_token and not _is_loopback(args.host):
+    if not settings.api_token and not is_loopback(args.host):
         raise UsageError(
             f"refusing to serve on non-loopback host {args.host} without LEDGER_API_TOKEN"
+        )
+    if settings.demo_signin and not is_loopback(args.host):
+        raise UsageError(
+            f"refusing to serve on non-loopback host {args.host} with LEDGER_DEMO_SIGNIN=true "
+            "(the demo sign-in lets anyone claim any user)"
         )
     from billing_ledger.bootstrap import build
 
     apart = not args.no_projections and os.environ.get("LEDGER_SERVE_PROJECTIONS") != "false"
     # Read by app_from_env in each HTTP process: none runs the projections itself.
     os.environ["LEDGER_SERVE_PROJECTIONS"] = "apart" if apart else "false"
+    os.environ[LISTEN_HOST_VARIABLE] = args.host  # where the workers listen (listen.py)
     # Fail fast (one line) when storage is unreachable; creates the tables once.
     build(settings, run_projections=False).close()
     with _projections_apart(apart):
@@ -55,6 +53,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             port=args.port,
             workers=args.workers or default_workers(),
             log_level="info",
+            log_config=log_config(),  # applied in every worker process, not just this one
             access_log=False,
         )
     return 0
@@ -186,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     its traceback instead).
     """
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     try:
         settings = Settings.from_env()
         if args.command in LONG_RUNNING:

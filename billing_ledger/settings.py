@@ -35,7 +35,11 @@ class Settings:
     api_token: str | None = field(default=None, repr=False)
     livemode: bool = False
     app_url: str = "http://127.0.0.1:8000"
+    # The demo /login (anyone may claim any user): off unless asked for, loopback only.
+    demo_signin: bool = False
     max_body_bytes: int = 1024 * 1024
+    # Webhook bodies read at once before their signature is checked (per worker).
+    max_body_reads: int = 64
     writer_max_batch: int = 200
     # Signs the pages' session cookie; random per process if unset.
     session_secret: str | None = field(default=None, repr=False)
@@ -57,7 +61,9 @@ class Settings:
             api_token=env.get("LEDGER_API_TOKEN", "").strip() or None,  # blank is no token
             livemode=_boolean(env, "LEDGER_LIVEMODE", False),
             app_url=(env.get("LEDGER_APP_URL") or defaults.app_url).rstrip("/"),
+            demo_signin=_boolean(env, "LEDGER_DEMO_SIGNIN", False),
             max_body_bytes=_integer(env, "LEDGER_MAX_BODY_BYTES", defaults.max_body_bytes),
+            max_body_reads=max(1, _integer(env, "LEDGER_MAX_BODY_READS", defaults.max_body_reads)),
             session_secret=env.get("LEDGER_SESSION_SECRET") or None,
             writer_max_batch=max(
                 1, _integer(env, "LEDGER_WRITER_MAX_BATCH", defaults.writer_max_batch)

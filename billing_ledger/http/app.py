@@ -16,7 +16,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from billing_ledger.http.auth import BearerTokenMiddleware
 from billing_ledger.http.errors import EXCEPTION_HANDLERS
 from billing_ledger.http.health import healthz, metrics
-from billing_ledger.http.signin import session_middleware
+from billing_ledger.http.signin import demo_sign_in_allowed, session_middleware
+from billing_ledger.http.user_ids import ROUTE as UNROUTABLE_USER_READ
 from billing_ledger.http.webhooks import receive_webhook
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def routes() -> list[BaseRoute]:
     ]
     for module in ("reads", "sessions", "pages", "openapi"):
         found += _optional_routes(module)
-    return found
+    return [*found, UNROUTABLE_USER_READ]
 
 
 def _optional_routes(module: str) -> list[BaseRoute]:
@@ -66,8 +67,12 @@ def _optional_routes(module: str) -> list[BaseRoute]:
     return found
 
 
-def create_app(deps: Deps) -> Starlette:
-    """The service's ASGI app; the lifespan starts the writer (and runner) and hands out deps."""
+def create_app(deps: Deps, *, listen_host: str | None = None) -> Starlette:
+    """The service's ASGI app; the lifespan starts the writer (and runner) and hands out deps.
+
+    `listen_host` is the host the server's sockets are bound to; the demo sign-in serves only
+    when it is a loopback host (unknown, as when mounted in another app, counts as not).
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -79,7 +84,7 @@ def create_app(deps: Deps) -> Starlette:
         finally:
             deps.close()
 
-    return Starlette(
+    app = Starlette(
         routes=routes(),
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
@@ -89,11 +94,14 @@ def create_app(deps: Deps) -> Starlette:
             session_middleware(deps.settings),  # the pages' signed cookie; /v1 ignores it
         ],
     )
+    app.state.demo_sign_in = demo_sign_in_allowed(deps.settings, listen_host)
+    return app
 
 
 def app_from_env() -> Starlette:
     """Factory for `uvicorn --factory` (one per worker process)."""
     from billing_ledger.bootstrap import build
+    from billing_ledger.listen import listen_host
     from billing_ledger.process import tune_gc
     from billing_ledger.settings import Settings
 
@@ -101,6 +109,5 @@ def app_from_env() -> Starlette:
     # true: the runner in this process; apart: `serve` supervises it elsewhere; false: none.
     projections = os.environ.get("LEDGER_SERVE_PROJECTIONS", "true")
     settings = Settings.from_env()
-    return create_app(
-        build(settings, run_projections=projections == "true", follow=projections == "apart")
-    )
+    deps = build(settings, run_projections=projections == "true", follow=projections == "apart")
+    return create_app(deps, listen_host=listen_host())

@@ -36,7 +36,7 @@ OPEN: list[Json] = []  # the webhook (its signature is its credential), health, 
 ERROR_CODES: dict[int, tuple[str, ...]] = {
     400: (
         *("invalid_signature", "malformed_event", "invalid_parameter", "invalid_request"),
-        *("unknown_price", "invalid_price"),
+        *("unknown_price", "invalid_price", "invalid_user_id", "client_disconnected"),
     ),
     401: ("unauthorized",),
     402: ("card_declined",),
@@ -44,7 +44,10 @@ ERROR_CODES: dict[int, tuple[str, ...]] = {
     413: ("payload_too_large",),
     500: ("storage_unavailable",),
     502: ("stripe_error",),
-    503: ("not_configured", "not_caught_up", "storage_unavailable", "stripe_unavailable"),
+    503: (
+        *("not_configured", "not_caught_up", "storage_unavailable", "stripe_unavailable"),
+        "busy",  # the webhook: too many unverified bodies being read at once
+    ),
 }
 
 

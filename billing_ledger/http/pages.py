@@ -115,11 +115,10 @@ def templates() -> Jinja2Templates:
 
 def render(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
     """A page with the layout's context (user, form token) and the security headers."""
-    settings = deps_of(request).settings
     base = {
         "user": current_user(request),
         "csrf": csrf_token(request),
-        "demo": demo_sign_in_enabled(settings),
+        "demo": demo_sign_in_enabled(request),
         "notice": None,
         "error": None,
         "page": None,
@@ -140,6 +139,14 @@ def storage_page(request: Request) -> Response:
     return render(
         request, "message.html", {"title": "Temporarily unavailable", "body": message}, 503
     )
+
+
+def sign_in_first(request: Request, target: str | None = None) -> Response:
+    """No signed-in user: the demo sign-in when it serves, else a page that offers none."""
+    if demo_sign_in_enabled(request):
+        return redirect(login_url(request) if target is None else f"/login?next={target}")
+    message = "Please sign in to the application first, then come back to this page."
+    return render(request, "message.html", {"title": "Sign-in needed", "body": message}, 403)
 
 
 def form_expired(request: Request) -> Response:
@@ -249,7 +256,7 @@ async def start_checkout(request: Request) -> Response:
     """POST /pricing/checkout: open a Checkout Session on the server, then go there."""
     user = current_user(request)
     if user is None:
-        return redirect("/login?next=/pricing")
+        return sign_in_first(request, "/pricing")
     form = await request.form()
     if not csrf_ok(request, form):
         return form_expired(request)
@@ -307,7 +314,7 @@ async def billing(request: Request) -> Response:
     """GET /billing (and /billing?success=true&session_id=... after Checkout)."""
     user = current_user(request)
     if user is None:
-        return redirect(login_url(request))
+        return sign_in_first(request)
     try:
         return await billing_page(request, user, None, 200)
     except StorageError:
@@ -318,7 +325,7 @@ async def open_portal(request: Request) -> Response:
     """POST /billing/portal: open a portal session on the server, then go there."""
     user = current_user(request)
     if user is None:
-        return redirect("/login?next=/billing")
+        return sign_in_first(request, "/billing")
     form = await request.form()
     if not csrf_ok(request, form):
         return form_expired(request)
@@ -340,7 +347,7 @@ async def protected_feature(request: Request) -> Response:
     """GET /protected-feature: served only when the entitlement check allows it."""
     user = current_user(request)
     if user is None:
-        return redirect(login_url(request))
+        return sign_in_first(request)
     deps = deps_of(request)
     try:
         account: Account = await load_account(deps, user)
@@ -358,17 +365,14 @@ async def protected_feature(request: Request) -> Response:
 
 
 def login_disabled(request: Request) -> Response:
-    """The demo sign-in is off: the application must plug in its own current_user."""
-    body = (
-        "The demo sign-in is only available while LEDGER_APP_URL is a loopback address. "
-        "Install the application's own current_user function to sign users in."
-    )
-    return render(request, "message.html", {"title": "Sign-in unavailable", "body": body}, 404)
+    """The demo sign-in is off (the default): a plain page, nothing about why or how."""
+    body = "There is no sign-in page here. Please sign in through the application."
+    return render(request, "message.html", {"title": "Page not found", "body": body}, 404)
 
 
 async def login_form(request: Request) -> Response:
     """GET /login."""
-    if not demo_sign_in_enabled(deps_of(request).settings):
+    if not demo_sign_in_enabled(request):
         return login_disabled(request)
     target = safe_next(request.query_params.get("next"))
     return render(request, "login.html", {"next": target, "entered": ""})
@@ -376,7 +380,7 @@ async def login_form(request: Request) -> Response:
 
 async def login(request: Request) -> Response:
     """POST /login: put the user in a fresh signed session."""
-    if not demo_sign_in_enabled(deps_of(request).settings):
+    if not demo_sign_in_enabled(request):
         return login_disabled(request)
     form = await request.form()
     if not csrf_ok(request, form):
@@ -384,7 +388,7 @@ async def login(request: Request) -> Response:
     target = safe_next(form.get("next"))
     user = valid_user_id(form.get("user_id"))
     if user is None:
-        error = "Enter a user id of 1 to 200 printable characters."
+        error = 'Enter a user id of 1 to 200 printable characters, without "/".'
         entered = str(form.get("user_id", ""))[:200]
         return render(
             request, "login.html", {"next": target, "entered": entered, "error": error}, 400

@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from billing_ledger.http.errors import error
 from billing_ledger.ledger.store import StorageError
+from billing_ledger.ledger.user_ids import InvalidUserIdError, checked_user_id
 from billing_ledger.projections.answers import Answers
 from billing_ledger.projections.history import changes
 from billing_ledger.projections.invoices import user_invoices
@@ -149,7 +150,7 @@ async def _reached(deps: Deps, wanted: int) -> int:
 async def _user_read(request: Request) -> UserRead:
     """Parse the common parameters, honour min_position, load the user's inputs."""
     deps: Deps = request.state.deps
-    user_id = _path_id(request, "user_id")
+    user_id = checked_user_id(request.path_params["user_id"])
     at = parse_at(request.query_params.get("at"))
     wanted = parse_min_position(request.query_params.get("min_position"))
     position = await (_reached(deps, wanted) if wanted is not None else _position(deps))
@@ -170,6 +171,8 @@ def _answering(read: Callable[[Request], Awaitable[Response]]) -> Handler:
             return await read(request)
         except BadParameterError as e:
             return error(400, "invalid_parameter", str(e))
+        except InvalidUserIdError as e:
+            return error(400, "invalid_user_id", str(e))
         except NotCaughtUpError as e:
             return error(503, "not_caught_up", str(e), headers={"Retry-After": "1"})
         except StorageError:

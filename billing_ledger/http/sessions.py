@@ -33,6 +33,7 @@ from billing_ledger.http.stripe_client import (
     open_stripe,
 )
 from billing_ledger.ledger.store import StorageError
+from billing_ledger.ledger.user_ids import RULE, user_id_problem
 
 if TYPE_CHECKING:
     from billing_ledger.bootstrap import Deps
@@ -97,6 +98,15 @@ def text_field(body: Mapping[str, Any], name: str, limit: int) -> str:
     return value
 
 
+def user_id_field(body: Mapping[str, Any]) -> str:
+    """`user_id`: printable, at most 200 characters, and one the reads can serve."""
+    value = text_field(body, "user_id", MAX_USER_ID)
+    problem = user_id_problem(value)
+    if problem is not None:  # a customer linked to it could never be read back
+        raise RequestBodyError(f"user_id {problem}: a user id is {RULE}")
+    return value
+
+
 def quantity_field(body: Mapping[str, Any]) -> int:
     """`quantity`: a whole number >= 1, 1 when absent."""
     value = body.get("quantity", 1)
@@ -108,7 +118,7 @@ def quantity_field(body: Mapping[str, Any]) -> int:
 def parse_checkout(body: Mapping[str, Any]) -> CheckoutRequest:
     """`{"user_id", "price", "quantity"}` as a CheckoutRequest."""
     return CheckoutRequest(
-        user_id=text_field(body, "user_id", MAX_USER_ID),
+        user_id=user_id_field(body),
         price=text_field(body, "price", MAX_REFERENCE),
         quantity=quantity_field(body),
     )
@@ -154,7 +164,7 @@ async def portal_session(request: Request) -> Response:
         return error(503, "not_configured", "STRIPE_API_KEY is not set")
     try:
         body = await json_object(request)
-        user_id = text_field(body, "user_id", MAX_USER_ID)
+        user_id = user_id_field(body)
         return_url = return_url_field(body, f"{deps.settings.app_url}/billing")
         async with open_stripe(deps.settings) as api:
             session = await create_portal(deps, api, user_id, return_url)

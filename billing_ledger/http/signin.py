@@ -4,24 +4,25 @@ An application with its own accounts installs its function with `use_current_use
 fn)`; the pages ask nothing else. Without one, a signed session cookie (Starlette's
 SessionMiddleware: HttpOnly, SameSite=Lax, Secure when LEDGER_APP_URL is https) holds the
 user a demo `/login` form set. That form lets anyone claim any user id, so it is served
-only while LEDGER_APP_URL is a loopback address.
+only when LEDGER_DEMO_SIGNIN=true and the service listens on a loopback host (listen.py).
 """
 
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 import secrets
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 
+from billing_ledger.ledger.user_ids import linkable
+from billing_ledger.listen import is_loopback
 from billing_ledger.settings import Settings
 
 if TYPE_CHECKING:
@@ -73,15 +74,23 @@ def session_middleware(settings: Settings) -> Middleware:
     )
 
 
-def demo_sign_in_enabled(settings: Settings) -> bool:
-    """Whether the demo /login may serve: only for an app on a loopback address."""
-    host = urlsplit(settings.app_url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
+def demo_sign_in_allowed(settings: Settings, listen_host: str | None) -> bool:
+    """Whether the demo /login may serve: asked for, on a loopback listener (never unknown)."""
+    if not settings.demo_signin:
         return False
+    if is_loopback(listen_host):
+        return True
+    log.warning(
+        "LEDGER_DEMO_SIGNIN=true ignored: the service listens on %s, not a loopback host, "
+        "so the demo sign-in is off",
+        listen_host or "an unknown host",
+    )
+    return False
+
+
+def demo_sign_in_enabled(request: Request) -> bool:
+    """Whether this app serves the demo /login (decided once, in create_app)."""
+    return bool(getattr(request.app.state, "demo_sign_in", False))
 
 
 def sign_in(request: Request, user_id: str) -> None:
@@ -115,11 +124,12 @@ def csrf_ok(request: Request, form: Mapping[str, Any]) -> bool:
 
 
 def valid_user_id(raw: object) -> str | None:
-    """A user id as the API accepts it (1 to 200 printable characters), or None."""
+    """A user id as the API accepts it (1 to 200 printable characters, readable), or None."""
     if not isinstance(raw, str):
         return None
     value = raw.strip()
-    return value if 0 < len(value) <= MAX_USER_ID and value.isprintable() else None
+    fits = 0 < len(value) <= MAX_USER_ID and value.isprintable()
+    return value if fits and linkable(value) else None
 
 
 def safe_next(raw: object, default: str = "/billing") -> str:

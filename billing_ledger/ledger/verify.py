@@ -45,8 +45,19 @@ def verify(body: bytes, header: str | None, secrets: Sequence[str], tolerance: i
         except stripe.SignatureVerificationError as error:
             last = str(error)
             continue
+        _refuse_future(header, tolerance)
         return
     raise InvalidSignatureError(_short(last))
+
+
+def _refuse_future(header: str, tolerance: int) -> None:
+    """The SDK bounds only a timestamp's age: one far ahead would stay replayable for years."""
+    if not tolerance:
+        return  # the tolerance check is off altogether
+    # The SDK has parsed the header already, taking the first t= as the signed timestamp.
+    signed = int(next(p[2:] for p in header.split(",") if p.startswith("t=")))
+    if signed > time.time() + tolerance:
+        raise InvalidSignatureError("timestamp is in the future, outside the tolerance zone")
 
 
 def _short(message: str) -> str:

@@ -17,6 +17,7 @@ from billing_ledger.ledger.canonical import (
     Snapshot,
     Subscription,
 )
+from billing_ledger.ledger.user_ids import linkable
 from billing_ledger.projections.fold import Key, ranked
 
 VIA_CHECKOUT = "checkout_session"
@@ -41,8 +42,8 @@ class LinkRow:
 def _row(
     snapshot: Snapshot, user_id: str | None, customer_id: str | None, via: str
 ) -> list[LinkRow]:
-    if not user_id or not customer_id:
-        return []
+    if not user_id or not customer_id or not linkable(user_id):
+        return []  # an id the reads could never serve is not linked (ledger/user_ids.py)
     return [LinkRow(user_id, customer_id, snapshot.created, snapshot.event_id, via)]
 
 

@@ -41,6 +41,7 @@ def ledger(
         "STRIPE_API_KEY": API_KEY,
         "STRIPE_API_BASE": fake_stripe_server.url,
         "LEDGER_APP_URL": f"http://127.0.0.1:{port}",
+        "LEDGER_DEMO_SIGNIN": "true",
     }
     server = Server(env, port=port).start()
     try:

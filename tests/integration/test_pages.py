@@ -27,7 +27,10 @@ APP_URL = "http://127.0.0.1:8000"
 def app(fake_stripe: FakeStripe, tmp_path: Path) -> Iterator[tuple[TestClient, Deps]]:
     """The real app on SQLite with the fake Stripe, its lifespan running."""
     settings = settings_for(
-        sqlite_url(tmp_path), stripe_api_key=API_KEY, stripe_api_base=fake_stripe.url
+        sqlite_url(tmp_path),
+        stripe_api_key=API_KEY,
+        stripe_api_base=fake_stripe.url,
+        demo_signin=True,
     )
     with client_for(settings) as pair:
         yield pair
@@ -85,7 +88,9 @@ def test_demo_sign_in_sets_a_signed_httponly_lax_cookie_and_returns_to_the_page(
 def test_the_session_cookie_is_secure_when_the_app_is_served_over_https(
     fake_stripe: FakeStripe, tmp_path: Path
 ) -> None:
-    settings = settings_for(sqlite_url(tmp_path), app_url="https://127.0.0.1:8443")
+    settings = settings_for(
+        sqlite_url(tmp_path), app_url="https://127.0.0.1:8443", demo_signin=True
+    )
     with client_for(settings) as (client, _):
         cookie = client.get("/login").headers["set-cookie"].lower()
     assert "; secure" in cookie and "httponly" in cookie
@@ -99,13 +104,52 @@ def test_demo_sign_in_never_redirects_off_the_site(
     assert sign_in(client, "u_1", target).headers["location"] == "/billing"
 
 
-def test_demo_sign_in_is_off_unless_the_app_url_is_a_loopback_address(tmp_path: Path) -> None:
-    settings = settings_for(sqlite_url(tmp_path), app_url="https://billing.example.test")
-    with client_for(settings) as (client, _):
-        form = client.get("/login")
-        posted = client.post("/login", data={"user_id": "u_1"})
+def refused_sign_in(client: TestClient) -> None:
+    """/login is a plain 404 page, a posted form signs nobody in, no page offers sign-in."""
+    form = client.get("/login")
+    posted = client.post("/login", data={"user_id": "u_1", "csrf": "x"}, follow_redirects=False)
     assert form.status_code == posted.status_code == 404
-    assert "demo sign-in is only available" in form.text
+    assert "<html" in form.text and "Please sign in through the application" in form.text
+    assert "LEDGER_" not in form.text and "current_user" not in form.text
+    assert "ledger_session" not in posted.headers.get("set-cookie", "")
+    for path in ("/billing", "/protected-feature"):
+        page = client.get(path, follow_redirects=False)
+        assert page.status_code == 403 and "/login" not in page.text, path
+    assert 'href="/login' not in client.get("/pricing").text
+
+
+def test_demo_sign_in_is_off_unless_enabled(tmp_path: Path) -> None:
+    with client_for(settings_for(sqlite_url(tmp_path))) as (client, _):
+        refused_sign_in(client)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.7", "billing.example.test", None])
+def test_demo_sign_in_is_off_on_a_non_loopback_listener_even_when_enabled(
+    tmp_path: Path, host: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = settings_for(sqlite_url(tmp_path), demo_signin=True)
+    with client_for(settings, listen_host=host) as (client, _):  # type: ignore[arg-type]
+        refused_sign_in(client)
+    assert "LEDGER_DEMO_SIGNIN=true ignored" in caplog.text
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost"])
+def test_demo_sign_in_follows_the_listener_not_the_app_url(tmp_path: Path, host: str) -> None:
+    settings = settings_for(
+        sqlite_url(tmp_path), app_url="http://billing.example.test", demo_signin=True
+    )
+    with client_for(settings, listen_host=host) as (client, _):
+        assert sign_in(client, "u_1").status_code == 303
+        assert "Signed in as <strong>u_1</strong>" in client.get("/billing").text
+
+
+def test_demo_sign_in_refuses_a_user_id_the_reads_could_never_serve(
+    app: tuple[TestClient, Deps],
+) -> None:
+    client, _ = app
+    answer = sign_in(client, "team/42")
+    assert answer.status_code == 400 and "Enter a user id" in answer.text
+    assert client.get("/billing", follow_redirects=False).status_code == 303
 
 
 def test_a_form_without_the_session_token_is_refused(
@@ -135,6 +179,7 @@ def test_pages_need_no_bearer_token_while_v1_does(fake_stripe: FakeStripe, tmp_p
         stripe_api_key=API_KEY,
         stripe_api_base=fake_stripe.url,
         api_token="s3cret",
+        demo_signin=True,
     )
     with client_for(settings) as (client, _):
         assert client.get("/pricing").status_code == 200
@@ -240,7 +285,7 @@ def test_checkout_session_creation_refuses_a_plan_that_is_not_for_sale(
 def test_user_facing_billing_error_copy_on_pages_when_billing_is_not_configured(
     tmp_path: Path,
 ) -> None:
-    with client_for(settings_for(sqlite_url(tmp_path))) as (client, _):
+    with client_for(settings_for(sqlite_url(tmp_path), demo_signin=True)) as (client, _):
         sign_in(client, "u_1")
         pricing = client.get("/pricing")
         assert "Price shown at checkout" in pricing.text  # plans listed, amounts unknown
@@ -329,7 +374,7 @@ def test_billing_page_state_stops_refreshing_when_confirmation_takes_too_long(
 
 def test_billing_page_state_escapes_what_users_control(app: tuple[TestClient, Deps]) -> None:
     client, _ = app
-    sign_in(client, "<script>alert(1)</script>")
+    sign_in(client, "<script>alert(1)<script>")  # no "/": such ids cannot sign in
     page = client.get("/billing?success=true&session_id=%22%3E%3Cscript%3E")
     assert "<script>" not in page.text
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+    assert "&lt;script&gt;alert(1)&lt;script&gt;" in page.text

@@ -140,7 +140,8 @@ def test_health_metrics_and_the_api_document_need_no_token(
 
 def session_cookie(app_url: str, folder: Path) -> tuple[SimpleCookie, str]:
     """The Set-Cookie the sign-in form sets, parsed, and its raw header."""
-    with client_for(settings_for(sqlite_url(folder), app_url=app_url)) as (client, _):
+    settings = settings_for(sqlite_url(folder), app_url=app_url, demo_signin=True)
+    with client_for(settings) as (client, _):
         raw = client.get("/login").headers["set-cookie"]
     parsed: SimpleCookie = SimpleCookie()
     parsed.load(raw)
@@ -163,7 +164,7 @@ def test_the_session_cookie_is_httponly_lax_and_secure_over_https(
 
 
 def test_a_tampered_session_cookie_signs_nobody_in(tmp_path: Path) -> None:
-    with client_for(settings_for(sqlite_url(tmp_path))) as (client, _):
+    with client_for(settings_for(sqlite_url(tmp_path), demo_signin=True)) as (client, _):
         form = client.get("/login").text
         csrf = form.split('name="csrf" value="')[1].split('"')[0]
         client.post("/login", data={"user_id": "u_1", "csrf": csrf}, follow_redirects=False)

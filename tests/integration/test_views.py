@@ -237,13 +237,12 @@ def test_the_cache_holds_at_most_its_budget_of_snapshots_and_forgets_the_least_u
 
 @pytest.mark.parametrize("odd", ["\x00", "\\", "\\0", "\\\x00", "a\\\\0b\x00"])
 def test_ids_with_nul_or_backslashes_round_trip_without_colliding(views: Views, odd: str) -> None:
+    user = f"u{odd}".replace("\x00", "0")  # a user id with NUL is never linked (user_ids.py)
     twins = snapshots(
         [
             event(
                 "checkout.session.completed",
-                checkout_session(
-                    id=f"cs{odd}", customer=f"cus{odd}", client_reference_id=f"u{odd}"
-                ),
+                checkout_session(id=f"cs{odd}", customer=f"cus{odd}", client_reference_id=user),
                 id=f"evt{odd}",
                 created=T,
             ),
@@ -257,11 +256,11 @@ def test_ids_with_nul_or_backslashes_round_trip_without_colliding(views: Views, 
     )
     views.apply(twins, 0, 2)
     views.apply(twins, 2, 4)  # re-applied: the escaped keys still match themselves
-    odd_inputs = views.load_inputs(f"u{odd}")
+    odd_inputs = views.load_inputs(user)
     assert [(r.user_id, r.customer_id, r.event_id) for r in odd_inputs.links] == [
-        (f"u{odd}", f"cus{odd}", f"evt{odd}")
+        (user, f"cus{odd}", f"evt{odd}")
     ]
     assert [s.object_id for s in odd_inputs.snapshots] == [f"cs{odd}"]
     assert [s.object_id for s in views.load_inputs("u").snapshots] == ["cs_plain"]
-    assert views.users_of(f"cus{odd}") == [f"u{odd}"]
+    assert views.users_of(f"cus{odd}") == [user]
     assert {row[3] for row in views.rows().snapshots} == {f"evt{odd}", "evt_plain"}

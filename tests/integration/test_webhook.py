@@ -87,6 +87,8 @@ def _bad_headers(body: bytes) -> dict[str, str | None]:
         "v0_only": f"t={now},v0=" + good.split("v1=")[1],
         "wrong_secret": sign(body, secret="whsec_someone_else"),
         "stale_timestamp": sign(body, timestamp=now - 3600),  # S53: a replayed capture
+        "ten_years_ahead": sign(body, timestamp=now + 10 * 365 * 86400),  # replayable for years
+        "just_past_the_tolerance_ahead": sign(body, timestamp=now + 400),
         "signature_of_other_body": sign(body + b" "),
         "non_numeric_timestamp": "t=abc,v1=" + good.split("v1=")[1],
     }
@@ -130,6 +132,26 @@ def test_any_rotated_secret_may_match(database_url: str) -> None:
             == 200
         )
         assert stored_ids(deps) == ["evt_rot", "evt_old"]
+
+
+def test_a_timestamp_ahead_within_the_tolerance_is_accepted(database_url: str) -> None:
+    with client_for(settings_for(database_url)) as (client, deps):
+        body = event_body("evt_clock_skew")  # a sender's clock a minute fast
+        assert post(client, body, sign(body, timestamp=int(time.time()) + 60)).status_code == 200
+        assert stored_ids(deps) == ["evt_clock_skew"]
+
+
+def test_a_timestamp_ten_years_ahead_is_refused_with_a_clear_reason(database_url: str) -> None:
+    with client_for(settings_for(database_url)) as (client, deps):
+        body = event_body("evt_future")
+        ahead = int(time.time()) + 10 * 365 * 86400
+        answer = post(client, body, sign(body, timestamp=ahead))
+        assert answer.status_code == 400
+        assert answer.json() == {
+            "error": "invalid_signature",
+            "message": "timestamp is in the future, outside the tolerance zone",
+        }
+        assert stored_ids(deps) == []
 
 
 def test_a_replayed_capture_with_tolerance_disabled_is_a_no_op(database_url: str) -> None:

@@ -21,8 +21,10 @@ def settings_for(database_url: str, **overrides: object) -> Settings:
 
 
 @contextmanager
-def client_for(settings: Settings) -> Iterator[tuple[TestClient, Deps]]:
-    """A TestClient over the real app, its lifespan running."""
+def client_for(
+    settings: Settings, listen_host: str = "127.0.0.1"
+) -> Iterator[tuple[TestClient, Deps]]:
+    """A TestClient over the real app built as `serve --host listen_host` builds it."""
     deps = build(settings)
-    with TestClient(create_app(deps)) as client:
+    with TestClient(create_app(deps, listen_host=listen_host)) as client:
         yield client, deps

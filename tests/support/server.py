@@ -27,9 +27,14 @@ class Server:
     """One `billing-ledger serve` process."""
 
     def __init__(
-        self, env: Mapping[str, str], port: int | None = None, workers: int | None = 1
+        self,
+        env: Mapping[str, str],
+        port: int | None = None,
+        workers: int | None = 1,
+        host: str = "127.0.0.1",
     ) -> None:
         self.port = port or free_port()
+        self.host = host  # what serve binds; the tests always connect through 127.0.0.1
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env}
         self.workers = workers
@@ -47,7 +52,7 @@ class Server:
             "billing_ledger.cli",
             "serve",
             "--host",
-            "127.0.0.1",
+            self.host,
             "--port",
             str(self.port),
         ]
