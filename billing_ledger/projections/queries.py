@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -149,48 +150,60 @@ class PositionWatch:
     def __init__(self, read: Callable[[], int], interval: float = POLL_SECONDS) -> None:
         self._read = read
         self.interval = interval
-        self._waiters: list[tuple[int, asyncio.Future[int]]] = []
-        self._task: asyncio.Task[None] | None = None
+        # Per event loop (each TestClient block, each server has its own): its poller and
+        # its waiters, so a loop that ended leaves nothing behind for the next one.
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Waiters] = (
+            weakref.WeakKeyDictionary()
+        )
         # Its own thread: a database that hangs holds it, never the request threadpool.
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="reads-position")
 
     @property
     def waiting(self) -> int:
         """How many reads wait now."""
-        return len(self._waiters)
+        return sum(len(w.waiters) for w in list(self._loops.values()))
 
     async def wait(self, wanted: int, timeout: float) -> int | None:
         """The position once it reaches `wanted`; None when `timeout` passes first."""
         loop = asyncio.get_running_loop()
+        mine = self._loops.setdefault(loop, _Waiters())
         waiter = (wanted, loop.create_future())
-        self._waiters.append(waiter)
-        if self._task is None or self._task.done():
-            self._task = loop.create_task(self._poll())
+        mine.waiters.append(waiter)
+        if mine.task is None or mine.task.done():
+            mine.task = loop.create_task(self._poll(mine))
         try:
             return await asyncio.wait_for(waiter[1], timeout)
         except TimeoutError:
             return None
         finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
+            if waiter in mine.waiters:
+                mine.waiters.remove(waiter)
 
-    async def _poll(self) -> None:
+    async def _poll(self, mine: _Waiters) -> None:
         loop = asyncio.get_running_loop()
-        while self._waiters:
+        while mine.waiters:
             try:
                 position = await loop.run_in_executor(self._pool, self._read)
             except Exception:  # the database is away: the waiters time out by themselves
                 position = -1
-            for waiter in [w for w in self._waiters if w[0] <= position]:
-                self._waiters.remove(waiter)
+            for waiter in [w for w in mine.waiters if w[0] <= position]:
+                mine.waiters.remove(waiter)
                 if not waiter[1].done():
                     waiter[1].set_result(position)
-            if self._waiters:
+            if mine.waiters:
                 await asyncio.sleep(self.interval)
 
     def close(self) -> None:
         """Let the poller's thread go (it ends once a hung read returns)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class _Waiters:
+    """One event loop's waiters and its poller."""
+
+    waiters: list[tuple[int, asyncio.Future[int]]] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
 
 
 # -- the reads -----------------------------------------------------------------------------
