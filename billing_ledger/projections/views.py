@@ -381,6 +381,14 @@ class Views:
             links = sorted(self._link(r) for r in cursor.fetchall())
         return ViewRows(snapshots=tuple(snapshots), links=tuple(links))
 
+    def present_rows(self) -> tuple[tuple[Any, ...], ...]:
+        """Every row of the present table, sorted (kind, object, customer, event, latest)."""
+        with self.db.transaction(commit=False) as cursor:
+            cursor.execute(
+                f"SELECT kind, object_id, customer_id, event_id, latest FROM {self.current}"
+            )
+            return tuple(sorted(self._link(r) for r in cursor.fetchall()))
+
     def _text(self, value: str) -> str:
         """A key as the database holds it."""
         return value if self.db.dialect == "sqlite" else _escape(value)
