@@ -173,26 +173,34 @@ class Views:
             if tracked < after or tracked >= position:
                 raise PositionMovedError(self.name, tracked, after, position)
             # After the position's row lock: one writer at a time rewrites the present.
-            self._rewrite_present(cursor, {(s.kind, s.object_id) for s in snapshots})
+            self._rewrite_present(cursor, {(s.kind, s.object_id) for s in snapshots}, snapshots)
             self.tracker._insert_tracking(cursor, Tracking(self.name, position))
         customers = {row[2] for row in rows} | {link[1] for link in links}
         self.batches.remember(after, position, customers, {link[0] for link in links})
 
     # -- each object's present ----------------------------------------------------------
 
-    def _rewrite_present(self, cursor: Any, objects: set[tuple[str, str]]) -> None:
+    def _rewrite_present(
+        self, cursor: Any, objects: set[tuple[str, str]], batch: Sequence[Snapshot] = ()
+    ) -> None:
         """Compute the present of these objects again from all their snapshots."""
+        # The batch's snapshots are decoded already: only older ones are decoded again.
+        known = {
+            (self._text(s.event_id), self._text(s.kind), self._text(s.object_id)): s for s in batch
+        }
         keys = sorted((self._text(kind), self._text(oid)) for kind, oid in objects)
         for start in range(0, len(keys), KEYS_PER_STATEMENT):
             chunk = keys[start : start + KEYS_PER_STATEMENT]
             where, params = self._sql.objects_in(chunk)
             cursor.execute(f"DELETE FROM {self.current} WHERE {where}", params)
             cursor.execute(self._sql.history_of_objects + where, params)
-            rows = self._present_rows([_values(r) for r in cursor.fetchall()])
+            rows = self._present_rows([_values(r) for r in cursor.fetchall()], known)
             if rows:
                 cursor.executemany(self._sql.insert_current, rows)
 
-    def _present_rows(self, found: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    def _present_rows(
+        self, found: list[tuple[Any, ...]], known: dict[tuple[str, str, str], Snapshot]
+    ) -> list[tuple[Any, ...]]:
         """(kind, object_id, customer, event_id, latest, json) rows from history rows."""
         groups: dict[tuple[str, str, str], dict[str, str]] = {}
         for kind, object_id, customer, event_id, raw in found:
@@ -200,7 +208,10 @@ class Views:
                 groups.setdefault((kind, object_id, customer), {})[event_id] = raw
         rows: list[tuple[Any, ...]] = []
         for (kind, object_id, customer), raws in groups.items():
-            history = [snapshot_from_json(raw) for raw in raws.values()]
+            history = [
+                known.get((event_id, kind, object_id)) or snapshot_from_json(raw)
+                for event_id, raw in raws.items()
+            ]
             last = latest(history)
             for s in present(history):
                 event_id = self._text(s.event_id)
