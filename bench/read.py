@@ -3,7 +3,8 @@
 Projects 10,000 users' 100,000 events (appended straight to the store, then caught up by the
 runner) into PostgreSQL, serves the real app from one uvicorn worker on 127.0.0.1 with a
 no-op route mounted by this bench, and measures both routes with the same load client in
-the same run. Goal: at least half the no-op rate, p99 <= 20 ms.
+the same run. Goals: warm reads at least 0.7 of the no-op rate, p99 <= 20 ms; first (cold)
+reads, each loading the user's objects' present rows, at least 2,500/s.
 Reproduce: `make bench`, or `PYTHONPATH=. .venv/bin/python bench/read.py`
 (BENCH_READ_USERS=N for a quicker run; default 10,000 users, 10 events each).
 """
@@ -170,6 +171,7 @@ def main() -> int:
             # Warm both routes, every user once: the steady state of a running service.
             cold = measure(port, [f"/v1/users/u_{n}/entitlements" for n in range(USERS)])
             report("first reads", cold)  # each loads the user's rows from the database
+            print(f"first reads: {cold.rate:,.0f} req/s (goal >= 2,500)")
             measure(port, [NOOP_PATH] * 2000)
             for round_ in (1, 2):
                 baseline = measure(port, [NOOP_PATH] * REQUESTS)
@@ -178,7 +180,7 @@ def main() -> int:
                 report("entitlements", reads)
                 print(
                     f"round {round_}: ratio {reads.rate / baseline.rate:.2f} of the no-op rate "
-                    f"(goal >= 0.50), entitlements p99 {reads.percentile(99):.2f} ms (goal <= 20)"
+                    f"(goal >= 0.70), entitlements p99 {reads.percentile(99):.2f} ms (goal <= 20)"
                 )
         finally:
             server.terminate()

@@ -12,6 +12,7 @@ from billing_ledger.ledger.store import Database, DatabaseUrl, EventStore, guard
 from billing_ledger.ledger.writer import GroupCommitWriter
 from billing_ledger.projections.follower import Follower
 from billing_ledger.projections.plans import Plans, PlansError, load_plans
+from billing_ledger.projections.queries import Reads
 from billing_ledger.projections.runner import Runner
 from billing_ledger.projections.views import Views
 from billing_ledger.settings import Settings, SettingsError
@@ -29,9 +30,12 @@ class Deps:
     views: Any = None
     runner: Any = None
     plans: Any = None
+    reads: Any = None  # projections/queries.Reads: every read of the read side
 
     def close(self) -> None:
         """Stop background work and release connections."""
+        if self.reads is not None:
+            self.reads.close()
         if self.runner is not None:
             self.runner.stop()
         self.writer.stop()
@@ -88,3 +92,4 @@ def _wire_read_side(deps: Deps, plans: Plans, run_projections: bool) -> None:
         raise
     if run_projections:
         deps.runner = Runner(deps.store, deps.views, livemode=deps.settings.livemode)
+    deps.reads = Reads(deps.views, deps.runner, plans, deps.store)

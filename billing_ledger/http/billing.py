@@ -26,12 +26,11 @@ from billing_ledger.http.stripe_client import (
     UnknownCustomerError,
     UnknownPriceError,
 )
-from billing_ledger.ledger.canonical import CUSTOMER, SUBSCRIPTION, Customer, Subscription
 from billing_ledger.ledger.normalise import CUSTOMER_LINK
 from billing_ledger.ledger.records import Incoming
-from billing_ledger.projections.fold import TERMINAL_SUBSCRIPTION, by_object, state_at
-from billing_ledger.projections.links import customer_of
-from billing_ledger.projections.policy import UserInputs, customers_at
+
+# The rule lives in projections/queries; re-exported for the flows' callers.
+from billing_ledger.projections.queries import preferred_customer as preferred_customer
 
 if TYPE_CHECKING:
     from billing_ledger.bootstrap import Deps
@@ -149,41 +148,10 @@ async def stripe_customer(api: StripeApi, user_id: str) -> str | None:
 
 async def ledger_customer(deps: Deps, user_id: str, livemode: bool) -> str | None:
     """The customer the ledger links to the user, when its mode matches the API key's."""
-    if deps.views is None or livemode != deps.settings.livemode:
+    if deps.reads is None or livemode != deps.settings.livemode:
         return None
-    inputs: UserInputs = await run_in_threadpool(deps.views.load_inputs, user_id)
-    return preferred_customer(inputs, int(time.time()))
-
-
-def preferred_customer(inputs: UserInputs, at: int) -> str | None:
-    """A live customer: one with a subscription that has not ended, else the latest linked."""
-    customers = customers_at(inputs, at)  # a customer moved to another user is not ours
-    objects = by_object(s for s in inputs.snapshots if customer_of(s) in customers)
-    deleted = {
-        cid
-        for cid in customers
-        if (chosen := state_at(objects.get((CUSTOMER, cid), ()), at)) is not None
-        and isinstance(chosen.state, Customer)
-        and chosen.state.deleted
-    }
-    subscribed = {
-        chosen.state.customer_id
-        for (kind, _), snaps in objects.items()
-        if kind == SUBSCRIPTION
-        and (chosen := state_at(snaps, at)) is not None
-        and isinstance(chosen.state, Subscription)
-        and chosen.state.status not in TERMINAL_SUBSCRIPTION
-    }
-    latest = sorted(inputs.links, key=lambda link: (link.created, link.event_id), reverse=True)
-    ranked = sorted(
-        (
-            c.customer_id
-            for c in latest
-            if c.customer_id in customers and c.customer_id not in deleted
-        ),
-        key=lambda cid: cid not in subscribed,  # stable: the latest link wins among equals
-    )
-    return ranked[0] if ranked else None
+    found: str | None = await deps.reads.preferred_customer(user_id)
+    return found
 
 
 # -- our own link events ----------------------------------------------------------------

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+READ_CACHE_FIGURES = ("entries", "snapshots", "bytes", "hits", "misses")
 
 
 class Metrics:
@@ -50,3 +55,25 @@ class Metrics:
             ["projection"],
             registry=self.registry,
         )
+        # The read caches (projections/cache.py), by cache; hits and misses since start.
+        self.read_cache = {
+            figure: Gauge(
+                f"ledger_read_cache_{figure}",
+                f"Read cache {figure} (bytes: estimated memory), by cache",
+                ["cache"],
+                registry=self.registry,
+            )
+            for figure in READ_CACHE_FIGURES
+        }
+        self.reads_waiting = Gauge(
+            "ledger_reads_waiting",
+            "Reads waiting for a min_position now",
+            registry=self.registry,
+        )
+
+    def observe_reads(self, caches: Mapping[str, Any], waiting: int) -> None:
+        """Set the read-side gauges from the caches' figures (at each scrape)."""
+        for name, stats in caches.items():
+            for figure, gauge in self.read_cache.items():
+                gauge.labels(name).set(getattr(stats, figure))
+        self.reads_waiting.set(waiting)

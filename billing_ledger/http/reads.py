@@ -1,17 +1,14 @@
 """GET /v1/users/{user_id}/... and GET /v1/events/{event_id}: the reads of CONTRACT.md.
 
-A read loads the user's inputs (cached while the views' position stands still) off the
-event loop, then evaluates the pure policy at `at`: time rules need no write. An evaluation
-is reused for every `at` up to the next time a rule could change it (projections/answers).
+Every read goes through the read side's one entry point (projections/queries.Reads): this
+module parses parameters, shapes bodies and chooses status codes, nothing else.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -24,10 +21,7 @@ from starlette.routing import Route
 from billing_ledger.http.errors import error
 from billing_ledger.ledger.store import StorageError
 from billing_ledger.ledger.user_ids import InvalidUserIdError, checked_user_id
-from billing_ledger.projections.answers import Answers
-from billing_ledger.projections.history import changes
-from billing_ledger.projections.invoices import user_invoices
-from billing_ledger.projections.policy import UserInputs, access
+from billing_ledger.projections.queries import NotCaughtUpError, Reads, UserRead
 
 if TYPE_CHECKING:
     from billing_ledger.bootstrap import Deps
@@ -60,19 +54,6 @@ INVOICE_FIELDS = (
 
 class BadParameterError(ValueError):
     """A query or path parameter the reads cannot use."""
-
-
-class NotCaughtUpError(RuntimeError):
-    """The projections did not reach `min_position` in time."""
-
-
-@dataclass(frozen=True)
-class UserRead:
-    """What every user read works from: the inputs, the time, the views' position."""
-
-    inputs: UserInputs
-    at: int
-    position: int
 
 
 def parse_at(raw: str | None, now: float | None = None) -> int:
@@ -122,42 +103,18 @@ def _json(body: Mapping[str, Any], status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-async def _position(deps: Deps) -> int:
-    if deps.runner is not None:
-        position: int = deps.runner.position
-        return position
-    return int(await run_in_threadpool(deps.views.recent_position))
-
-
-async def _reached(deps: Deps, wanted: int) -> int:
-    """The views' position once it is at least `wanted` (waiting up to 5 s)."""
-    position = await _position(deps)
-    if position >= wanted:
-        return position
-    if deps.runner is not None:
-        if await run_in_threadpool(deps.runner.wait_for, wanted, MIN_POSITION_WAIT):
-            return await _position(deps)
-        raise NotCaughtUpError(f"the projections have not reached position {wanted}")
-    deadline = time.monotonic() + MIN_POSITION_WAIT
-    while time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-        position = int(await run_in_threadpool(deps.views.position))
-        if position >= wanted:
-            return position
-    raise NotCaughtUpError(f"the projections have not reached position {wanted}")
+def _reads(request: Request) -> Reads:
+    deps: Deps = request.state.deps
+    reads: Reads = deps.reads
+    return reads
 
 
 async def _user_read(request: Request) -> UserRead:
     """Parse the common parameters, honour min_position, load the user's inputs."""
-    deps: Deps = request.state.deps
-    user_id = checked_user_id(request.path_params["user_id"])
+    user_id = checked_user_id(_path_id(request, "user_id"))
     at = parse_at(request.query_params.get("at"))
     wanted = parse_min_position(request.query_params.get("min_position"))
-    position = await (_reached(deps, wanted) if wanted is not None else _position(deps))
-    inputs = deps.views.cached_inputs(user_id, position)
-    if inputs is None:
-        inputs = await run_in_threadpool(deps.views.inputs, user_id, position)
-    return UserRead(inputs=inputs, at=at, position=position)
+    return await _reads(request).user(user_id, at, wanted, MIN_POSITION_WAIT)
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -183,16 +140,6 @@ def _answering(read: Callable[[Request], Awaitable[Response]]) -> Handler:
     return handler
 
 
-def _answers(request: Request) -> Answers:
-    """The app's evaluations, reused while `at` stays between two rule times."""
-    state = request.app.state
-    if not hasattr(state, "answers"):
-        deps: Deps = request.state.deps
-        state.answers = Answers(deps.plans)
-    answers: Answers = state.answers
-    return answers
-
-
 def _pick(body: Mapping[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
     return {name: body[name] for name in fields}
 
@@ -201,7 +148,7 @@ def _pick(body: Mapping[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
 async def entitlements(request: Request) -> Response:
     """The user's features, plans, customers and subscriptions at `at`."""
     read = await _user_read(request)
-    result = _answers(request).entitlements(read.inputs, read.at)
+    result = _reads(request).entitlements(read)
     return _json(
         {
             "user_id": result.user_id,
@@ -223,7 +170,7 @@ async def feature_access(request: Request) -> Response:
     """Whether the user may use one feature at `at`, and why."""
     read = await _user_read(request)
     feature = _path_id(request, "feature")
-    allowed, reason = access(_answers(request).entitlements(read.inputs, read.at), feature)
+    allowed, reason = _reads(request).access(read, feature)
     return _json({"allowed": allowed, "reason": reason})
 
 
@@ -231,16 +178,17 @@ async def feature_access(request: Request) -> Response:
 async def invoices(request: Request) -> Response:
     """The invoices of the user's customers as of `at`, newest first."""
     read = await _user_read(request)
-    found = user_invoices(read.inputs, read.at)
+    found = _reads(request).invoices(read)
     return _json({"invoices": [_pick(v.to_json(), INVOICE_FIELDS) for v in found]})
 
 
 @_answering
 async def history(request: Request) -> Response:
     """Every change of the user's features up to `at`, oldest first."""
-    read = await _user_read(request)
-    deps: Deps = request.state.deps
-    found = await run_in_threadpool(changes, read.inputs, deps.plans, read.at)
+    user_id = _path_id(request, "user_id")
+    at = parse_at(request.query_params.get("at"))
+    wanted = parse_min_position(request.query_params.get("min_position"))
+    found = await _reads(request).history(user_id, at, wanted, MIN_POSITION_WAIT)
     return _json({"changes": [c.to_json() for c in found]})
 
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import sqlite3
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,7 +25,9 @@ from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 
 from billing_ledger.ledger.canonical import Snapshot, snapshot_from_json, snapshot_to_json
 from billing_ledger.ledger.store import Database, StorageError, guard
-from billing_ledger.projections import answers
+from billing_ledger.projections import cache as read_cache
+from billing_ledger.projections.cache import BatchLog, CacheStats, Entry, ReadCache, estimate
+from billing_ledger.projections.current import latest, present
 from billing_ledger.projections.links import LinkRow, customer_of, links_of
 from billing_ledger.projections.policy import UserInputs
 
@@ -36,17 +36,17 @@ log = logging.getLogger("billing_ledger.projections")
 SNAPSHOTS = "billing_snapshots"
 LINKS = "billing_links"
 TRACKING = "billing_tracking"  # our own table: other projections keep theirs
+# Each object's present (projections/current.py), rewritten with its snapshots: a read at
+# "now" loads a handful of rows per object instead of its whole history.
+CURRENT = "billing_current"
 SKIPPED = "billing_skipped"  # events the projection refused, committed with the position
 SKIPPED_LISTED = 100  # the newest skips `skipped()` lists (all are counted)
 # The tables a swap replaces, in the one order that reads, batches and the swap take their
 # locks in (PostgreSQL): then none of them can wait for another in a cycle.
-SWAPPED = (LINKS, SNAPSHOTS, TRACKING, SKIPPED)
-CACHE_SIZE = 100_000  # users whose inputs a process keeps loaded
-# ...and snapshots in all (about 1 KB each in memory): a user's history grows with every
-# event, so a count of users alone would let the cache grow without bound.
-CACHE_SNAPSHOTS = answers.CACHE_SNAPSHOTS
-APPLIED_KEPT = 256  # committed batches remembered for keeping cached users current
-TOUCHED_KEPT = 500  # customers listed per remembered batch
+SWAPPED = (LINKS, SNAPSHOTS, CURRENT, TRACKING, SKIPPED)
+CACHE_SIZE = read_cache.CACHE_SIZE
+CACHE_SNAPSHOTS = read_cache.CACHE_SNAPSHOTS
+KEYS_PER_STATEMENT = 200  # objects named in one statement (SQLite's parameter limit)
 # How long a read waits for a table lock before answering "unavailable": a swap holds the
 # tables for milliseconds, an idle transaction of someone else's could hold them for ever.
 READ_LOCK_TIMEOUT = 2.0
@@ -92,21 +92,6 @@ class Skipped:
             "type": self.event_type,
             "reason": self.reason,
         }
-
-
-@dataclass(frozen=True)
-class _Applied:
-    """One committed batch: its range and whom it touched (None: too many to list)."""
-
-    after: int
-    position: int
-    customers: frozenset[str | None] | None
-    users: frozenset[str]
-
-    def touches(self, user_id: str, customers: set[str]) -> bool:
-        if self.customers is None or user_id in self.users:
-            return True
-        return not self.customers.isdisjoint(customers)
 
 
 @dataclass(frozen=True)
@@ -167,11 +152,12 @@ class Views:
         self.db = db
         self.name = name
         self.suffix = suffix
-        self.names = {base: base + suffix for base in (SNAPSHOTS, LINKS, TRACKING, SKIPPED)}
+        self.names = {base: base + suffix for base in (SNAPSHOTS, LINKS, TRACKING, SKIPPED, CURRENT)}
         self.snapshots = db.table(self.names[SNAPSHOTS])
         self.links = db.table(self.names[LINKS])
         self.tracking = db.table(self.names[TRACKING])
         self.skips = db.table(self.names[SKIPPED])
+        self.current = db.table(self.names[CURRENT])
         self.tracker: _SQLiteTracking | PostgresTrackingRecorder
         if db.dialect == "sqlite":
             self.tracker = _SQLiteTracking(db.sqlite, self.names[TRACKING])
@@ -180,16 +166,12 @@ class Views:
                 db.postgres, tracking_table_name=self.names[TRACKING]
             )
         self._sql = _Statements(self)
-        # user_id -> (views position when loaded, inputs): reads reuse them until it moves.
-        self._cache: dict[str, tuple[int, UserInputs]] = {}
-        self.cache_size = CACHE_SIZE
-        self.cache_snapshots = CACHE_SNAPSHOTS
-        self._cached_snapshots = 0  # the snapshots the cache holds now
-        self._cache_lock = threading.Lock()
         self._recent: tuple[float, int] = (-1.0, 0)
-        # The batches this process committed, newest last: a cached user none of them
-        # touched is still current, so steady ingestion does not empty the cache.
-        self._applied: deque[_Applied] = deque(maxlen=APPLIED_KEPT)
+        # The batches this process committed: a cached user none of them touched is still
+        # current, so steady ingestion does not empty the caches (projections/cache.py).
+        self.batches = BatchLog()
+        self.cache = ReadCache(self.batches)  # whole histories (`at` in the past, history)
+        self.present_cache = ReadCache(self.batches)  # each object's present (reads at now)
         # (position when read, what skipped_at answers): /healthz asks on every call.
         self._skips: tuple[int | None, dict[str, Any]] = (None, _skips_json([], 0))
         self._generation: int | None = None  # of the tables last read (None: none read yet)
@@ -206,11 +188,12 @@ class Views:
                 cursor.execute(statement)
         with guard():
             self.tracker.create_table()
+        self._fill_current()
 
     def drop(self) -> None:
         """Drop the tables (replay's shadow, or a rebuild from nothing)."""
         with self.db.transaction() as cursor:
-            for table in (self.snapshots, self.links, self.tracking, self.skips):
+            for table in (self.snapshots, self.links, self.tracking, self.skips, self.current):
                 cursor.execute(f"DROP TABLE IF EXISTS {table}")
 
     def position(self) -> int:
@@ -245,8 +228,11 @@ class Views:
             # After the position check: a skip is recorded once, with the range it is in.
             if skipped:
                 cursor.executemany(self._sql.insert_skipped, [_skip_row(s) for s in skipped])
+            # After the position's row lock: one writer at a time rewrites the present.
+            self._rewrite_present(cursor, {(s.kind, s.object_id) for s in snapshots}, snapshots)
             self._track(cursor, Tracking(self.name, position))
-        self._remember(after, position, rows, links)
+        customers = {row[2] for row in rows} | {link[1] for link in links}
+        self.batches.remember(after, position, customers, {link[0] for link in links})
 
     def _track(self, cursor: Any, tracking: Tracking) -> None:
         """Record the position in this transaction with the tracking recorder's own statement
@@ -259,17 +245,68 @@ class Views:
         if cursor.fetchone() is None:  # the statement's WHERE refused a position not ahead
             raise PositionMovedError(self.name, self._tracked(cursor, lock=False), 0, 0)
 
-    def _remember(
-        self, after: int, position: int, rows: list[SnapshotRow], links: list[LinkTuple]
+    # -- each object's present ----------------------------------------------------------
+
+    def _rewrite_present(
+        self, cursor: Any, objects: set[tuple[str, str]], batch: Sequence[Snapshot] = ()
     ) -> None:
-        customers = {row[2] for row in rows} | {link[1] for link in links}
-        touched = _Applied(after, position, None, frozenset())
-        if len(customers) <= TOUCHED_KEPT:  # a bigger batch counts as touching everyone
-            touched = _Applied(
-                after, position, frozenset(customers), frozenset(link[0] for link in links)
+        """Compute the present of these objects again from all their snapshots."""
+        # The batch's snapshots are decoded already: only older ones are decoded again.
+        known = {
+            (self._text(s.event_id), self._text(s.kind), self._text(s.object_id)): s for s in batch
+        }
+        keys = sorted((self._text(kind), self._text(oid)) for kind, oid in objects)
+        for start in range(0, len(keys), KEYS_PER_STATEMENT):
+            chunk = keys[start : start + KEYS_PER_STATEMENT]
+            where, params = self._sql.objects_in(chunk)
+            cursor.execute(f"DELETE FROM {self.current} WHERE {where}", params)
+            cursor.execute(self._sql.history_of_objects + where, params)
+            rows = self._present_rows([_values(r) for r in cursor.fetchall()], known)
+            if rows:
+                cursor.executemany(self._sql.insert_current, rows)
+
+    def _present_rows(
+        self, found: list[tuple[Any, ...]], known: dict[tuple[str, str, str], Snapshot]
+    ) -> list[tuple[Any, ...]]:
+        """(kind, object_id, customer, event_id, latest, json) rows from history rows."""
+        groups: dict[tuple[str, str, str], dict[str, str]] = {}
+        for kind, object_id, customer, event_id, raw in found:
+            if customer is not None:  # nobody's inputs hold a snapshot without a customer
+                groups.setdefault((kind, object_id, customer), {})[event_id] = raw
+        rows: list[tuple[Any, ...]] = []
+        for (kind, object_id, customer), raws in groups.items():
+            history = [
+                known.get((event_id, kind, object_id)) or snapshot_from_json(raw)
+                for event_id, raw in raws.items()
+            ]
+            last = latest(history)
+            for s in present(history):
+                event_id = self._text(s.event_id)
+                rows.append((kind, object_id, customer, event_id, last, raws[event_id]))
+        return rows
+
+    def _fill_current(self) -> None:
+        """Compute every object's present once, when the table is new beside old snapshots."""
+        with self.db.transaction(commit=False) as cursor:
+            cursor.execute(f"SELECT 1 FROM {self.current} LIMIT 1")
+            if cursor.fetchall():
+                return
+            cursor.execute(
+                f"SELECT DISTINCT kind, object_id FROM {self.snapshots} "
+                "WHERE customer_id IS NOT NULL"
             )
-        with self._cache_lock:
-            self._applied.append(touched)
+            objects = [_values(r) for r in cursor.fetchall()]
+        for start in range(0, len(objects), 10 * KEYS_PER_STATEMENT):
+            with self.db.transaction() as cursor:
+                self._tracked(cursor, lock=True)  # a runner elsewhere waits its turn
+                chunk = objects[start : start + 10 * KEYS_PER_STATEMENT]
+                self._rewrite_present(cursor, {(self._plain(k), self._plain(o)) for k, o in chunk})
+        if objects:
+            log.info("projection %s: computed the present of %d objects", self.name, len(objects))
+
+    def _plain(self, value: str) -> str:
+        """A key as read from the database, unescaped."""
+        return value if self.db.dialect == "sqlite" else _unescape(value)
 
     def _insert(self, cursor: Any, rows: list[SnapshotRow], links: list[LinkTuple]) -> None:
         # Links, then snapshots, then tracking: the order reads and the swap lock them in
@@ -307,11 +344,10 @@ class Views:
         self._forget(generation)
 
     def _forget(self, generation: int | None) -> None:
-        with self._cache_lock:
-            self._cache.clear()
-            self._cached_snapshots = 0
-            self._applied.clear()
-            self._generation = generation
+        self.cache.clear()
+        self.present_cache.clear()
+        self.batches.clear()
+        self._generation = generation
         self._recent = (-1.0, 0)
 
     def skipped(self) -> tuple[list[Skipped], int]:
@@ -338,18 +374,7 @@ class Views:
 
     def load_inputs(self, user_id: str) -> UserInputs:
         """Everything the policy needs for one user: their links, their customers' snapshots."""
-        with self._reading() as cursor:
-            # One statement, one round trip, one consistent snapshot of both tables.
-            key = self._text(user_id)
-            cursor.execute(self._sql.inputs_of_user, (key, key))
-            rows = [_values(r) for r in cursor.fetchall()]
-        link_rows = sorted(self._link(r[1:6]) for r in rows if r[0] == "l")
-        snapshots = sorted(
-            (snapshot_from_json(r[6]) for r in rows if r[0] == "s"),
-            key=lambda s: (s.kind, s.object_id, s.created, s.event_id),
-        )
-        links = tuple(LinkRow(*t) for t in link_rows)
-        return UserInputs(user_id=user_id, links=links, snapshots=tuple(snapshots))
+        return self._load(self._sql.inputs_of_user, user_id)[0]
 
     @contextmanager
     def _reading(self) -> Iterator[Any]:
@@ -369,33 +394,8 @@ class Views:
 
     def cached_inputs(self, user_id: str, position: int) -> UserInputs | None:
         """The user's inputs if they are current at `position`, else None."""
-        hit = self._cache.get(user_id)
-        if hit is None:
-            return None
-        loaded_at, inputs = hit
-        if loaded_at == position:
-            return inputs
-        with self._cache_lock:
-            if not self._untouched(inputs, loaded_at, position):
-                return None
-            if self._cache.pop(user_id, None) is not None:  # to the back: recently used
-                self._cache[user_id] = (position, inputs)
-        return inputs
-
-    def _untouched(self, inputs: UserInputs, since: int, position: int) -> bool:
-        """Whether this process committed every batch in (since, position], none of them
-        touching the user or their customers (a gap means another process applied)."""
-        customers = {link.customer_id for link in inputs.links}
-        reached = since
-        for batch in self._applied:
-            if batch.position <= reached:
-                continue
-            if batch.after > reached or batch.touches(inputs.user_id, customers):
-                return False
-            reached = batch.position
-            if reached >= position:
-                return True
-        return reached >= position
+        found = self.cache.get(user_id, position)
+        return found.inputs if found is not None else None
 
     def inputs(self, user_id: str, position: int) -> UserInputs:
         """The user's inputs, loaded at most once while the views stand at `position`.
@@ -405,29 +405,88 @@ class Views:
         found = self.cached_inputs(user_id, position)
         if found is not None:
             return found
-        generation = self._generation
-        loaded = self.load_inputs(user_id)
-        with self._cache_lock:
-            if generation != self._generation:
-                return loaded  # a swap came between: these rows may be of the old tables
-            stale = self._cache.pop(user_id, None)
-            if stale is not None:
-                self._cached_snapshots -= len(stale[1].snapshots)
-            self._cache[user_id] = (position, loaded)
-            self._cached_snapshots += len(loaded.snapshots)
-            # Forget the least recently used until both bounds hold (never the one just put).
-            while len(self._cache) > 1 and (
-                len(self._cache) > self.cache_size or self._cached_snapshots > self.cache_snapshots
-            ):
-                _, (_, evicted) = _pop_first(self._cache)
-                self._cached_snapshots -= len(evicted.snapshots)
+        loaded, size = self._load(self._sql.inputs_of_user, user_id)
+        self.cache.put(user_id, Entry(position, loaded, size))
         return loaded
+
+    def present_inputs(
+        self, user_id: str, position: int, at: int, *, cached: bool = True
+    ) -> UserInputs | None:
+        """The user's inputs from each object's present, when they answer reads at `at`.
+
+        None when `at` is earlier than some snapshot or link of the user (the whole history
+        decides then) or when an object is shared by two of the user's customers.
+        `cached=False`: the caller has just missed the cache; load without asking again.
+        """
+        found = self.present_cache.get(user_id, position) if cached else None
+        if found is None:
+            found = self._load_present(user_id, position)
+            if found is not None:
+                self.present_cache.put(user_id, found)
+        return found.inputs if found is not None and at >= found.since else None
+
+    def _load_present(self, user_id: str, position: int) -> Entry | None:
+        key = self._text(user_id)
+        with self._reading() as cursor:
+            cursor.execute(self._sql.present_of_user, (key, key))
+            rows = [_values(r) for r in cursor.fetchall()]
+        links = [r for r in rows if r[0] == "l"]
+        inputs, size = self._inputs(user_id, links, [r for r in rows if r[0] == "s"])
+        if len({(s.kind, s.object_id, customer_of(s)) for s in inputs.snapshots}) != len(
+            {(s.kind, s.object_id) for s in inputs.snapshots}
+        ):
+            return None  # one object under two customers: only the history is exact
+        since = max([int(r[3]) for r in rows], default=0)  # links' and objects' latest
+        return Entry(position, inputs, size, since)
+
+    def _load(self, statement: str, user_id: str) -> tuple[UserInputs, int]:
+        with self._reading() as cursor:
+            # One statement, one round trip, one consistent snapshot of both tables.
+            key = self._text(user_id)
+            cursor.execute(statement, (key, key))
+            rows = [_values(r) for r in cursor.fetchall()]
+        return self._inputs(
+            user_id, [r for r in rows if r[0] == "l"], [r for r in rows if r[0] == "s"]
+        )
+
+    def _inputs(
+        self, user_id: str, link_rows: list[tuple[Any, ...]], snapshot_rows: list[tuple[Any, ...]]
+    ) -> tuple[UserInputs, int]:
+        links = tuple(LinkRow(*t) for t in sorted(self._link(r[1:6]) for r in link_rows))
+        snapshots = sorted(
+            (snapshot_from_json(r[6]) for r in snapshot_rows),
+            key=lambda s: (s.kind, s.object_id, s.created, s.event_id),
+        )
+        inputs = UserInputs(user_id=user_id, links=links, snapshots=tuple(snapshots))
+        return inputs, estimate(inputs, sum(len(r[6]) for r in snapshot_rows))
+
+    @property
+    def cache_size(self) -> int:
+        """Users the history cache keeps at most."""
+        return self.cache.size
+
+    @cache_size.setter
+    def cache_size(self, value: int) -> None:
+        self.cache.size = value
+
+    @property
+    def cache_snapshots(self) -> int:
+        """Snapshots the history cache keeps at most."""
+        return self.cache.snapshots
+
+    @cache_snapshots.setter
+    def cache_snapshots(self, value: int) -> None:
+        self.cache.snapshots = value
 
     @property
     def cached(self) -> tuple[int, int]:
-        """(users, snapshots) the read cache holds now."""
-        with self._cache_lock:
-            return len(self._cache), self._cached_snapshots
+        """(users, snapshots) the history cache holds now."""
+        stats = self.cache.stats()
+        return stats.entries, stats.snapshots
+
+    def cache_stats(self) -> dict[str, CacheStats]:
+        """Each read cache's figures, by name."""
+        return {"history": self.cache.stats(), "present": self.present_cache.stats()}
 
     def recent_position(self, max_age: float = 0.1) -> int:
         """The applied position, read from the database at most every `max_age` seconds."""
@@ -452,6 +511,14 @@ class Views:
             cursor.execute(f"SELECT {', '.join(_SNAPSHOT_COLUMNS)} FROM {self.snapshots}")
             snapshots = sorted(self._snapshot(r) for r in cursor.fetchall())
         return ViewRows(snapshots=tuple(snapshots), links=tuple(links))
+
+    def present_rows(self) -> tuple[tuple[Any, ...], ...]:
+        """Every row of the present table, sorted (kind, object, customer, event, latest)."""
+        with self.db.transaction(commit=False) as cursor:
+            cursor.execute(
+                f"SELECT kind, object_id, customer_id, event_id, latest FROM {self.current}"
+            )
+            return tuple(sorted(self._link(r) for r in cursor.fetchall()))
 
     def _text(self, value: str) -> str:
         """A key as the database holds it."""
@@ -581,12 +648,6 @@ def _skip(row: tuple[Any, ...]) -> Skipped:
     return Skipped(_unescape(event_id), int(position), _unescape(event_type), _unescape(reason))
 
 
-def _pop_first(cache: dict[str, tuple[int, UserInputs]]) -> tuple[str, tuple[int, UserInputs]]:
-    """Remove and return the oldest entry of an insertion-ordered dict."""
-    key = next(iter(cache))
-    return key, cache.pop(key)
-
-
 _SNAPSHOT_COLUMNS = (
     "kind",
     "object_id",
@@ -686,7 +747,7 @@ class _Statements:
         self.sqlite = db.dialect == "sqlite"
         text, integer = ("TEXT", "INTEGER") if self.sqlite else ("text", "bigint")
         boolean = "INTEGER" if self.sqlite else "boolean"
-        snap, links = views.names[SNAPSHOTS], views.names[LINKS]
+        snap, links, current = views.names[SNAPSHOTS], views.names[LINKS], views.names[CURRENT]
         self.create = [
             f"CREATE TABLE IF NOT EXISTS {views.snapshots} (kind {text} NOT NULL, "
             f"object_id {text} NOT NULL, customer_id {text}, event_id {text} NOT NULL, "
@@ -704,7 +765,19 @@ class _Statements:
             # `apply` already records each skip once. It holds a handful of rows.
             f"CREATE TABLE IF NOT EXISTS {views.skips} (event_id {text} NOT NULL, "
             f"position {integer} NOT NULL, event_type {text} NOT NULL, reason {text} NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {views.current} (kind {text} NOT NULL, "
+            f"object_id {text} NOT NULL, customer_id {text} NOT NULL, "
+            f"event_id {text} NOT NULL, latest {integer} NOT NULL, json {text} NOT NULL, "
+            f'CONSTRAINT "{current}_pkey" PRIMARY KEY (kind, object_id, customer_id, event_id))',
+            f'CREATE INDEX IF NOT EXISTS "{current}_customer" ON {views.current} (customer_id)',
         ]
+        self.insert_current = (
+            f"INSERT INTO {views.current} (kind, object_id, customer_id, event_id, latest, json) "
+            f"VALUES ({', '.join([p] * 6)})"
+        )
+        self.history_of_objects = (
+            f"SELECT kind, object_id, customer_id, event_id, json FROM {views.snapshots} WHERE "
+        )
         ignore = "INSERT OR IGNORE" if self.sqlite else "INSERT"
         self.insert_snapshots = (
             f"{ignore} INTO {views.snapshots} ({', '.join(_SNAPSHOT_COLUMNS)}) "
@@ -736,11 +809,28 @@ class _Statements:
             else f"customer_id = ANY(ARRAY({links_of}))"
         )
         # Named columns: PostgreSQL rows arrive as dicts, where two "?column?" would collide.
-        self.inputs_of_user = (
+        links_of_user = (
             f"SELECT 'l' AS tag, {', '.join(_LINK_COLUMNS)}, NULL AS json FROM {views.links} "
             f"WHERE user_id = {p} UNION ALL "
-            f"SELECT 's', NULL, customer_id, created, event_id, NULL, json "
+        )
+        self.inputs_of_user = (
+            f"{links_of_user}SELECT 's', NULL, customer_id, created, event_id, NULL, json "
             f"FROM {views.snapshots} WHERE {customer_in}"
+        )
+        # The same shape from each object's present: `created` carries the object's latest.
+        self.present_of_user = (
+            f"{links_of_user}SELECT 's', NULL, customer_id, latest, event_id, NULL, json "
+            f"FROM {views.current} WHERE {customer_in}"
+        )
+
+    def objects_in(self, keys: Sequence[tuple[str, str]]) -> tuple[str, list[Any]]:
+        """A condition naming these (kind, object_id) pairs, and its parameters."""
+        if self.sqlite:
+            pairs = ", ".join(["(?, ?)"] * len(keys))
+            return f"(kind, object_id) IN (VALUES {pairs})", [v for key in keys for v in key]
+        return (
+            "(kind, object_id) IN (SELECT unnest(%s::text[]), unnest(%s::text[]))",
+            [[k for k, _ in keys], [o for _, o in keys]],
         )
 
     def lock_all(self, views: Views) -> str:
@@ -766,7 +856,8 @@ class _Statements:
             (f"{shadow.names[SNAPSHOTS]}{end}", f"{live.names[SNAPSHOTS]}{end}")
             for end in ("_pkey", "_customer", "_object")
         ] + [
-            (f"{shadow.names[LINKS]}{end}", f"{live.names[LINKS]}{end}")
+            (f"{shadow.names[base]}{end}", f"{live.names[base]}{end}")
+            for base in (LINKS, CURRENT)
             for end in ("_pkey", "_customer")
         ]
         if not self.sqlite:

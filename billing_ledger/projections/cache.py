@@ -1,0 +1,197 @@
+"""The read cache of the views: users' inputs, least recently used first, bounded by bytes.
+
+A cached user stays current while the views move, as long as every batch in between was
+committed by this process and touched none of the user's customers (the touched-batch log);
+a gap in the log means another process applied, and the entry is loaded again.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from billing_ledger.projections.policy import UserInputs
+
+CACHE_SIZE = 100_000  # users whose inputs a process keeps loaded
+# ...and snapshots in all: a user's history grows with every event, so a count of users
+# alone would let the cache grow without bound.
+CACHE_SNAPSHOTS = 150_000
+CACHE_BYTES = 128 * 1024 * 1024  # about what the entries take in memory (estimated)
+APPLIED_KEPT = 256  # committed batches remembered for keeping cached users current
+TOUCHED_KEPT = 500  # customers listed per remembered batch
+# In memory a decoded snapshot takes several times its JSON: a rough factor is enough.
+BYTES_PER_JSON_BYTE = 4
+BYTES_PER_ENTRY = 400  # the entry, its tuple and the user id
+
+
+@dataclass(frozen=True)
+class Applied:
+    """One committed batch: its range and whom it touched (None: too many to list)."""
+
+    after: int
+    position: int
+    customers: frozenset[str | None] | None
+    users: frozenset[str]
+
+    def touches(self, user_id: str, customers: set[str]) -> bool:
+        """Whether the batch may have changed this user's inputs."""
+        if self.customers is None or user_id in self.users:
+            return True
+        return not self.customers.isdisjoint(customers)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One user's inputs, the views' position when they were current, and their cost."""
+
+    position: int
+    inputs: UserInputs
+    size: int  # estimated bytes
+    since: int = 0  # the inputs answer reads at `at >= since` only (0: any `at`)
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """What /metrics reports of one cache."""
+
+    entries: int
+    snapshots: int
+    bytes: int
+    hits: int
+    misses: int
+
+
+def estimate(inputs: UserInputs, json_bytes: int) -> int:
+    """Approximate bytes one entry keeps alive, from the JSON it was decoded from."""
+    return BYTES_PER_ENTRY + 100 * len(inputs.links) + BYTES_PER_JSON_BYTE * json_bytes
+
+
+class BatchLog:
+    """The batches this process committed, newest last (shared by the caches of one views)."""
+
+    def __init__(self, kept: int = APPLIED_KEPT) -> None:
+        self._applied: deque[Applied] = deque(maxlen=kept)
+        self._lock = threading.Lock()
+
+    def remember(
+        self, after: int, position: int, customers: set[str | None], users: set[str]
+    ) -> None:
+        """Record one committed batch; a big one counts as touching everyone."""
+        touched = Applied(after, position, None, frozenset())
+        if len(customers) <= TOUCHED_KEPT:
+            touched = Applied(after, position, frozenset(customers), frozenset(users))
+        with self._lock:
+            self._applied.append(touched)
+
+    def clear(self) -> None:
+        """Forget every batch (after a swap of the tables)."""
+        with self._lock:
+            self._applied.clear()
+
+    def untouched(self, inputs: UserInputs, since: int, position: int) -> bool:
+        """Whether this process committed every batch in (since, position], none of them
+        touching the user or their customers (a gap means another process applied)."""
+        customers = {link.customer_id for link in inputs.links}
+        reached = since
+        with self._lock:
+            batches = list(self._applied)
+        for batch in batches:
+            if batch.position <= reached:
+                continue
+            if batch.after > reached or batch.touches(inputs.user_id, customers):
+                return False
+            reached = batch.position
+            if reached >= position:
+                return True
+        return reached >= position
+
+
+class ReadCache:
+    """user_id -> Entry, least recently used first, within users, snapshots and bytes."""
+
+    def __init__(
+        self,
+        log: BatchLog,
+        size: int = CACHE_SIZE,
+        snapshots: int = CACHE_SNAPSHOTS,
+        max_bytes: int = CACHE_BYTES,
+    ) -> None:
+        self.log = log
+        self.size = size
+        self.snapshots = snapshots
+        self.max_bytes = max_bytes
+        self._entries: dict[str, Entry] = {}
+        self._snapshots = 0
+        self._bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._lock = threading.Lock()
+
+    def get(self, user_id: str, position: int) -> Entry | None:
+        """The user's entry if it is current at `position`, else None."""
+        hit = self._entries.get(user_id)
+        if hit is None:
+            self.misses += 1
+            return None
+        if hit.position == position:
+            self.hits += 1
+            return hit
+        with self._lock:
+            if not self.log.untouched(hit.inputs, hit.position, position):
+                self.misses += 1
+                return None
+            if self._entries.pop(user_id, None) is not None:  # to the back: recently used
+                hit = Entry(position, hit.inputs, hit.size, hit.since)
+                self._entries[user_id] = hit
+        self.hits += 1
+        return hit
+
+    def put(self, user_id: str, entry: Entry) -> None:
+        """Keep one entry, forgetting the least recently used until every bound holds."""
+        with self._lock:
+            self._drop(user_id)
+            self._entries[user_id] = entry
+            self._snapshots += len(entry.inputs.snapshots)
+            self._bytes += entry.size
+            while len(self._entries) > 1 and self._over():  # never the one just put
+                self._drop(next(iter(self._entries)))
+
+    def _over(self) -> bool:
+        return (
+            len(self._entries) > self.size
+            or self._snapshots > self.snapshots
+            or self._bytes > self.max_bytes
+        )
+
+    def _drop(self, user_id: str) -> None:
+        gone = self._entries.pop(user_id, None)
+        if gone is not None:
+            self._snapshots -= len(gone.inputs.snapshots)
+            self._bytes -= gone.size
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        with self._lock:
+            self._entries.clear()
+            self._snapshots = self._bytes = 0
+
+    def stats(self) -> CacheStats:
+        """Entries, snapshots, estimated bytes, hits and misses so far."""
+        with self._lock:
+            return CacheStats(
+                len(self._entries), self._snapshots, self._bytes, self.hits, self.misses
+            )
+
+
+def total(stats: Iterable[CacheStats]) -> CacheStats:
+    """Several caches' figures added up."""
+    found = list(stats)
+    return CacheStats(
+        sum(s.entries for s in found),
+        sum(s.snapshots for s in found),
+        sum(s.bytes for s in found),
+        sum(s.hits for s in found),
+        sum(s.misses for s in found),
+    )

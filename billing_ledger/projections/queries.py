@@ -1,0 +1,340 @@
+"""The read side's one entry point: every read of a user, the Stripe rules of the pages and
+the monetization flows, and the one wait for a position.
+
+A read takes the views' position first, then the user's inputs as of that position (each
+object's present for a read at "now", the whole history for `at` in the past or history),
+then evaluates the pure policy at `at`. Waits for a position run on the event loop: one
+poller per process reads the tracked position in a thread of its own while anyone waits,
+so a thousand waiting requests hold no worker thread and delay no other read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from billing_ledger.ledger.canonical import (
+    CHECKOUT_SESSION,
+    CUSTOMER,
+    SUBSCRIPTION,
+    CheckoutSession,
+    Customer,
+    Subscription,
+)
+from billing_ledger.projections.answers import Answers
+from billing_ledger.projections.cache import CacheStats
+from billing_ledger.projections.fold import TERMINAL_SUBSCRIPTION, by_object, state_at
+from billing_ledger.projections.history import Change, changes
+from billing_ledger.projections.invoices import InvoiceView, user_invoices
+from billing_ledger.projections.plans import Plan, Plans
+from billing_ledger.projections.policy import (
+    Entitlements,
+    SubscriptionAccess,
+    UserInputs,
+    access,
+    customers_at,
+)
+from billing_ledger.projections.views import Views
+
+POLL_SECONDS = 0.02  # how often the poller reads the position while anyone waits
+RECENT_SECONDS = 0.1  # without a runner in process, a position this old is still used
+
+
+class NotCaughtUpError(RuntimeError):
+    """The projections did not reach a position in time."""
+
+
+# -- the Stripe rules of the read side ----------------------------------------------------
+
+
+def deleted_customers(inputs: UserInputs, at: int) -> frozenset[str]:
+    """The user's customers deleted at or before `at`."""
+    objects = by_object(s for s in inputs.snapshots if s.kind == CUSTOMER)
+    return frozenset(
+        cid
+        for cid in customers_at(inputs, at)
+        if (chosen := state_at(objects.get((CUSTOMER, cid), ()), at)) is not None
+        and isinstance(chosen.state, Customer)
+        and chosen.state.deleted
+    )
+
+
+def _subscribed(inputs: UserInputs, customers: tuple[str, ...], at: int) -> set[str | None]:
+    """Customers with a subscription that has not ended at `at`."""
+    mine = set(customers)
+    objects = by_object(s for s in inputs.snapshots if s.kind == SUBSCRIPTION)
+    return {
+        chosen.state.customer_id
+        for snaps in objects.values()
+        if (chosen := state_at(snaps, at)) is not None
+        and isinstance(chosen.state, Subscription)
+        and chosen.state.customer_id in mine
+        and chosen.state.status not in TERMINAL_SUBSCRIPTION
+    }
+
+
+def preferred_customer(inputs: UserInputs, at: int) -> str | None:
+    """A live customer: one with a subscription that has not ended, else the latest linked."""
+    customers = customers_at(inputs, at)  # a customer moved to another user is not ours
+    deleted = deleted_customers(inputs, at)
+    subscribed = _subscribed(inputs, customers, at)
+    latest = sorted(inputs.links, key=lambda link: (link.created, link.event_id), reverse=True)
+    ranked = sorted(
+        (
+            link.customer_id
+            for link in latest
+            if link.customer_id in customers and link.customer_id not in deleted
+        ),
+        key=lambda cid: cid not in subscribed,  # stable: the latest link wins among equals
+    )
+    return ranked[0] if ranked else None
+
+
+def checkout_confirmed(inputs: UserInputs, session_id: str, at: int) -> bool:
+    """Whether the ledger saw this user's session complete, and its subscription too."""
+    objects = by_object(inputs.snapshots)
+    chosen = state_at(objects.get((CHECKOUT_SESSION, session_id), ()), at)
+    if chosen is None or not isinstance(chosen.state, CheckoutSession):
+        return False
+    session = chosen.state
+    if session.status != "complete" or session.client_reference_id != inputs.user_id:
+        return False
+    # checkout.session.completed often arrives before the subscription it created.
+    return session.subscription_id is None or (SUBSCRIPTION, session.subscription_id) in objects
+
+
+@dataclass(frozen=True)
+class Account:
+    """One user's billing state at one time, as the pages show it."""
+
+    user_id: str
+    at: int
+    inputs: UserInputs
+    entitlements: Entitlements
+    invoices: tuple[InvoiceView, ...]
+
+    @property
+    def current(self) -> tuple[SubscriptionAccess, ...]:
+        """Subscriptions that have not ended, newest period first."""
+        live = [s for s in self.entitlements.subscriptions if s.status not in TERMINAL_SUBSCRIPTION]
+        return tuple(sorted(live, key=lambda s: -(s.current_period_end or 0)))
+
+    @property
+    def ended(self) -> bool:
+        """Whether the user had subscriptions and every one has ended."""
+        return bool(self.entitlements.subscriptions) and not self.current
+
+    def paid_plans(self, plans: Plans) -> list[Plan]:
+        """The plans the user holds beyond the defaults."""
+        held = set(self.entitlements.plans)
+        return [p for p in plans.plans if p.id in held and not p.default]
+
+    def has_warning(self, code: str) -> bool:
+        """Whether the policy raised `code` (payment_failed, cancellation_scheduled, ...)."""
+        return code in self.entitlements.warnings
+
+    def checkout_confirmed(self, session_id: str) -> bool:
+        """Whether this user's Checkout session is confirmed by the webhooks."""
+        return checkout_confirmed(self.inputs, session_id, self.at)
+
+
+# -- the one wait --------------------------------------------------------------------------
+
+
+class PositionWatch:
+    """Waiters for a position, woken by one poller that reads it in a thread of its own."""
+
+    def __init__(self, read: Callable[[], int], interval: float = POLL_SECONDS) -> None:
+        self._read = read
+        self.interval = interval
+        # Per event loop (each TestClient block, each server has its own): its poller and
+        # its waiters, so a loop that ended leaves nothing behind for the next one.
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Waiters] = (
+            weakref.WeakKeyDictionary()
+        )
+        # Its own thread: a database that hangs holds it, never the request threadpool.
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="reads-position")
+
+    @property
+    def waiting(self) -> int:
+        """How many reads wait now."""
+        return sum(len(w.waiters) for w in list(self._loops.values()))
+
+    async def wait(self, wanted: int, timeout: float) -> int | None:
+        """The position once it reaches `wanted`; None when `timeout` passes first."""
+        loop = asyncio.get_running_loop()
+        mine = self._loops.setdefault(loop, _Waiters())
+        waiter = (wanted, loop.create_future())
+        mine.waiters.append(waiter)
+        if mine.task is None or mine.task.done():
+            mine.task = loop.create_task(self._poll(mine))
+        try:
+            return await asyncio.wait_for(waiter[1], timeout)
+        except TimeoutError:
+            return None
+        finally:
+            if waiter in mine.waiters:
+                mine.waiters.remove(waiter)
+
+    async def _poll(self, mine: _Waiters) -> None:
+        loop = asyncio.get_running_loop()
+        while mine.waiters:
+            try:
+                position = await loop.run_in_executor(self._pool, self._read)
+            except Exception:  # the database is away: the waiters time out by themselves
+                position = -1
+            for waiter in [w for w in mine.waiters if w[0] <= position]:
+                mine.waiters.remove(waiter)
+                if not waiter[1].done():
+                    waiter[1].set_result(position)
+            if mine.waiters:
+                await asyncio.sleep(self.interval)
+
+    def close(self) -> None:
+        """Let the poller's thread go (it ends once a hung read returns)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class _Waiters:
+    """One event loop's waiters and its poller."""
+
+    waiters: list[tuple[int, asyncio.Future[int]]] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+
+
+# -- the reads -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UserRead:
+    """What every user read works from: the inputs, the time, the views' position."""
+
+    inputs: UserInputs
+    at: int
+    position: int
+
+
+class Reads:
+    """Every read of the projections: /v1, the pages and the monetization flows."""
+
+    def __init__(self, views: Views, runner: Any, plans: Plans, store: Any = None) -> None:
+        self.views = views
+        self.runner = runner
+        self.plans = plans
+        self.store = store
+        self.answers = Answers(plans)
+        self.watch = PositionWatch(views.position)
+
+    # -- positions --
+
+    async def position(self) -> int:
+        """The views' position now (the runner's in this process, else a recent read)."""
+        if self.runner is not None:
+            position: int = self.runner.position
+            return position
+        return int(await run_in_threadpool(self.views.recent_position, RECENT_SECONDS))
+
+    async def wait(self, position: int, timeout: float) -> int:
+        """The views' position once it is at least `position`; NotCaughtUpError after
+        `timeout` seconds. Waits on the event loop, holding no worker thread."""
+        now = await self.position()
+        if now >= position:
+            return now
+        reached = await self.watch.wait(position, timeout)
+        if reached is None:
+            raise NotCaughtUpError(f"the projections have not reached position {position}")
+        return reached
+
+    async def caught_up(self, timeout: float) -> bool:
+        """Wait up to `timeout` until everything stored so far is projected."""
+        head = int(await run_in_threadpool(self.store.head))
+        try:
+            await self.wait(head, timeout)
+        except NotCaughtUpError:
+            return False
+        return True
+
+    # -- one user --
+
+    async def user(self, user_id: str, at: int, min_position: int | None = None,
+                   timeout: float = 5.0) -> UserRead:  # fmt: skip
+        """The user's inputs for a read at `at`, once the views reach `min_position`."""
+        position = await (
+            self.wait(min_position, timeout) if min_position is not None else self.position()
+        )
+        entry = self.views.present_cache.get(user_id, position)
+        if entry is not None and at >= entry.since:
+            return UserRead(inputs=entry.inputs, at=at, position=position)
+        if entry is not None:  # `at` before the user's latest snapshot: the history decides
+            found = self.views.cached_inputs(user_id, position)
+            if found is None:
+                found = await run_in_threadpool(self.views.inputs, user_id, position)
+        else:
+            found = await run_in_threadpool(self._inputs, user_id, position, at)
+        return UserRead(inputs=found, at=at, position=position)
+
+    def _inputs(self, user_id: str, position: int, at: int) -> UserInputs:
+        present = self.views.present_inputs(user_id, position, at, cached=False)
+        return present if present is not None else self.views.inputs(user_id, position)
+
+    async def history_inputs(self, user_id: str, position: int) -> UserInputs:
+        """The user's whole history at `position`."""
+        found = self.views.cached_inputs(user_id, position)
+        if found is not None:
+            return found
+        return await run_in_threadpool(self.views.inputs, user_id, position)
+
+    def entitlements(self, read: UserRead) -> Entitlements:
+        """The user's entitlements at the read's `at`."""
+        return self.answers.entitlements(read.inputs, read.at)
+
+    def access(self, read: UserRead, feature: str) -> tuple[bool, str]:
+        """Whether the user may use `feature`, and why."""
+        return access(self.entitlements(read), feature)
+
+    def invoices(self, read: UserRead) -> list[InvoiceView]:
+        """The invoices of the user's customers as of `at`, newest first."""
+        return user_invoices(read.inputs, read.at)
+
+    async def history(self, user_id: str, at: int, min_position: int | None = None,
+                      timeout: float = 5.0) -> list[Change]:  # fmt: skip
+        """Every change of the user's features up to `at`, oldest first."""
+        position = await (
+            self.wait(min_position, timeout) if min_position is not None else self.position()
+        )
+        inputs = await self.history_inputs(user_id, position)
+        found: list[Change] = await run_in_threadpool(changes, inputs, self.plans, at)
+        return found
+
+    async def account(self, user_id: str, at: int | None = None) -> Account:
+        """The pages' view of one user at `at` (default now)."""
+        when = int(time.time()) if at is None else at
+        read = await self.user(user_id, when)
+        return Account(
+            user_id=user_id,
+            at=when,
+            inputs=read.inputs,
+            entitlements=self.entitlements(read),
+            invoices=tuple(self.invoices(read)),
+        )
+
+    async def preferred_customer(self, user_id: str) -> str | None:
+        """The customer the ledger links to the user, now (projections/queries rules)."""
+        read = await self.user(user_id, int(time.time()))
+        return preferred_customer(read.inputs, read.at)
+
+    def cache_stats(self) -> Mapping[str, CacheStats]:
+        """The read caches' figures, by name."""
+        return self.views.cache_stats()
+
+    def close(self) -> None:
+        """Release the poller's thread."""
+        self.watch.close()

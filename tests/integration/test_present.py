@@ -1,0 +1,124 @@
+"""Each object's present beside its history, on SQLite and PostgreSQL: a function of the set
+of snapshots, filled for old tables, swapped with the rest, and what a read at now loads."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import pytest
+
+from billing_ledger.ledger.canonical import Snapshot
+from billing_ledger.ledger.store import Database, DatabaseUrl
+from billing_ledger.projections.policy import evaluate
+from billing_ledger.projections.views import Views
+from tests.unit.builders import (
+    DAY,
+    T,
+    checkout_session,
+    event,
+    example_plans,
+    invoice,
+    subscription,
+)
+from tests.unit.builders import snapshots as built
+
+PLANS = example_plans()
+LATER = T + 40 * DAY  # after every snapshot below
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    database = Database(DatabaseUrl.parse(database_url))
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def views(db: Database) -> Views:
+    created = Views(db)
+    created.create()
+    return created
+
+
+def renewals(count: int) -> list[Snapshot]:
+    """u_1 subscribes, pays, then the subscription is updated `count` times, a day apart."""
+    updates = [
+        event(
+            "customer.subscription.updated",
+            subscription(cancel_at_period_end=n % 2 == 1),
+            id=f"evt_u{n}",
+            created=T + n * DAY // 4,
+        )
+        for n in range(1, count + 1)
+    ]
+    return built(
+        [
+            event("checkout.session.completed", checkout_session(), id="evt_cs", created=T),
+            event("customer.subscription.created", subscription(), id="evt_s", created=T),
+            event("invoice.paid", invoice(status="paid", amount_paid=2000), id="evt_i", created=T),
+            *updates,
+        ]
+    )
+
+
+def test_a_read_at_now_loads_each_objects_present_and_answers_like_the_history(
+    views: Views,
+) -> None:
+    applied = renewals(30)
+    views.apply(applied, 0, len(applied))
+    whole = views.load_inputs("u_1")
+    present = views.present_inputs("u_1", len(applied), LATER)
+    assert present is not None
+    assert len(whole.snapshots) == 33 and len(present.snapshots) == 3  # session, sub, invoice
+    assert evaluate(present, PLANS, LATER) == evaluate(whole, PLANS, LATER)
+
+
+def test_a_read_before_the_latest_snapshot_is_left_to_the_history(views: Views) -> None:
+    applied = renewals(30)
+    views.apply(applied, 0, len(applied))
+    assert views.present_inputs("u_1", len(applied), T + DAY) is None
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_present_rows_do_not_depend_on_arrival_order_or_batching(
+    views: Views, seed: int
+) -> None:
+    applied = renewals(12)
+    views.apply(applied, 0, 1)
+    shuffled = list(applied)
+    random.Random(seed).shuffle(shuffled)
+    other = views.shadow("_shuffled")
+    other.create()
+    position = 0
+    while shuffled:
+        size = random.Random(seed + position).randint(1, 4)
+        other.apply(shuffled[:size], position, position + 1)
+        shuffled, position = shuffled[size:], position + 1
+    assert other.present_rows() == views.present_rows()
+    assert len(views.present_rows()) == 3
+
+
+def test_views_created_over_old_tables_compute_the_present_once(db: Database, views: Views) -> None:
+    applied = renewals(5)
+    views.apply(applied, 0, len(applied))
+    expected = views.present_rows()
+    with db.transaction() as cursor:
+        cursor.execute(f"DROP TABLE {views.current}")  # as before the present existed
+    again = Views(db)
+    again.create()
+    assert again.present_rows() == expected
+    again.create()  # a no-op now
+    assert again.present_rows() == expected
+
+
+def test_a_promoted_shadow_brings_its_present(views: Views) -> None:
+    views.apply(renewals(2)[:2], 0, 2)
+    shadow = views.shadow("_replay")
+    shadow.create()
+    applied = renewals(6)
+    shadow.apply(applied, 0, 9)
+    expected = shadow.present_rows()
+    views.promote(shadow)
+    assert views.present_rows() == expected
+    assert views.present_inputs("u_1", 9, LATER) is not None
