@@ -1,4 +1,4 @@
-"""billing-ledger serve | project | replay | backfill | reconcile | explain | demo."""
+"""billing-ledger serve | project | replay | backfill | reconcile | explain | verify | demo."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from billing_ledger.ledger.store import DatabaseUrlError, StorageError
+from billing_ledger.ledger.store import DatabaseUrl, DatabaseUrlError, StorageError
 from billing_ledger.process import tune_gc
 from billing_ledger.settings import Settings, SettingsError
 
@@ -79,41 +81,143 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "backfill": _delegate("billing_ledger.replay.commands", "cmd_backfill"),
     "reconcile": _delegate("billing_ledger.replay.commands", "cmd_reconcile"),
     "explain": _delegate("billing_ledger.replay.commands", "cmd_explain"),
+    "verify": _delegate("billing_ledger.replay.integrity", "cmd_verify"),
     "demo": cmd_demo,
 }
 
 
 # Commands that fold many events or serve for long: the collector runs rarely in them.
-LONG_RUNNING = frozenset({"serve", "project", "replay", "backfill", "reconcile"})
+LONG_RUNNING = frozenset({"serve", "project", "replay", "backfill", "reconcile", "verify"})
+
+
+# Each variable of CONTRACT.md, as the help names it.
+ENVIRONMENT = {
+    "LEDGER_DATABASE_URL": "sqlite:///PATH or postgresql://USER@HOST:PORT/DB (default "
+    "sqlite:///ledger.db)",
+    "STRIPE_WEBHOOK_SECRET": "whsec_... secrets, comma-separated",
+    "STRIPE_WEBHOOK_TOLERANCE": "seconds a signature may be old (default 300)",
+    "STRIPE_API_KEY": "secret key for Checkout, portal, backfill, reconcile",
+    "STRIPE_API_BASE": "another Stripe API base (a local fake)",
+    "LEDGER_PLANS": "the plans file (default: the bundled example)",
+    "LEDGER_API_TOKEN": "bearer token for /v1 (required off loopback)",
+    "LEDGER_LIVEMODE": "true or false: which mode's events are projected (default false)",
+    "LEDGER_APP_URL": "base URL for Checkout and portal return URLs",
+}
+_STORE = ("LEDGER_DATABASE_URL", "LEDGER_PLANS", "LEDGER_LIVEMODE")
+READS = {
+    "serve": tuple(ENVIRONMENT),
+    "project": _STORE,
+    "replay": _STORE,
+    "backfill": ("LEDGER_DATABASE_URL", "STRIPE_API_KEY", "STRIPE_API_BASE", "LEDGER_LIVEMODE"),
+    "reconcile": (*_STORE, "STRIPE_API_KEY", "STRIPE_API_BASE"),
+    "explain": _STORE,
+    "verify": ("LEDGER_DATABASE_URL", "STRIPE_WEBHOOK_SECRET"),
+    "demo": (),
+}
+
+
+def _environment(names: Sequence[str]) -> str:
+    if not names:
+        return "environment: none read (a fresh embedded database in a temporary folder)"
+    return "environment:\n" + "\n".join(f"  {n:<26}{ENVIRONMENT[n]}" for n in names)
+
+
+def _version() -> str:
+    try:
+        return version("billing-ledger")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
+def _command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str
+) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=summary,
+        epilog=_environment(READS[name]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def parser() -> argparse.ArgumentParser:
     """The command line of CONTRACT.md."""
-    top = argparse.ArgumentParser(prog="billing-ledger", description=__doc__)
-    sub = top.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="the HTTP service with its projection runner")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1)
+    top = argparse.ArgumentParser(
+        prog="billing-ledger",
+        description=__doc__,
+        epilog=_environment(tuple(ENVIRONMENT)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("--version", action="version", version=f"billing-ledger {_version()}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = _command(sub, "serve", "the HTTP service with its projection runner")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="uvicorn worker processes (default 1)"
+    )
     serve.add_argument(
         "--no-projections",
         action="store_true",
         help="serve without the in-process projection runner (run `billing-ledger project` apart)",
     )
-    sub.add_parser("project", help="the projection runner alone")
-    replay = sub.add_parser("replay", help="rebuild projections from the store")
-    replay.add_argument("--projection", default=None)
-    replay.add_argument("--dry-run", action="store_true")
-    backfill = sub.add_parser("backfill", help="append missing events from Stripe's Events API")
-    backfill.add_argument("--since", default=None)
-    backfill.add_argument("--types", default=None)
-    sub.add_parser("reconcile", help="record Stripe's current objects as observations")
-    explain = sub.add_parser("explain", help="why a user's access is what it is")
-    explain.add_argument("user_id")
-    explain.add_argument("--feature", default=None)
-    explain.add_argument("--at", default=None)
-    sub.add_parser("demo", help="a signed lifecycle through the real pipeline")
+    _command(sub, "project", "the projection runner alone")
+    replay = _command(sub, "replay", "rebuild projections from the store; prints what changed")
+    replay.add_argument(
+        "--projection", default=None, help="the projection to rebuild (default: the only one)"
+    )
+    replay.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="rebuild and compare only: swap nothing (reads an existing database only)",
+    )
+    backfill = _command(sub, "backfill", "append missing events from Stripe's Events API")
+    backfill.add_argument(
+        "--since",
+        default=None,
+        help="ISO 8601 or Unix seconds (default: an hour before the last run, else 30 days ago)",
+    )
+    backfill.add_argument(
+        "--types", default=None, help="only these event types, comma-separated (default: all)"
+    )
+    _command(sub, "reconcile", "record Stripe's current objects where the projections differ")
+    explain = _command(sub, "explain", "why a user's access is what it is (reads only)")
+    explain.add_argument("user_id", help="the application's user id")
+    explain.add_argument(
+        "--feature", default=None, help="only changes of this feature (one the plans name)"
+    )
+    explain.add_argument(
+        "--at", default=None, help="evaluate at this time: ISO 8601 or Unix seconds (default now)"
+    )
+    verify = _command(sub, "verify", "recompute the hash chain of every stored event (reads only)")
+    verify.add_argument(
+        "--signatures",
+        action="store_true",
+        help="also re-check each stored Stripe-Signature against STRIPE_WEBHOOK_SECRET "
+        "(tolerance ignored)",
+    )
+    _command(sub, "demo", "a signed lifecycle through the real pipeline")
     return top
+
+
+# Commands that only read: they never create a database where none is.
+READ_ONLY = frozenset({"explain", "verify"})
+
+
+def refuse_missing_file(args: argparse.Namespace, settings: Settings) -> None:
+    """StorageError when a read-only command names a SQLite file that does not exist (a
+    mistyped path must not answer from a new, empty ledger)."""
+    if args.command not in READ_ONLY and not (
+        args.command == "replay" and getattr(args, "dry_run", False)
+    ):
+        return
+    url = DatabaseUrl.parse(settings.database_url)
+    if url.dialect == "sqlite" and not Path(url.path).exists():
+        raise StorageError(
+            f"storage unavailable: no SQLite database at {url.path} (LEDGER_DATABASE_URL); "
+            "this command only reads and creates nothing"
+        )
 
 
 # The secrets a one-line reason must never show: the database password and the keys.
@@ -150,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = Settings.from_env()
+        refuse_missing_file(args, settings)
         if args.command in LONG_RUNNING:
             tune_gc()
         return COMMANDS[args.command](args, settings)

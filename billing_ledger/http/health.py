@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from billing_ledger.ledger.chain import describe
 from billing_ledger.ledger.store import StorageError
 
 if TYPE_CHECKING:
@@ -19,6 +20,7 @@ def _health(deps: Deps) -> tuple[int, dict[str, Any]]:
     projections: dict[str, Any] = deps.runner.status() if deps.runner is not None else {}
     try:
         head = deps.store.head()
+        chain = describe(deps.store.chain_head())
     except StorageError as e:
         return 503, {
             "status": "degraded",
@@ -35,6 +37,7 @@ def _health(deps: Deps) -> tuple[int, dict[str, Any]]:
         "status": "degraded" if failing else "ok",
         "head": head,
         "projections": projections,
+        "chain": chain,  # the hash chain's head: note it, and `verify` proves what precedes it
     }
 
 
