@@ -39,12 +39,15 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             f"refusing to serve on non-loopback host {args.host} without LEDGER_API_TOKEN"
         )
     from billing_ledger.bootstrap import build
+    from billing_ledger.replay.integrity import announce
 
     if args.no_projections:
         # Read by app_from_env in each worker: run `billing-ledger project` elsewhere instead.
         os.environ["LEDGER_SERVE_PROJECTIONS"] = "false"
     # Fail fast (one line) when storage is unreachable; creates the tables once.
-    build(settings, run_projections=False).close()
+    opened = build(settings, run_projections=False)
+    announce("serve", opened.store)
+    opened.close()
     uvicorn.run(
         "billing_ledger.http.app:app_from_env",
         factory=True,

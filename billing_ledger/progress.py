@@ -7,6 +7,7 @@ replay in CI or under systemd is not silent. Stdout stays the command's answer.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -32,6 +33,7 @@ from rich.text import Text
 
 INTERVAL = 5.0  # seconds between lines when stderr is not a terminal
 FOLLOW_EVERY = 0.25  # seconds between samples of a count kept elsewhere
+BAR_EVERY = 0.1  # seconds between updates of a bar (one per item would cost more than the item)
 
 
 class _Rate(ProgressColumn):
@@ -48,7 +50,10 @@ def line(label: str, done: int, total: int | None, seconds: float) -> str:
     if not total:
         return f"{label}: {done:,} done, {rate:,.0f}/s, {seconds:.0f}s so far"
     percent = 100 * done / total
-    left = f"ETA {(total - done) / rate:.0f}s" if rate > 0 and done < total else "ETA -"
+    if done >= total:
+        left = f"done in {seconds:.1f}s"
+    else:
+        left = f"ETA {(total - done) / rate:.0f}s" if rate > 0 else "ETA -"
     return f"{label}: {done:,}/{total:,} ({percent:.0f}%), {rate:,.0f}/s, {left}"
 
 
@@ -101,7 +106,8 @@ class Progress:
         error: BaseException | None,
         trace: TracebackType | None,
     ) -> None:
-        if self._bar is not None:
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, completed=self.done)
             self._bar.stop()
         elif self.clock() - self.started >= self.interval:
             self._print()  # a long run ends with its last line; a short one says nothing
@@ -119,9 +125,12 @@ class Progress:
         """Set the count done (a count kept elsewhere, sampled)."""
         with self._lock:
             self.done = done
+            now = self.clock()
             if self._bar is not None and self._task is not None:
-                self._bar.update(self._task, completed=done)
-            elif self.clock() - self._last_line >= self.interval:
+                if now - self._last_line >= BAR_EVERY or done == self.total:
+                    self._last_line = now
+                    self._bar.update(self._task, completed=done)
+            elif now - self._last_line >= self.interval:
                 self._print()
 
     def _print(self) -> None:
@@ -146,3 +155,16 @@ class Progress:
             stop.set()
             thread.join()
             self.update(count())
+
+
+@contextmanager
+def quiet(logger: str, level: int = logging.WARNING) -> Iterator[None]:
+    """Hold `logger` at `level` while progress speaks for it (per-batch lines would bury the
+    command's answer, and break a bar's line)."""
+    target = logging.getLogger(logger)
+    before = target.level
+    target.setLevel(max(level, before))
+    try:
+        yield
+    finally:
+        target.setLevel(before)

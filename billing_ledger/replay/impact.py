@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from billing_ledger.projections.plans import Plans
@@ -42,14 +42,18 @@ def changes(
     before: tuple[Views, Plans],
     after: tuple[Views, Plans],
     at: int,
+    progress: Callable[[int], None] | None = None,
 ) -> list[FeatureChange]:
-    """The users among `users` whose features differ between `before` and `after` at `at`."""
+    """The users among `users` whose features differ between `before` and `after` at `at`
+    (`progress` hears of each user evaluated)."""
     found = []
     for user_id in sorted(set(users)):
         old = features(*before, user_id, at)
         new = features(*after, user_id, at)
         if old != new:
             found.append(FeatureChange(user_id, old, new))
+        if progress is not None:
+            progress(1)
     return found
 
 

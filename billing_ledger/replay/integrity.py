@@ -9,6 +9,7 @@ Stripe-Signature header against the configured secrets, the timestamp tolerance 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +24,8 @@ from billing_ledger.settings import Settings
 
 Print = Callable[[str], None]
 PAGE = 1000
+
+log = logging.getLogger("billing_ledger.cli")
 
 
 class NoSecretsError(ValueError):
@@ -89,7 +92,8 @@ def cmd_verify(args: argparse.Namespace, settings: Settings, out: Print = print)
         )
         return 2
     with _reading(settings) as store:
-        total = announce("verify", store)
+        total = store.count()
+        out(f"verify: {store.db.url.display()} ({total:,} events)")
         failed = _verify_chain(store, total, out)
         if args.signatures:
             failed |= _verify_signatures(store, settings.webhook_secrets, total, out)
@@ -125,12 +129,11 @@ def _verify_signatures(store: EventStore, secrets: tuple[str, ...], total: int, 
     return bool(report.failures)
 
 
-def announce(command: str, store: EventStore) -> int:
-    """Name the database a command reads (password masked) and its event count, on stderr."""
-    total = store.count()
-    print(
-        f"billing-ledger {command}: reading {store.db.url.display()} ({total:,} events)",
-        file=sys.stderr,
+def announce(command: str, store: EventStore, total: int | None = None) -> int:
+    """Log the database a command read (password masked) and its event count; the count."""
+    total = store.count() if total is None else total
+    log.info(
+        "billing-ledger %s: database %s (%s events)", command, store.db.url.display(), f"{total:,}"
     )
     return total
 
