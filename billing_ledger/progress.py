@@ -79,6 +79,7 @@ class Progress:
         self._last_line = self.started
         self._bar: Bar | None = None
         self._task: TaskID | None = None
+        self._printed: int | None = None  # the count the last line showed
         self._lock = threading.Lock()
 
     def __enter__(self) -> Progress:
@@ -109,7 +110,7 @@ class Progress:
         if self._bar is not None and self._task is not None:
             self._bar.update(self._task, completed=self.done)
             self._bar.stop()
-        elif self.clock() - self.started >= self.interval:
+        elif self.clock() - self.started >= self.interval and self._printed != self.done:
             self._print()  # a long run ends with its last line; a short one says nothing
 
     @property
@@ -135,6 +136,7 @@ class Progress:
 
     def _print(self) -> None:
         self._last_line = self.clock()
+        self._printed = self.done
         print(line(self.label, self.done, self.total, self.seconds), file=self.stream, flush=True)
 
     @contextmanager

@@ -9,6 +9,7 @@ recorder's notification id is the ledger position.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from billing_ledger.ledger.records import (
 )
 
 TABLE = "ledger_events"
+log = logging.getLogger("billing_ledger.ledger")
 _T = TypeVar("_T")
 
 
@@ -321,7 +323,18 @@ class EventStore:
             self.db.ensure_schema()
             with guard():
                 self.recorder.create_table()
-            self.chain.upgrade()  # a ledger stored before the chain: chain it in place
+            self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Chain in place what a ledger stored before the chain holds (once, when opened)."""
+        waiting = self.chain.unchained()
+        if not waiting:
+            return
+        from billing_ledger.progress import Progress  # rich, only when there is work
+
+        log.info("chaining %d events stored before the hash chain", waiting)
+        with Progress("chain upgrade", waiting) as progress:
+            self.chain.upgrade(progress.advance)
 
     def append(self, events: Sequence[Incoming]) -> list[AppendResult]:
         """Append a batch in one transaction; fall back to one by one when any id is known."""

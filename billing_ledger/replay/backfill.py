@@ -22,6 +22,7 @@ import stripe
 from billing_ledger.ledger.records import RESERVED_TYPE_PREFIX, AppendResult, Incoming
 from billing_ledger.ledger.store import EventStore
 from billing_ledger.ledger.verify import MalformedEventError, parse_event
+from billing_ledger.progress import Progress
 from billing_ledger.replay import stripe_api
 from billing_ledger.replay.own_events import BACKFILL_CURSOR, BACKFILL_GAP, of_type, own_event
 
@@ -86,10 +87,13 @@ class Backfill:
         report = BackfillReport(since=self.start(since, now), types=wanted)
         self._mark_gap(report, now)
         seen: set[str] = set()
-        for page in self._pages(report):
-            fresh = [e for e in page if _id(e) not in seen and _wanted(e, wanted)]
-            seen.update(_id(e) for e in fresh)
-            self._append(report, fresh)
+        # The Events API gives no total: the count fetched and its rate.
+        with Progress("backfill events fetched", None) as progress:
+            for page in self._pages(report):
+                fresh = [e for e in page if _id(e) not in seen and _wanted(e, wanted)]
+                seen.update(_id(e) for e in fresh)
+                self._append(report, fresh)
+                progress.advance(len(page))
         self._record_cursor(report, now)
         return report
 

@@ -27,6 +27,7 @@ from billing_ledger.ledger.canonical import (
 from billing_ledger.ledger.normalise import normalise
 from billing_ledger.ledger.records import Incoming, Recorded
 from billing_ledger.ledger.store import EventStore
+from billing_ledger.progress import Progress
 from billing_ledger.projections.fold import state_at
 from billing_ledger.projections.links import customer_of, links_of
 from billing_ledger.projections.plans import Plans
@@ -102,11 +103,12 @@ class Reconcile:
         report = ReconcileReport()
         self._catch_up()  # compare with every stored event, not a lagging view
         now = int(self.clock())
-        pending = [
-            (drift, event)
-            for event in self._observations(report, now)
-            if (drift := self._drift(event, now)) is not None
-        ]
+        with Progress("reconcile objects observed", None) as progress:  # Stripe lists no total
+            pending = [
+                (drift, event)
+                for event in self._observations(report, now, progress.advance)
+                if (drift := self._drift(event, now)) is not None
+            ]
         report.drifts = [drift for drift, _ in pending]
         users = self._users([event for _, event in pending])
         before = {u: impact.features(self.views, self.plans, u, now) for u in users}
@@ -133,10 +135,13 @@ class Reconcile:
 
     # -- observing --------------------------------------------------------------------
 
-    def _observations(self, report: ReconcileReport, now: int) -> Iterator[Incoming]:
+    def _observations(
+        self, report: ReconcileReport, now: int, seen: Callable[[int], None]
+    ) -> Iterator[Incoming]:
         version = stripe_api.api_version()
         for kind, obj in self._objects(report):
             report.observed[kind] = report.observed.get(kind, 0) + 1
+            seen(1)
             if "livemode" not in obj:  # a deleted customer says only id and deleted
                 obj = {**obj, "livemode": self.livemode}
             yield observation(obj, now, version)
