@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import ipaddress
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import unquote, urlsplit
 
 from billing_ledger.ledger.store import DatabaseUrl, DatabaseUrlError, StorageError
@@ -132,9 +135,7 @@ def _version() -> str:
         return "unknown"
 
 
-def _command(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str
-) -> argparse.ArgumentParser:
+def _command(sub: argparse._SubParsersAction[_Parser], name: str, summary: str) -> _Parser:
     return sub.add_parser(
         name,
         help=summary,
@@ -144,9 +145,20 @@ def _command(
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, naming the nearest command when one is mistyped."""
+
+    def error(self, message: str) -> NoReturn:
+        wrong = re.search(r"invalid choice: '([^']*)'", message)
+        if wrong:
+            near = difflib.get_close_matches(wrong.group(1), COMMANDS, n=1)
+            message += f"; did you mean {near[0]!r}?" if near else ""
+        super().error(message)
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line of CONTRACT.md."""
-    top = argparse.ArgumentParser(
+    top = _Parser(
         prog="billing-ledger",
         description=__doc__,
         epilog=_environment(tuple(ENVIRONMENT)),

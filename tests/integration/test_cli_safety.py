@@ -136,3 +136,9 @@ def _envelope(i: int) -> dict[str, object]:
     )
     assert isinstance(body, dict)
     return body
+
+
+def test_a_mistyped_command_names_the_nearest_one() -> None:
+    done = run_cli(["expain", "u_1"])
+    assert done.returncode == 2
+    assert "invalid choice: 'expain'" in done.stderr and "did you mean 'explain'?" in done.stderr
