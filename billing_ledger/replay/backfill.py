@@ -52,13 +52,15 @@ class BackfillReport:
     cursor_id: str | None = None
     server_filtered: bool = True  # False when the API ignored or refused `types`
     pages: int = 0
+    seconds: float = 0.0  # the whole run: fetching, appending, the cursor
 
     def summary(self) -> str:
         """One line of counts."""
         newest = self.newest[1] if self.newest else "none"
         return (
             f"fetched {self.fetched}, recorded {self.recorded}, duplicates {self.duplicates}, "
-            f"alternates {self.alternates}, skipped {self.skipped}; cursor {newest}"
+            f"alternates {self.alternates}, skipped {self.skipped}; cursor {newest}; "
+            f"{self.pages} pages in {self.seconds:.2f}s"
         )
 
 
@@ -82,6 +84,7 @@ class Backfill:
 
     def run(self, since: int | None, types: Sequence[str] | None) -> BackfillReport:
         """Fetch from `since` (default: the last cursor, else 30 days ago) and append."""
+        started = time.perf_counter()
         now = int(self.clock())
         wanted = tuple(dict.fromkeys(types)) if types else None
         report = BackfillReport(since=self.start(since, now), types=wanted)
@@ -95,6 +98,7 @@ class Backfill:
                 self._append(report, fresh)
                 progress.advance(len(page))
         self._record_cursor(report, now)
+        report.seconds = time.perf_counter() - started
         return report
 
     def start(self, since: int | None, now: int) -> int:

@@ -40,6 +40,19 @@ Json = dict[str, Any]
 SUMMARY_OBJECT = "entitlements.active_entitlement_summary"
 
 
+class _Phases:
+    """Seconds since the previous mark, recorded under each mark's name."""
+
+    def __init__(self, into: dict[str, float]) -> None:
+        self.into = into
+        self.last = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.into[name] = now - self.last
+        self.last = now
+
+
 @dataclass(frozen=True)
 class Drift:
     """One Stripe object whose current state the projections do not hold."""
@@ -66,13 +79,15 @@ class ReconcileReport:
     recorded: int = 0
     notes: list[str] = field(default_factory=list)
     users: list[impact.FeatureChange] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase, in order
 
     def summary(self) -> str:
-        """One line of counts."""
+        """One line of counts, then the time of each phase."""
         seen = ", ".join(f"{n} {kind}" for kind, n in sorted(self.observed.items()))
+        times = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in self.phases.items())
         return (
             f"observed {seen or 'nothing'}; {len(self.drifts)} differ; "
-            f"recorded {self.recorded} observations"
+            f"recorded {self.recorded} observations; {times or 'no time'}"
         )
 
 
@@ -101,7 +116,9 @@ class Reconcile:
     def run(self) -> ReconcileReport:
         """Observe, compare with the caught-up projections, record, and say whose access moved."""
         report = ReconcileReport()
+        clock = _Phases(report.phases)
         self._catch_up()  # compare with every stored event, not a lagging view
+        clock.mark("catch-up")
         now = int(self.clock())
         with Progress("reconcile objects observed", None) as progress:  # Stripe lists no total
             pending = [
@@ -109,6 +126,7 @@ class Reconcile:
                 for event in self._observations(report, now, progress.advance)
                 if (drift := self._drift(event, now)) is not None
             ]
+        clock.mark("observe")
         report.drifts = [drift for drift, _ in pending]
         users = self._users([event for _, event in pending])
         before = {u: impact.features(self.views, self.plans, u, now) for u in users}
@@ -116,6 +134,7 @@ class Reconcile:
         report.users = [
             change for u in sorted(users) if (change := self._change(u, before[u], now)) is not None
         ]
+        clock.mark("record")
         return report
 
     def _change(
