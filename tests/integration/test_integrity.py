@@ -267,3 +267,16 @@ def test_healthz_shows_the_chain_head(database_url: str) -> None:
         head = deps.store.chain_head()
     assert health["chain"] == {"position": answer["position"], "hash": head.hex()}
     assert health["head"] == answer["position"] and "projections" in health
+
+
+def test_signatures_without_the_secrets_exits_2_in_one_line(
+    store: EventStore,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("LEDGER_DATABASE_URL", database_url)
+    monkeypatch.delenv("STRIPE_WEBHOOK_SECRET", raising=False)
+    assert main(["verify", "--signatures"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("billing-ledger verify: --signatures needs STRIPE_WEBHOOK_SECRET")
