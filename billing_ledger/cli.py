@@ -212,6 +212,13 @@ def parser() -> argparse.ArgumentParser:
         help="also re-check each stored Stripe-Signature against STRIPE_WEBHOOK_SECRET "
         "(tolerance ignored)",
     )
+    verify.add_argument(
+        "--head",
+        default=None,
+        metavar="POSITION:HASH",
+        help="a chain head noted earlier (from /healthz): also prove nothing at or before it "
+        "changed, even with the chain rewritten",
+    )
     _command(sub, "demo", "a signed lifecycle through the real pipeline")
     return top
 

@@ -194,8 +194,11 @@ class Chain:
         with self.db.transaction(commit=False) as cursor:
             return self.head(cursor)
 
-    def walk(self, progress: Callable[[int], None] | None = None) -> Break | None:
-        """Recompute the chain from the first event; the first position that does not hold."""
+    def walk(
+        self, progress: Callable[[int], None] | None = None, noted: Head | None = None
+    ) -> Break | None:
+        """Recompute the chain from the first event; the first position that does not hold
+        (with `noted`, a head seen earlier, also where the recomputed chain departs from it)."""
         previous, after = GENESIS, 0
         while True:
             with self.db.transaction(commit=False) as cursor:
@@ -204,15 +207,22 @@ class Chain:
             for record in page:
                 (position, event_id, version, state), stored = _row(record), record["hash"]
                 previous = link(previous, position, event_id, version, state)
-                if stored is None:
-                    return Break(position, event_id, "no hash stored for this event")
-                if bytes(stored) != previous:
-                    return Break(position, event_id, _MISMATCH)
+                found = _check(position, event_id, stored, previous)
+                if found is None and noted is not None and position >= noted.position:
+                    found = _against(noted, position, event_id, previous)
+                    noted = None  # checked once, where the walk reaches it
+                if found is not None:
+                    return found
             if progress is not None and page:
                 progress(len(page))
             if len(page) < UPGRADE_BATCH:
-                return self._orphan()
+                return self._missing(noted, after if not page else int(page[-1]["position"]))
             after = int(page[-1]["position"])
+
+    def _missing(self, noted: Head | None, last: int) -> Break | None:
+        if noted is not None and noted.position > last:
+            return Break(noted.position, None, "the noted head's position is no longer stored")
+        return self._orphan()
 
     def _orphan(self) -> Break | None:
         with self.db.transaction(commit=False) as cursor:
@@ -244,6 +254,29 @@ class Chain:
 _MISMATCH = (
     "the stored hash does not match the recomputed one: this event's stored record "
     "(body or header) or its position changed"
+)
+
+
+def _check(position: int, event_id: str, stored: Any, recomputed: bytes) -> Break | None:
+    if stored is None:
+        return Break(position, event_id, "no hash stored for this event")
+    if bytes(stored) != recomputed:
+        return Break(position, event_id, _MISMATCH)
+    return None
+
+
+def _against(noted: Head, position: int, event_id: str, recomputed: bytes) -> Break | None:
+    """The first event at or past a noted head: it must be that head, with that hash."""
+    if position != noted.position:
+        return Break(noted.position, None, "the noted head's position is no longer stored")
+    if recomputed != noted.hash:
+        return Break(position, event_id, _REWRITTEN)
+    return None
+
+
+_REWRITTEN = (
+    "the chain recomputes and matches its stored hashes, but not the head noted earlier: "
+    "events at or before it were changed and the chain rewritten"
 )
 
 

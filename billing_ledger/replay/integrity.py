@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from billing_ledger.ledger.chain import Break
+from billing_ledger.ledger.chain import Break, Head
 from billing_ledger.ledger.records import Recorded
 from billing_ledger.ledger.store import Database, DatabaseUrl, EventStore, guard
 from billing_ledger.ledger.verify import InvalidSignatureError, verify
@@ -28,8 +28,8 @@ PAGE = 1000
 log = logging.getLogger("billing_ledger.cli")
 
 
-class NoSecretsError(ValueError):
-    """--signatures without STRIPE_WEBHOOK_SECRET."""
+class BadHeadError(ValueError):
+    """--head is not POSITION:HASH."""
 
 
 @dataclass
@@ -84,6 +84,11 @@ def break_line(found: Break) -> str:
 
 def cmd_verify(args: argparse.Namespace, settings: Settings, out: Print = print) -> int:
     """Recompute the chain (and with --signatures re-check the headers); 0 when all hold."""
+    try:
+        noted = parse_head(args.head) if getattr(args, "head", None) else None
+    except BadHeadError as error:
+        print(f"billing-ledger verify: {error}", file=sys.stderr)
+        return 2
     if args.signatures and not settings.webhook_secrets:
         print(
             "billing-ledger verify: --signatures needs STRIPE_WEBHOOK_SECRET (the secrets "
@@ -94,13 +99,25 @@ def cmd_verify(args: argparse.Namespace, settings: Settings, out: Print = print)
     with _reading(settings) as store:
         total = store.count()
         out(f"verify: {store.db.url.display()} ({total:,} events)")
-        failed = _verify_chain(store, total, out)
+        failed = _verify_chain(store, total, out, noted)
         if args.signatures:
             failed |= _verify_signatures(store, settings.webhook_secrets, total, out)
     return 1 if failed else 0
 
 
-def _verify_chain(store: EventStore, total: int, out: Print) -> bool:
+def parse_head(text: str) -> Head:
+    """`POSITION:HASH`, as /healthz showed the chain head (64 hex digits)."""
+    position, _, digest = text.strip().partition(":")
+    try:
+        head = Head(int(position), bytes.fromhex(digest))
+    except ValueError:
+        head = Head(0, b"")
+    if head.position <= 0 or len(head.hash) != 32:
+        raise BadHeadError(f"--head: expected POSITION:HASH (64 hex digits), got {text!r}")
+    return head
+
+
+def _verify_chain(store: EventStore, total: int, out: Print, noted: Head | None) -> bool:
     if not store.chain.exists():
         out(
             "chain: none stored: this ledger predates the chain; any command that writes to it "
@@ -108,12 +125,14 @@ def _verify_chain(store: EventStore, total: int, out: Print) -> bool:
         )
         return True
     with Progress("verify chain", total) as progress:
-        found = store.chain.walk(progress.advance)
+        found = store.chain.walk(progress.advance, noted)
     if found is not None:
         out(break_line(found))
         return True
     head = store.chain_head()
     out(f"chain: {total:,} events hold; head position {head.position} sha256 {head.hex()}")
+    if noted is not None:
+        out(f"noted head: position {noted.position} still holds (nothing at or before it changed)")
     return False
 
 

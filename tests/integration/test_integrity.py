@@ -280,3 +280,38 @@ def test_signatures_without_the_secrets_exits_2_in_one_line(
     assert main(["verify", "--signatures"]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("billing-ledger verify: --signatures needs STRIPE_WEBHOOK_SECRET")
+
+
+def test_a_noted_head_catches_an_edit_hidden_by_a_rewritten_chain(
+    store: EventStore,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    results = store.append([signed(f"evt_{i}") for i in range(6)])
+    with client_for(settings_for(database_url)) as (client, _):
+        noted = client.get("/healthz").json()["chain"]  # what an auditor writes down
+    store.append([signed("evt_later")])
+    head = f"{noted['position']}:{noted['hash']}"
+    status, printed = verify(database_url, monkeypatch, capsys, "--head", head)
+    assert status == 0, printed
+    assert f"noted head: position {noted['position']} still holds" in printed
+    tamper(store, results[2].position, b'"status":"active"', b'"status":"paused"')
+    with store.db.transaction() as cursor:  # an intruder who also recomputes every hash
+        cursor.execute(f"DELETE FROM {store.db.table('ledger_chain')}")
+    store.chain.upgrade()
+    assert verify(database_url, monkeypatch, capsys)[0] == 0  # the chain alone is fooled
+    status, printed = verify(database_url, monkeypatch, capsys, "--head", head)
+    assert status == 1
+    assert f"chain: broken at position {noted['position']} (evt_5)" in printed
+    assert "not the head noted earlier" in printed
+
+
+def test_a_malformed_noted_head_exits_2(
+    store: EventStore,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status, printed = verify(database_url, monkeypatch, capsys, "--head", "12:nothex")
+    assert status == 2 and "--head: expected POSITION:HASH" in printed
