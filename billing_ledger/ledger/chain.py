@@ -64,6 +64,7 @@ class Break:
     position: int
     event_id: str | None
     reason: str
+    earlier_hold: bool = True  # False when a noted head shows the earlier events changed
 
 
 class Chain:
@@ -221,7 +222,9 @@ class Chain:
 
     def _missing(self, noted: Head | None, last: int) -> Break | None:
         if noted is not None and noted.position > last:
-            return Break(noted.position, None, "the noted head's position is no longer stored")
+            return Break(
+                noted.position, None, "the noted head's position is no longer stored", False
+            )
         return self._orphan()
 
     def _orphan(self) -> Break | None:
@@ -268,9 +271,9 @@ def _check(position: int, event_id: str, stored: Any, recomputed: bytes) -> Brea
 def _against(noted: Head, position: int, event_id: str, recomputed: bytes) -> Break | None:
     """The first event at or past a noted head: it must be that head, with that hash."""
     if position != noted.position:
-        return Break(noted.position, None, "the noted head's position is no longer stored")
+        return Break(noted.position, None, "the noted head's position is no longer stored", False)
     if recomputed != noted.hash:
-        return Break(position, event_id, _REWRITTEN)
+        return Break(position, event_id, _REWRITTEN, False)
     return None
 
 

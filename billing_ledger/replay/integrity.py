@@ -79,7 +79,8 @@ def _check(report: SignatureReport, event: Recorded, secrets: tuple[str, ...]) -
 def break_line(found: Break) -> str:
     """`chain: broken at position 17 (evt_1): reason; positions before it hold`."""
     where = f"position {found.position}" + (f" ({found.event_id})" if found.event_id else "")
-    return f"chain: broken at {where}: {found.reason}; every position before it holds"
+    after = "; every position before it holds" if found.earlier_hold else ""
+    return f"chain: broken at {where}: {found.reason}{after}"
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings, out: Print = print) -> int:
