@@ -1,18 +1,22 @@
-"""billing-ledger serve | project | replay | backfill | reconcile | explain | demo."""
+"""billing-ledger serve | project | replay | backfill | reconcile | explain | verify | demo."""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import unquote, urlsplit
 
-from billing_ledger.ledger.store import DatabaseUrlError, StorageError
+from billing_ledger.ledger.store import DatabaseUrl, DatabaseUrlError, StorageError
 from billing_ledger.listen import LISTEN_HOST_VARIABLE, is_loopback
 from billing_ledger.logs import configure_logging, log_config
 from billing_ledger.process import Supervised, default_workers, tune_gc
@@ -38,13 +42,16 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             "(the demo sign-in lets anyone claim any user)"
         )
     from billing_ledger.bootstrap import build
+    from billing_ledger.replay.integrity import announce
 
     apart = not args.no_projections and os.environ.get("LEDGER_SERVE_PROJECTIONS") != "false"
     # Read by app_from_env in each HTTP process: none runs the projections itself.
     os.environ["LEDGER_SERVE_PROJECTIONS"] = "apart" if apart else "false"
     os.environ[LISTEN_HOST_VARIABLE] = args.host  # where the workers listen (listen.py)
     # Fail fast (one line) when storage is unreachable; creates the tables once.
-    build(settings, run_projections=False).close()
+    opened = build(settings, run_projections=False)
+    announce("serve", opened.store)
+    opened.close()
     with _projections_apart(apart):
         uvicorn.run(
             "billing_ledger.http.app:app_from_env",
@@ -110,23 +117,90 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "backfill": _delegate("billing_ledger.replay.commands", "cmd_backfill"),
     "reconcile": _delegate("billing_ledger.replay.commands", "cmd_reconcile"),
     "explain": _delegate("billing_ledger.replay.commands", "cmd_explain"),
+    "verify": _delegate("billing_ledger.replay.integrity", "cmd_verify"),
     "demo": cmd_demo,
 }
 
 
 # Commands that fold many events or serve for long: the collector runs rarely in them.
-LONG_RUNNING = frozenset({"serve", "project", "replay", "backfill", "reconcile"})
+LONG_RUNNING = frozenset({"serve", "project", "replay", "backfill", "reconcile", "verify"})
+
+
+# Each variable of CONTRACT.md, as the help names it.
+ENVIRONMENT = {
+    "LEDGER_DATABASE_URL": "sqlite:///PATH or postgresql://USER@HOST:PORT/DB (default "
+    "sqlite:///ledger.db)",
+    "STRIPE_WEBHOOK_SECRET": "whsec_... secrets, comma-separated",
+    "STRIPE_WEBHOOK_TOLERANCE": "seconds a signature may be old (default 300)",
+    "STRIPE_API_KEY": "secret key for Checkout, portal, backfill, reconcile",
+    "STRIPE_API_BASE": "another Stripe API base (a local fake)",
+    "LEDGER_PLANS": "the plans file (default: the bundled example)",
+    "LEDGER_API_TOKEN": "bearer token for /v1 (required off loopback)",
+    "LEDGER_LIVEMODE": "true or false: which mode's events are projected (default false)",
+    "LEDGER_APP_URL": "base URL for Checkout and portal return URLs",
+}
+_STORE = ("LEDGER_DATABASE_URL", "LEDGER_PLANS", "LEDGER_LIVEMODE")
+READS = {
+    "serve": tuple(ENVIRONMENT),
+    "project": _STORE,
+    "replay": _STORE,
+    "backfill": ("LEDGER_DATABASE_URL", "STRIPE_API_KEY", "STRIPE_API_BASE", "LEDGER_LIVEMODE"),
+    "reconcile": (*_STORE, "STRIPE_API_KEY", "STRIPE_API_BASE"),
+    "explain": _STORE,
+    "verify": ("LEDGER_DATABASE_URL", "STRIPE_WEBHOOK_SECRET"),
+    "demo": (),
+}
+
+
+def _environment(names: Sequence[str]) -> str:
+    if not names:
+        return "environment: none read (a fresh embedded database in a temporary folder)"
+    return "environment:\n" + "\n".join(f"  {n:<26}{ENVIRONMENT[n]}" for n in names)
+
+
+def _version() -> str:
+    try:
+        return version("billing-ledger")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
+def _command(sub: argparse._SubParsersAction[_Parser], name: str, summary: str) -> _Parser:
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=summary,
+        epilog=_environment(READS[name]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, naming the nearest command when one is mistyped."""
+
+    def error(self, message: str) -> NoReturn:
+        wrong = re.search(r"invalid choice: '([^']*)'", message)
+        if wrong:
+            near = difflib.get_close_matches(wrong.group(1), COMMANDS, n=1)
+            message += f"; did you mean {near[0]!r}?" if near else ""
+        super().error(message)
 
 
 def parser() -> argparse.ArgumentParser:
     """The command line of CONTRACT.md."""
-    top = argparse.ArgumentParser(prog="billing-ledger", description=__doc__)
-    sub = top.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser(
-        "serve", help="the HTTP service, with the projection runner in a process of its own"
+    top = _Parser(
+        prog="billing-ledger",
+        description=__doc__,
+        epilog=_environment(tuple(ENVIRONMENT)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    top.add_argument("--version", action="version", version=f"billing-ledger {_version()}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = _command(
+        sub, "serve", "the HTTP service, with the projection runner in a process of its own"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
     serve.add_argument(
         "--workers",
         type=int,
@@ -138,20 +212,69 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve without the projection runner (run `billing-ledger project` apart)",
     )
-    sub.add_parser("project", help="the projection runner alone")
-    replay = sub.add_parser("replay", help="rebuild projections from the store")
-    replay.add_argument("--projection", default=None)
-    replay.add_argument("--dry-run", action="store_true")
-    backfill = sub.add_parser("backfill", help="append missing events from Stripe's Events API")
-    backfill.add_argument("--since", default=None)
-    backfill.add_argument("--types", default=None)
-    sub.add_parser("reconcile", help="record Stripe's current objects as observations")
-    explain = sub.add_parser("explain", help="why a user's access is what it is")
-    explain.add_argument("user_id")
-    explain.add_argument("--feature", default=None)
-    explain.add_argument("--at", default=None)
-    sub.add_parser("demo", help="a signed lifecycle through the real pipeline")
+    _command(sub, "project", "the projection runner alone")
+    replay = _command(sub, "replay", "rebuild projections from the store; prints what changed")
+    replay.add_argument(
+        "--projection", default=None, help="the projection to rebuild (default: the only one)"
+    )
+    replay.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="rebuild and compare only: swap nothing (reads an existing database only)",
+    )
+    backfill = _command(sub, "backfill", "append missing events from Stripe's Events API")
+    backfill.add_argument(
+        "--since",
+        default=None,
+        help="ISO 8601 or Unix seconds (default: an hour before the last run, else 30 days ago)",
+    )
+    backfill.add_argument(
+        "--types", default=None, help="only these event types, comma-separated (default: all)"
+    )
+    _command(sub, "reconcile", "record Stripe's current objects where the projections differ")
+    explain = _command(sub, "explain", "why a user's access is what it is (reads only)")
+    explain.add_argument("user_id", help="the application's user id")
+    explain.add_argument(
+        "--feature", default=None, help="only changes of this feature (one the plans name)"
+    )
+    explain.add_argument(
+        "--at", default=None, help="evaluate at this time: ISO 8601 or Unix seconds (default now)"
+    )
+    verify = _command(sub, "verify", "recompute the hash chain of every stored event (reads only)")
+    verify.add_argument(
+        "--signatures",
+        action="store_true",
+        help="also re-check each stored Stripe-Signature against STRIPE_WEBHOOK_SECRET "
+        "(tolerance ignored)",
+    )
+    verify.add_argument(
+        "--head",
+        default=None,
+        metavar="POSITION:HASH",
+        help="a chain head noted earlier (from /healthz): also prove nothing at or before it "
+        "changed, even with the chain rewritten",
+    )
+    _command(sub, "demo", "a signed lifecycle through the real pipeline")
     return top
+
+
+# Commands that only read: they never create a database where none is.
+READ_ONLY = frozenset({"explain", "verify"})
+
+
+def refuse_missing_file(args: argparse.Namespace, settings: Settings) -> None:
+    """StorageError when a read-only command names a SQLite file that does not exist (a
+    mistyped path must not answer from a new, empty ledger)."""
+    if args.command not in READ_ONLY and not (
+        args.command == "replay" and getattr(args, "dry_run", False)
+    ):
+        return
+    url = DatabaseUrl.parse(settings.database_url)
+    if url.dialect == "sqlite" and not Path(url.path).exists():
+        raise StorageError(
+            f"storage unavailable: no SQLite database at {url.path} (LEDGER_DATABASE_URL); "
+            "this command only reads and creates nothing"
+        )
 
 
 # The secrets a one-line reason must never show: the database password and the keys.
@@ -188,6 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     try:
         settings = Settings.from_env()
+        refuse_missing_file(args, settings)
         if args.command in LONG_RUNNING:
             tune_gc()
         return COMMANDS[args.command](args, settings)

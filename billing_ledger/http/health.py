@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from billing_ledger.ledger.chain import describe
 from billing_ledger.ledger.store import StorageError
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ def _health(deps: Deps) -> Status:
     projections: dict[str, Any] = deps.runner.status() if deps.runner is not None else {}
     try:
         head = deps.store.head()
+        chain = describe(deps.store.chain_head())
     except StorageError as e:
         return 503, {
             "status": "degraded",
@@ -47,6 +49,7 @@ def _health(deps: Deps) -> Status:
         "status": "degraded" if failing else "ok",
         "head": head,
         "projections": projections,
+        "chain": chain,  # the hash chain's head: note it, and `verify` proves what precedes it
     }
 
 

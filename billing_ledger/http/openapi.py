@@ -314,6 +314,8 @@ def write_schemas() -> Json:
                     ),
                 },
                 "error": {"type": "string"},
+                # The hash chain's head (billing-ledger verify proves what precedes it).
+                "chain": obj({"position": {"type": "integer"}, "hash": NULLABLE_STR}),
             },
             required=("status", "head", "projections"),
         ),

@@ -52,6 +52,7 @@ class Recorded:
     source: str
     thin: bool
     body: bytes
+    signature: str | None = None  # the Stripe-Signature header it was delivered with
 
     def payload(self) -> dict[str, Any]:
         """The parsed body."""
@@ -101,4 +102,5 @@ def decode_state(position: int, event_id: str, version: int, state: bytes) -> Re
         source=header["source"],
         thin=header.get("thin", False),
         body=body,
+        signature=header.get("signature"),
     )

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
-import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,11 +21,16 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 import psycopg
-from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEvent
+from eventsourcing.persistence import IntegrityError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
-from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
+from psycopg import Cursor
 from psycopg.conninfo import make_conninfo
+from psycopg.rows import DictRow
 
+from billing_ledger.ledger.chain import Chain, Head
+from billing_ledger.ledger.errors import StorageError as StorageError
+from billing_ledger.ledger.errors import guard as guard
 from billing_ledger.ledger.records import (
     AppendResult,
     Incoming,
@@ -35,11 +40,8 @@ from billing_ledger.ledger.records import (
 )
 
 TABLE = "ledger_events"
+log = logging.getLogger("billing_ledger.ledger")
 _T = TypeVar("_T")
-
-
-class StorageError(RuntimeError):
-    """The store is unreachable or failed; nothing was acknowledged."""
 
 
 class DatabaseUrlError(ValueError):
@@ -81,6 +83,14 @@ class DatabaseUrl:
                 schema=query.get("schema", ["public"])[0],
             )
         raise DatabaseUrlError(f"unsupported database URL scheme {parts.scheme!r} in {url!r}")
+
+    def display(self) -> str:
+        """The URL with its password masked, as a command names the database it reads."""
+        if self.dialect == "sqlite":
+            return f"sqlite:///{self.path}"
+        secret = ":***" if self.password else ""
+        schema = f"?schema={self.schema}" if self.schema != "public" else ""
+        return f"postgresql://{self.user}{secret}@{self.host}:{self.port}/{self.dbname}{schema}"
 
     def conninfo(self) -> str:
         """A libpq connection string for a PostgreSQL connection of one's own (locks, LISTEN)."""
@@ -184,6 +194,7 @@ class Database:
             self.sqlite = SQLiteDatastore(url.path, originator_id_type="text", lock_timeout=30)
             self.datastore: SQLiteDatastore | PostgresDatastore = self.sqlite
         else:
+            probe(url)  # fails fast, naming host:port and the cause, not the pool's timeout
             self.postgres = PostgresDatastore(
                 dbname=url.dbname,
                 host=url.host,
@@ -245,15 +256,72 @@ class Database:
         self.datastore.close()
 
 
-@contextmanager
-def guard() -> Iterator[None]:
-    """Translate driver failures into StorageError, once, at the edge of the store."""
+# What libpq says (lower case), and the cause an operator reads.
+_CAUSES = (
+    ("connection refused", "connection refused (is the server running and listening there?)"),
+    ("password authentication failed", "authentication failed"),
+    ("authentication failed", "authentication failed"),
+    ("no password supplied", "authentication failed: no password supplied"),
+    ("no pg_hba.conf entry", "authentication failed: no pg_hba.conf entry for this client"),
+    ("timeout expired", "no answer within the 5 s connect timeout"),
+    ("could not translate host name", "unknown host"),
+    ("failed to resolve host", "unknown host"),
+    ("name or service not known", "unknown host"),
+)
+
+
+def connect_cause(message: str, url: DatabaseUrl) -> str:
+    """The cause of a failed connection in a few words."""
+    text = message.lower()
+    if "does not exist" in text and "database" in text:
+        return f"no such database {url.dbname!r}"
+    if "does not exist" in text and "role" in text:
+        return f"authentication failed: no such role {url.user!r}"
+    for found, cause in _CAUSES:
+        if found in text:
+            return cause
+    return " ".join(message.split())
+
+
+def probe(url: DatabaseUrl) -> None:
+    """Connect once; StorageError naming host:port and the cause when that fails."""
     try:
-        yield
-    except IntegrityError:
-        raise
-    except (PersistenceError, sqlite3.Error, psycopg.Error, OSError) as error:
-        raise StorageError(f"storage unavailable: {type(error).__name__}: {error}") from error
+        psycopg.connect(url.conninfo()).close()
+    except psycopg.Error as error:
+        raise StorageError(
+            f"storage unavailable: PostgreSQL at {url.host}:{url.port} "
+            f"(database {url.dbname}, user {url.user}): {connect_cause(str(error), url)}"
+        ) from None
+
+
+class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
+    """The library's recorder and table, each insert chained in its own transaction.
+
+    The insert comes first, so the transaction holds SQLite's one write lock (and a current
+    snapshot) when the chain head is read."""
+
+    def __init__(self, datastore: SQLiteDatastore, *, events_table_name: str, chain: Chain) -> None:
+        self.chain = chain
+        super().__init__(datastore, events_table_name=events_table_name)
+
+    def _create_table(self, c: SQLiteCursor) -> None:
+        super()._create_table(c)
+        self.chain.create(c)
+
+    def _insert_events(
+        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        ids = super()._insert_events(c, stored_events, **kwargs)
+        if ids:
+            self.chain.extend(c, _rows(ids, stored_events))
+        return ids
+
+
+def _rows(ids: Sequence[int], events: Sequence[StoredEvent]) -> list[tuple[int, str, int, bytes]]:
+    return [
+        (i, str(e.originator_id), e.originator_version, e.state)
+        for i, e in zip(ids, events, strict=True)
+    ]
 
 
 class LedgerPostgresRecorder(PostgresApplicationRecorder):
@@ -267,19 +335,27 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
     are the library's own.
     """
 
-    def __init__(self, datastore: PostgresDatastore, *, events_table_name: str) -> None:
+    def __init__(
+        self, datastore: PostgresDatastore, *, events_table_name: str, chain: Chain
+    ) -> None:
         super().__init__(datastore, events_table_name=events_table_name)
+        self.chain = chain
         self._binary_insert = (
             f'INSERT INTO "{datastore.schema}"."{events_table_name}" '
             "(originator_id, originator_version, topic, state) "
             "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[], %b::bytea[]) "
-            "RETURNING notification_id"
+            "RETURNING notification_id, originator_id, originator_version"
         )
+
+    def _create_table(self, curs: Cursor[DictRow]) -> None:
+        super()._create_table(curs)
+        self.chain.create(curs)
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        """Insert in one transaction; IntegrityError when any id/version is already stored."""
+        """Insert and chain in one transaction holding the table lock; IntegrityError when any
+        id/version is already stored."""
         params = (
             [str(e.originator_id) for e in stored_events],
             [e.originator_version for e in stored_events],
@@ -290,7 +366,13 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
             self._lock_table(curs)
             self._notify_channel(curs)
             curs.execute(self._binary_insert, params)
-            return [row["notification_id"] for row in curs.fetchall()]
+            found = {
+                (r["originator_id"], r["originator_version"]): r["notification_id"]
+                for r in curs.fetchall()
+            }
+            ids = [found[(str(e.originator_id), e.originator_version)] for e in stored_events]
+            self.chain.extend(curs, _rows(ids, stored_events))
+            return ids
 
 
 class EventStore:
@@ -298,11 +380,16 @@ class EventStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.chain = Chain(db, TABLE)
         self.recorder: SQLiteApplicationRecorder | PostgresApplicationRecorder
         if db.dialect == "sqlite":
-            self.recorder = SQLiteApplicationRecorder(db.sqlite, events_table_name=TABLE)
+            self.recorder = LedgerSQLiteRecorder(
+                db.sqlite, events_table_name=TABLE, chain=self.chain
+            )
         else:
-            self.recorder = LedgerPostgresRecorder(db.postgres, events_table_name=TABLE)
+            self.recorder = LedgerPostgresRecorder(
+                db.postgres, events_table_name=TABLE, chain=self.chain
+            )
         p = db.param
         self._versions_sql = (
             f"SELECT {'rowid' if db.dialect == 'sqlite' else 'notification_id'} AS position, "
@@ -316,6 +403,18 @@ class EventStore:
             self.db.ensure_schema()
             with guard():
                 self.recorder.create_table()
+            self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Chain in place what a ledger stored before the chain holds (once, when opened)."""
+        waiting = self.chain.unchained()
+        if not waiting:
+            return
+        from billing_ledger.progress import Progress  # rich, only when there is work
+
+        log.info("chaining %d events stored before the hash chain", waiting)
+        with Progress("chain upgrade", waiting) as progress:
+            self.chain.upgrade(progress.advance)
 
     def append(self, events: Sequence[Incoming]) -> list[AppendResult]:
         """Append a batch in one transaction; fall back to one by one when any id is known."""
@@ -387,6 +486,16 @@ class EventStore:
         """The greatest position stored, 0 when empty."""
         with guard():
             return self.recorder.max_notification_id() or 0
+
+    def chain_head(self) -> Head:
+        """The last chained position and its hash."""
+        return self.chain.current_head()
+
+    def count(self) -> int:
+        """How many events are stored (every rendering counts)."""
+        with self.db.transaction(commit=False) as cursor:
+            cursor.execute(f"SELECT COUNT(*) AS n FROM {self.db.table(TABLE)}")
+            return int(cursor.fetchone()["n"])
 
 
 def _same_json(a: bytes, b: bytes) -> bool:

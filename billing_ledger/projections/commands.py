@@ -23,8 +23,10 @@ SUPERVISOR = "LEDGER_SUPERVISOR_PID"  # stop when this parent is gone
 def cmd_project(args: argparse.Namespace, settings: Settings) -> int:
     """Run the projections until SIGINT or SIGTERM, then stop after the current batch."""
     from billing_ledger.bootstrap import build
+    from billing_ledger.replay.integrity import announce
 
     deps = build(settings, run_projections=True)
+    announce("project", deps.store)
     stopping = threading.Event()
 
     def stop(signum: int, frame: FrameType | None) -> None:

@@ -152,7 +152,9 @@ class Views:
         self.db = db
         self.name = name
         self.suffix = suffix
-        self.names = {base: base + suffix for base in (SNAPSHOTS, LINKS, TRACKING, SKIPPED, CURRENT)}
+        self.names = {
+            base: base + suffix for base in (SNAPSHOTS, LINKS, TRACKING, SKIPPED, CURRENT)
+        }
         self.snapshots = db.table(self.names[SNAPSHOTS])
         self.links = db.table(self.names[LINKS])
         self.tracking = db.table(self.names[TRACKING])

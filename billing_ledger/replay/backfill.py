@@ -22,6 +22,7 @@ import stripe
 from billing_ledger.ledger.records import RESERVED_TYPE_PREFIX, AppendResult, Incoming
 from billing_ledger.ledger.store import EventStore
 from billing_ledger.ledger.verify import MalformedEventError, parse_event
+from billing_ledger.progress import Progress
 from billing_ledger.replay import stripe_api
 from billing_ledger.replay.own_events import BACKFILL_CURSOR, BACKFILL_GAP, of_type, own_event
 
@@ -51,13 +52,15 @@ class BackfillReport:
     cursor_id: str | None = None
     server_filtered: bool = True  # False when the API ignored or refused `types`
     pages: int = 0
+    seconds: float = 0.0  # the whole run: fetching, appending, the cursor
 
     def summary(self) -> str:
         """One line of counts."""
         newest = self.newest[1] if self.newest else "none"
         return (
             f"fetched {self.fetched}, recorded {self.recorded}, duplicates {self.duplicates}, "
-            f"alternates {self.alternates}, skipped {self.skipped}; cursor {newest}"
+            f"alternates {self.alternates}, skipped {self.skipped}; cursor {newest}; "
+            f"{self.pages} pages in {self.seconds:.2f}s"
         )
 
 
@@ -81,16 +84,21 @@ class Backfill:
 
     def run(self, since: int | None, types: Sequence[str] | None) -> BackfillReport:
         """Fetch from `since` (default: the last cursor, else 30 days ago) and append."""
+        started = time.perf_counter()
         now = int(self.clock())
         wanted = tuple(dict.fromkeys(types)) if types else None
         report = BackfillReport(since=self.start(since, now), types=wanted)
         self._mark_gap(report, now)
         seen: set[str] = set()
-        for page in self._pages(report):
-            fresh = [e for e in page if _id(e) not in seen and _wanted(e, wanted)]
-            seen.update(_id(e) for e in fresh)
-            self._append(report, fresh)
+        # The Events API gives no total: the count fetched and its rate.
+        with Progress("backfill events fetched", None) as progress:
+            for page in self._pages(report):
+                fresh = [e for e in page if _id(e) not in seen and _wanted(e, wanted)]
+                seen.update(_id(e) for e in fresh)
+                self._append(report, fresh)
+                progress.advance(len(page))
         self._record_cursor(report, now)
+        report.seconds = time.perf_counter() - started
         return report
 
     def start(self, since: int | None, now: int) -> int:

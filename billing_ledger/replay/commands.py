@@ -11,10 +11,12 @@ from datetime import UTC, datetime
 
 from billing_ledger.bootstrap import Deps, build
 from billing_ledger.ledger.store import Database, DatabaseUrl, EventStore, guard
+from billing_ledger.projections.plans import PlansError, load_plans
 from billing_ledger.projections.policy import RULES_VERSION
 from billing_ledger.replay import stripe_api
 from billing_ledger.replay.backfill import Backfill
 from billing_ledger.replay.explain import explain
+from billing_ledger.replay.integrity import announce
 from billing_ledger.replay.rebuild import (
     PlansFile,
     Rebuild,
@@ -70,25 +72,29 @@ def parse_types(text: str | None) -> tuple[str, ...] | None:
 
 
 @contextmanager
-def _deps(settings: Settings) -> Iterator[Deps]:
+def _deps(settings: Settings, command: str) -> Iterator[Deps]:
     """The store, views and plans, without a background runner."""
     # Opening connects (PostgreSQL) or creates a folder (SQLite) before the store's own
     # guard is in place: translate those failures into the StorageError the CLI reports.
     with guard():
         deps = build(settings, run_projections=False)
     try:
+        total = deps.store.count()
         yield deps
+        announce(command, deps.store, total)  # after the answer: a refusal stays one line
     finally:
         deps.close()
 
 
 @contextmanager
-def _store(settings: Settings) -> Iterator[EventStore]:
+def _store(settings: Settings, command: str) -> Iterator[EventStore]:
     with guard():
         store = EventStore(Database(DatabaseUrl.parse(settings.database_url)))
     try:
         store.create()
+        total = store.count()
         yield store
+        announce(command, store, total)
     finally:
         store.db.close()
 
@@ -111,7 +117,7 @@ def _backfill(args: argparse.Namespace, settings: Settings, out: Print) -> int:
     since = parse_time(args.since, "--since") if args.since else None
     types = parse_types(args.types)
     client = stripe_api.client(settings)
-    with _store(settings) as store:
+    with _store(settings, "backfill") as store:
         report = Backfill(store, client, livemode=settings.livemode).run(since, types)
     if report.gap is not None:
         out(
@@ -130,7 +136,7 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings, out: Print = pri
 
 def _reconcile(settings: Settings, out: Print) -> int:
     client = stripe_api.client(settings)
-    with _deps(settings) as deps:
+    with _deps(settings, "reconcile") as deps:
         reconcile = Reconcile(
             deps.store, deps.views, deps.plans, client, livemode=settings.livemode
         )
@@ -157,7 +163,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings, out: Print = print)
 
 
 def _replay(args: argparse.Namespace, settings: Settings, out: Print) -> int:
-    with _deps(settings) as deps:
+    with _deps(settings, "replay") as deps:
         known = deps.views.name
         if args.projection not in (None, known):
             raise BadInputError(f"unknown projection {args.projection!r} (known: {known})")
@@ -174,6 +180,8 @@ def replay_lines(report: RebuildReport) -> Iterator[str]:
         f"replay {report.projection}: rebuilt {report.events} positions in "
         f"{report.seconds:.2f}s ({report.rate:,.0f}/s)"
     )
+    phases = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in report.phases.items())
+    yield f"  times: {phases}; total {sum(report.phases.values()):.2f}s"
     for d in report.diffs:
         yield f"  {d.table}: {d.added} added, {d.changed} changed, {d.removed} removed"
     yield _plans_line(report)
@@ -211,13 +219,29 @@ def _explain(args: argparse.Namespace, settings: Settings, out: Print) -> int:
     at = parse_time(args.at, "--at") if args.at else int(time.time())
     if not args.user_id.strip():
         raise BadInputError("USER_ID must not be empty")
-    with _deps(settings) as deps:
+    known_feature(args.feature, settings)  # before opening anything
+    with _deps(settings, "explain") as deps:
         # The views may lag when no runner is serving: answer from every stored event.
         catch_up(deps.store, deps.views, livemode=settings.livemode)
         inputs = deps.views.load_inputs(args.user_id)
         lines = explain(inputs, deps.plans, at, args.feature)
     out_lines(out, lines)
     return 0
+
+
+def known_feature(feature: str | None, settings: Settings) -> None:
+    """BadInputError naming the known features when `feature` is none of the plans'."""
+    if feature is None:
+        return
+    try:
+        plans = load_plans(settings.plans_path)
+    except PlansError:
+        return  # opening the ledger reports a bad plans file in its own words
+    known = sorted({f for plan in plans.plans for f in plan.features})
+    if feature not in known:
+        raise BadInputError(
+            f"--feature: unknown feature {feature!r} (known: {', '.join(known) or 'none'})"
+        )
 
 
 def _iso(t: int) -> str:

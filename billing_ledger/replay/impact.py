@@ -6,7 +6,7 @@ rebuilt projection, or rules fixed since the last replay all show as the users t
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from billing_ledger.projections.plans import Plans
@@ -65,8 +65,10 @@ def changes(
     after: tuple[Views, Plans],
     at: int,
     rules: tuple[Rules, Rules] = (CURRENT, CURRENT),
+    progress: Callable[[int], None] | None = None,
 ) -> list[FeatureChange]:
-    """The users among `users` whose answer differs between `before` and `after` at `at`."""
+    """The users among `users` whose answer differs between `before` and `after` at `at`
+    (`progress` hears of each user evaluated)."""
     found = []
     for user_id in sorted(set(users)):
         old = evaluate(before[0].load_inputs(user_id), before[1], at, rules[0])
@@ -74,6 +76,8 @@ def changes(
         if old.to_json() != new.to_json():
             details = _details(old, new)
             found.append(FeatureChange(user_id, old.features, new.features, details))
+        if progress is not None:
+            progress(1)
     return found
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from billing_ledger.ledger.records import Incoming
 from billing_ledger.ledger.store import Database, EventStore, StorageError, retrying
+from billing_ledger.progress import Progress, quiet
 from billing_ledger.projections.plans import Plans, PlansError, parse_plans
 from billing_ledger.projections.policy import CURRENT, RULES_VERSION, Rules
 from billing_ledger.projections.runner import Runner
@@ -103,6 +104,7 @@ class RebuildReport:
     users: list[impact.FeatureChange] = field(default_factory=list)
     swapped: bool = False
     rules_before: int = RULES_VERSION  # the rules the last swap recorded (1: none recorded)
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase, in order
 
     @property
     def rate(self) -> float:
@@ -149,10 +151,10 @@ class Rebuild:
         report = RebuildReport(self.live.name, plans_after=self.plans)
         self.live.create()  # a dropped projection is rebuilt from nothing
         try:
-            self.build(report)
-            self.compare(report)
+            timed(report, "rebuild", self.build)
+            timed(report, "compare", self.compare)
             if not dry_run:
-                self.swap(report)
+                timed(report, "swap", self.swap)
         finally:
             if not report.swapped:
                 self.shadow.drop()
@@ -168,7 +170,13 @@ class Rebuild:
         report.events = report.position  # positions count the events read (gaps aside)
 
     def _catch_up(self) -> int:
-        return catch_up(self.store, self.shadow, livemode=self.livemode, batch=self.batch)
+        return catch_up(
+            self.store,
+            self.shadow,
+            livemode=self.livemode,
+            batch=self.batch,
+            label="replay rebuild",
+        )
 
     def compare(self, report: RebuildReport) -> None:
         """Row differences per table, and the users whose features would change now."""
@@ -184,7 +192,10 @@ class Rebuild:
             users = impact.users_of(self.live, customers) | impact.users_of(self.shadow, customers)
         now = int(self.clock())
         before = (self.live, before_plans)
-        report.users = impact.changes(users, before, (self.shadow, self.plans.plans), now, rules)
+        with Progress("replay compare users", len(users)) as progress:
+            report.users = impact.changes(
+                users, before, (self.shadow, self.plans.plans), now, rules, progress.advance
+            )
 
     def swap(self, report: RebuildReport) -> None:
         """Catch the shadow up, swap it in under the live tables' locks, record the replay.
@@ -259,13 +270,37 @@ class Rebuild:
         return own_event(REPLAY, obj, created=int(self.clock()), livemode=self.livemode)
 
 
-def catch_up(store: EventStore, views: Views, *, livemode: bool, batch: int = 1000) -> int:
-    """Apply what `views` lack, up to the store's head, through the runner; its position."""
+def catch_up(
+    store: EventStore,
+    views: Views,
+    *,
+    livemode: bool,
+    batch: int = 1000,
+    label: str = "catch-up",
+) -> int:
+    """Apply what `views` lack, up to the store's head, through the runner; its position.
+
+    Progress (a bar, or a line every few seconds) follows the runner's position."""
     runner = Runner(store, views, livemode=livemode, name=views.name, batch=batch)
+    start = runner.position
     try:
-        return runner.catch_up()
+        with (
+            quiet("billing_ledger.projections"),
+            Progress(label, max(0, store.head() - start)) as progress,
+            progress.following(lambda: runner.position - start),
+        ):
+            return runner.catch_up()
     finally:
         runner.stop()  # its read-ahead and write-behind threads
+
+
+def timed(report: RebuildReport, phase: str, step: Callable[[RebuildReport], None]) -> None:
+    """Run one phase of a replay and record how long it took."""
+    started = time.perf_counter()
+    try:
+        step(report)
+    finally:
+        report.phases[phase] = time.perf_counter() - started
 
 
 def last_plans(store: EventStore) -> PlansFile | None:

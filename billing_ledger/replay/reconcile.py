@@ -27,6 +27,7 @@ from billing_ledger.ledger.canonical import (
 from billing_ledger.ledger.normalise import normalise
 from billing_ledger.ledger.records import Incoming, Recorded
 from billing_ledger.ledger.store import EventStore
+from billing_ledger.progress import Progress
 from billing_ledger.projections.fold import state_at
 from billing_ledger.projections.links import customer_of, links_of
 from billing_ledger.projections.plans import Plans
@@ -37,6 +38,19 @@ from billing_ledger.replay.rebuild import catch_up
 
 Json = dict[str, Any]
 SUMMARY_OBJECT = "entitlements.active_entitlement_summary"
+
+
+class _Phases:
+    """Seconds since the previous mark, recorded under each mark's name."""
+
+    def __init__(self, into: dict[str, float]) -> None:
+        self.into = into
+        self.last = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.into[name] = now - self.last
+        self.last = now
 
 
 @dataclass(frozen=True)
@@ -65,13 +79,15 @@ class ReconcileReport:
     recorded: int = 0
     notes: list[str] = field(default_factory=list)
     users: list[impact.FeatureChange] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase, in order
 
     def summary(self) -> str:
-        """One line of counts."""
+        """One line of counts, then the time of each phase."""
         seen = ", ".join(f"{n} {kind}" for kind, n in sorted(self.observed.items()))
+        times = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in self.phases.items())
         return (
             f"observed {seen or 'nothing'}; {len(self.drifts)} differ; "
-            f"recorded {self.recorded} observations"
+            f"recorded {self.recorded} observations; {times or 'no time'}"
         )
 
 
@@ -100,13 +116,17 @@ class Reconcile:
     def run(self) -> ReconcileReport:
         """Observe, compare with the caught-up projections, record, and say whose access moved."""
         report = ReconcileReport()
+        clock = _Phases(report.phases)
         self._catch_up()  # compare with every stored event, not a lagging view
+        clock.mark("catch-up")
         now = int(self.clock())
-        pending = [
-            (drift, event)
-            for event in self._observations(report, now)
-            if (drift := self._drift(event, now)) is not None
-        ]
+        with Progress("reconcile objects observed", None) as progress:  # Stripe lists no total
+            pending = [
+                (drift, event)
+                for event in self._observations(report, now, progress.advance)
+                if (drift := self._drift(event, now)) is not None
+            ]
+        clock.mark("observe")
         report.drifts = [drift for drift, _ in pending]
         users = self._users([event for _, event in pending])
         before = {u: impact.features(self.views, self.plans, u, now) for u in users}
@@ -114,6 +134,7 @@ class Reconcile:
         report.users = [
             change for u in sorted(users) if (change := self._change(u, before[u], now)) is not None
         ]
+        clock.mark("record")
         return report
 
     def _change(
@@ -133,10 +154,13 @@ class Reconcile:
 
     # -- observing --------------------------------------------------------------------
 
-    def _observations(self, report: ReconcileReport, now: int) -> Iterator[Incoming]:
+    def _observations(
+        self, report: ReconcileReport, now: int, seen: Callable[[int], None]
+    ) -> Iterator[Incoming]:
         version = stripe_api.api_version()
         for kind, obj in self._objects(report):
             report.observed[kind] = report.observed.get(kind, 0) + 1
+            seen(1)
             if "livemode" not in obj:  # a deleted customer says only id and deleted
                 obj = {**obj, "livemode": self.livemode}
             yield observation(obj, now, version)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -31,7 +32,7 @@ def test_tune_gc_collects_rarely_and_freezes_what_startup_allocated(restored_gc:
 
 
 def test_the_long_running_commands_tune_the_collector(
-    restored_gc: None, monkeypatch: pytest.MonkeyPatch
+    restored_gc: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from billing_ledger import cli
 
@@ -39,7 +40,9 @@ def test_the_long_running_commands_tune_the_collector(
     monkeypatch.setattr(cli, "tune_gc", lambda: called.append("tuned"))
     for command in ("project", "explain"):
         monkeypatch.setitem(cli.COMMANDS, command, lambda args, settings: 0)
-    monkeypatch.delenv("LEDGER_DATABASE_URL", raising=False)
+    database = tmp_path / "ledger.db"
+    database.touch()  # explain only reads: it refuses a database that is not there
+    monkeypatch.setenv("LEDGER_DATABASE_URL", f"sqlite:///{database}")
     assert cli.main(["explain", "u_1"]) == 0
     assert called == []
     assert cli.main(["project"]) == 0
