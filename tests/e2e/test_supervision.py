@@ -163,7 +163,7 @@ def test_healthz_of_an_http_process_shows_the_runner_process_failing(database_ur
         finally:
             store.db.close()
         post(server, second)
-        wait_for(lambda: health(server)["status"] == "degraded", timeout=30)
+        wait_for(lambda: health(server)["status"] == "degraded", timeout=120)
         error = health(server)["projections"]["billing"]["error"]  # type: ignore[index]
         assert "billing_snapshots" in error
     finally:
