@@ -111,6 +111,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "reconcile": _delegate("billing_ledger.replay.commands", "cmd_reconcile"),
     "explain": _delegate("billing_ledger.replay.commands", "cmd_explain"),
     "demo": cmd_demo,
+    "notify": _delegate("billing_ledger.notify", "cmd_notify"),
+    "trigger": _delegate("billing_ledger.trigger", "cmd_trigger"),
 }
 
 
@@ -151,11 +153,24 @@ def parser() -> argparse.ArgumentParser:
     explain.add_argument("--feature", default=None)
     explain.add_argument("--at", default=None)
     sub.add_parser("demo", help="a signed lifecycle through the real pipeline")
+    notify = sub.add_parser("notify", help="deliver the change feed to LEDGER_NOTIFY_URL again")
+    notify.add_argument("--from", dest="from_position", type=int, default=0, metavar="POS")
+    notify.add_argument("--url", default=None, help="another receiver than LEDGER_NOTIFY_URL")
+    trigger = sub.add_parser("trigger", help="send a signed test lifecycle to a running service")
+    trigger.add_argument("lifecycle", nargs="?", default=None)
+    trigger.add_argument("--user", default=None)
+    trigger.add_argument("--url", default="http://127.0.0.1:8000")
+    trigger.add_argument("--list", action="store_true", help="name the lifecycles")
     return top
 
 
 # The secrets a one-line reason must never show: the database password and the keys.
-_SECRET_SETTINGS = ("STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRET", "LEDGER_API_TOKEN")
+_SECRET_SETTINGS = (
+    "STRIPE_API_KEY",
+    "STRIPE_WEBHOOK_SECRET",
+    "LEDGER_API_TOKEN",
+    "LEDGER_NOTIFY_SECRET",
+)
 
 
 def _secrets(env: Mapping[str, str]) -> set[str]:
