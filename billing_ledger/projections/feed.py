@@ -24,6 +24,7 @@ import orjson
 from billing_ledger.ledger.normalise import normalise
 from billing_ledger.ledger.records import Recorded
 from billing_ledger.ledger.store import Database, EventStore
+from billing_ledger.projections.history import Change
 from billing_ledger.projections.history import changes as history_of
 from billing_ledger.projections.links import customer_of, links_of
 from billing_ledger.projections.plans import Plans
@@ -70,12 +71,13 @@ class FeedChange:
 
 @dataclass(frozen=True)
 class _Observed:
-    """A user re-evaluated: the change to record (if any) and when to look again."""
+    """A user re-evaluated: the changes to record and when to look again."""
 
     user_id: str
     features: tuple[str, ...]
     next_check: int | None
-    change: FeedChange | None  # position 0: assigned at commit
+    changes: tuple[FeedChange, ...]  # positions 0: assigned at commit
+    last_at: int  # the `at` of the last change recorded for the user
 
 
 def next_check(entitlements: Entitlements, now: int) -> int | None:
@@ -88,28 +90,39 @@ def next_check(entitlements: Entitlements, now: int) -> int | None:
     return min(ends, default=None)
 
 
+def _change(user_id: str, before: tuple[str, ...], cause: Change) -> FeedChange:
+    return FeedChange(
+        0,
+        user_id,
+        cause.at,
+        cause.event_id,
+        cause.event_type,
+        before,
+        cause.features_after,
+        cause.reason,
+    )
+
+
 def observe(
-    user_id: str, inputs: Any, plans: Plans, before: tuple[str, ...], now: int
+    user_id: str, inputs: Any, plans: Plans, before: tuple[str, ...], last_at: int, now: int
 ) -> _Observed:
-    """Evaluate one user at `now`; a change when the features differ from `before` (pure)."""
+    """Every change of the user's history after `last_at` that moves their features away from
+    `before`, in order, then the net change if the history does not end at now's features
+    (an event arriving late, created before `last_at`); pure."""
     entitlements = evaluate(inputs, plans, now)
     after = entitlements.features
-    check = next_check(entitlements, now)
-    if after == before:
-        return _Observed(user_id, after, check, None)
-    found = history_of(inputs, plans, now)
-    last = found[-1] if found and found[-1].features_after == after else None
-    change = FeedChange(
-        position=0,
-        user_id=user_id,
-        at=last.at if last is not None else now,
-        event_id=last.event_id if last is not None else None,
-        event_type=last.event_type if last is not None else None,
-        features_before=before,
-        features_after=after,
-        reason=last.reason if last is not None else "features changed",
-    )
-    return _Observed(user_id, after, check, change)
+    found: list[FeedChange] = []
+    current = before
+    for cause in history_of(inputs, plans, now):
+        if cause.at > last_at and cause.features_after != current:
+            found.append(_change(user_id, current, cause))
+            current = cause.features_after
+            last_at = cause.at
+    if current != after:
+        net = Change(now, None, None, current, after, "features changed")
+        found.append(_change(user_id, current, net))
+        last_at = max(last_at, now)
+    return _Observed(user_id, after, next_check(entitlements, now), tuple(found), last_at)
 
 
 def touched(events: Iterable[Recorded], livemode: bool) -> tuple[set[str], set[str]]:
@@ -158,7 +171,7 @@ class FeedTables:
             f"user_id TEXT NOT NULL, at {integer} NOT NULL, event_id TEXT, event_type TEXT, "
             "features_before TEXT NOT NULL, features_after TEXT NOT NULL, reason TEXT NOT NULL)",
             f"CREATE TABLE IF NOT EXISTS {self.users} (user_id TEXT PRIMARY KEY, "
-            f"features TEXT NOT NULL, next_check {integer})",
+            f"features TEXT NOT NULL, next_check {integer}, last_at {integer} NOT NULL)",
             f'CREATE INDEX IF NOT EXISTS "{USERS}_next" ON {self.users} (next_check)',
             f"CREATE TABLE IF NOT EXISTS {self.state} (name TEXT PRIMARY KEY, "
             f"ledger_position {integer} NOT NULL, feed_position {integer} NOT NULL)",
@@ -212,18 +225,19 @@ class FeedTables:
             cursor.execute(f"SELECT user_id, features FROM {self.users}")
             return position, {r[0]: _features(r[1]) for r in _rows(cursor)}
 
-    def last_features(self, users: Sequence[str]) -> dict[str, tuple[str, ...]]:
-        """The features last recorded for these users (absent: never recorded)."""
-        found: dict[str, tuple[str, ...]] = {}
+    def last_features(self, users: Sequence[str]) -> dict[str, tuple[tuple[str, ...], int]]:
+        """(features, `at` of the last change) recorded for these users (absent: never)."""
+        found: dict[str, tuple[tuple[str, ...], int]] = {}
         with self.db.transaction(commit=False) as cursor:
             for start in range(0, len(users), 500):
                 chunk = users[start : start + 500]
                 marks = ", ".join([self.p] * len(chunk))
                 cursor.execute(
-                    f"SELECT user_id, features FROM {self.users} WHERE user_id IN ({marks})",
+                    f"SELECT user_id, features, last_at FROM {self.users} "
+                    f"WHERE user_id IN ({marks})",
                     tuple(chunk),
                 )
-                found.update((r[0], _features(r[1])) for r in _rows(cursor))
+                found.update((r[0], (_features(r[1]), int(r[2]))) for r in _rows(cursor))
         return found
 
     def due(self, now: int, limit: int = DUE_PER_STEP) -> list[str]:
@@ -246,16 +260,19 @@ class FeedTables:
         feed_position = expected[1]
         appended: list[FeedChange] = []
         for seen in observed:
-            if seen.change is not None:
+            for change in seen.changes:
                 feed_position += 1
-                appended.append(_at_position(seen.change, feed_position))
+                appended.append(_at_position(change, feed_position))
         with self.db.transaction() as cursor:
             if not self._advance(cursor, FEED, expected, (ledger_position, feed_position)):
                 return None
             cursor.executemany(self._insert_change, [_change_row(c) for c in appended])
             cursor.executemany(
                 self._upsert_user,
-                [(o.user_id, orjson.dumps(o.features).decode(), o.next_check) for o in observed],
+                [
+                    (o.user_id, orjson.dumps(o.features).decode(), o.next_check, o.last_at)
+                    for o in observed
+                ],
             )
         return appended
 
@@ -296,9 +313,10 @@ class FeedTables:
     def _upsert_user(self) -> str:
         p = self.p
         return (
-            f"INSERT INTO {self.users} (user_id, features, next_check) VALUES ({p}, {p}, {p}) "
+            f"INSERT INTO {self.users} (user_id, features, next_check, last_at) "
+            f"VALUES ({p}, {p}, {p}, {p}) "
             "ON CONFLICT (user_id) DO UPDATE SET features = excluded.features, "
-            "next_check = excluded.next_check"
+            "next_check = excluded.next_check, last_at = excluded.last_at"
         )
 
 
@@ -411,9 +429,9 @@ class FeedProjector:
 
     def _observe(self, users: Sequence[str], now: int) -> list[_Observed]:
         last = self.tables.last_features(users)
-        default = self.plans.default_features()
+        never = (self.plans.default_features(), 0)
         return [
-            observe(u, self.views.load_inputs(u), self.plans, last.get(u, default), now)
+            observe(u, self.views.load_inputs(u), self.plans, *last.get(u, never), now)
             for u in users
         ]
 
