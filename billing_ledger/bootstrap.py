@@ -31,9 +31,14 @@ class Deps:
     runner: Any = None
     plans: Any = None
     reads: Any = None  # projections/queries.Reads: every read of the read side
+    feed: Any = None  # the change feed's projector (billing_ledger.projections.feed)
+    notifier: Any = None  # LEDGER_NOTIFY_URL's deliveries (billing_ledger.notify)
 
     def close(self) -> None:
         """Stop background work and release connections."""
+        for follower in (self.notifier, self.feed):
+            if follower is not None:
+                follower.stop()
         if self.reads is not None:
             self.reads.close()
         if self.runner is not None:
@@ -93,3 +98,31 @@ def _wire_read_side(deps: Deps, plans: Plans, run_projections: bool) -> None:
     if run_projections:
         deps.runner = Runner(deps.store, deps.views, livemode=deps.settings.livemode)
     deps.reads = Reads(deps.views, deps.runner, plans, deps.store)
+    _wire_feed(deps, run_projections)
+
+
+def _wire_feed(deps: Deps, run_projections: bool) -> None:
+    """The change feed's tables and, beside the runner, its projector and notifications."""
+    from billing_ledger.projections.feed import FeedProjector, FeedTables
+
+    with deps.store.db.schema_lock():
+        FeedTables(deps.store.db).create()
+    if not run_projections:
+        return
+    deps.feed = FeedProjector(
+        deps.store, deps.views, deps.plans, deps.settings.livemode, wake=deps.runner.wait_for
+    )
+    if deps.settings.notify_url:
+        from billing_ledger.notify import Notifier
+
+        deps.notifier = Notifier(
+            deps.feed.tables, deps.settings.notify_url, deps.settings.notify_secret
+        )
+
+
+def start_background(deps: Deps) -> None:
+    """Start the writer, the runner and the feed's followers (each start is idempotent)."""
+    deps.writer.start()
+    for part in (deps.runner, deps.feed, deps.notifier):
+        if part is not None:
+            part.start()

@@ -119,6 +119,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "explain": _delegate("billing_ledger.replay.commands", "cmd_explain"),
     "verify": _delegate("billing_ledger.replay.integrity", "cmd_verify"),
     "demo": cmd_demo,
+    "notify": _delegate("billing_ledger.notify", "cmd_notify"),
+    "trigger": _delegate("billing_ledger.trigger", "cmd_trigger"),
 }
 
 
@@ -138,6 +140,9 @@ ENVIRONMENT = {
     "LEDGER_API_TOKEN": "bearer token for /v1 (required off loopback)",
     "LEDGER_LIVEMODE": "true or false: which mode's events are projected (default false)",
     "LEDGER_APP_URL": "base URL for Checkout and portal return URLs",
+    "LEDGER_DEMO_SIGNIN": "true: the demo sign-in on a loopback listener (default false)",
+    "LEDGER_NOTIFY_URL": "where each access change is POSTed (default: none)",
+    "LEDGER_NOTIFY_SECRET": "signs those POSTs (Ledger-Signature)",
 }
 _STORE = ("LEDGER_DATABASE_URL", "LEDGER_PLANS", "LEDGER_LIVEMODE")
 READS = {
@@ -149,6 +154,8 @@ READS = {
     "explain": _STORE,
     "verify": ("LEDGER_DATABASE_URL", "STRIPE_WEBHOOK_SECRET"),
     "demo": (),
+    "notify": ("LEDGER_DATABASE_URL", "LEDGER_NOTIFY_URL", "LEDGER_NOTIFY_SECRET"),
+    "trigger": ("STRIPE_WEBHOOK_SECRET",),
 }
 
 
@@ -255,6 +262,25 @@ def parser() -> argparse.ArgumentParser:
         "changed, even with the chain rewritten",
     )
     _command(sub, "demo", "a signed lifecycle through the real pipeline")
+    notify = _command(sub, "notify", "deliver the change feed to LEDGER_NOTIFY_URL again")
+    notify.add_argument(
+        "--from",
+        dest="from_position",
+        type=int,
+        default=0,
+        metavar="POS",
+        help="deliver again every change after this feed position (default 0)",
+    )
+    notify.add_argument("--url", default=None, help="another receiver than LEDGER_NOTIFY_URL")
+    trigger = _command(sub, "trigger", "send a signed test lifecycle to a running service")
+    trigger.add_argument("lifecycle", nargs="?", default=None, help="one of --list")
+    trigger.add_argument("--user", default=None, help="the app user id the events name")
+    trigger.add_argument(
+        "--url",
+        default="http://127.0.0.1:8000",
+        help="the running service (signed with STRIPE_WEBHOOK_SECRET)",
+    )
+    trigger.add_argument("--list", action="store_true", help="name the lifecycles")
     return top
 
 
@@ -278,7 +304,12 @@ def refuse_missing_file(args: argparse.Namespace, settings: Settings) -> None:
 
 
 # The secrets a one-line reason must never show: the database password and the keys.
-_SECRET_SETTINGS = ("STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRET", "LEDGER_API_TOKEN")
+_SECRET_SETTINGS = (
+    "STRIPE_API_KEY",
+    "STRIPE_WEBHOOK_SECRET",
+    "LEDGER_API_TOKEN",
+    "LEDGER_NOTIFY_SECRET",
+)
 
 
 def _secrets(env: Mapping[str, str]) -> set[str]:

@@ -43,19 +43,28 @@ def _price() -> Json:
     }
 
 
-def _subscription(status: str, start: int, end: int, **extra: Any) -> Json:
+def _subscription(
+    status: str,
+    start: int,
+    end: int,
+    *,
+    ids: tuple[str, str, str] = (USER, CUSTOMER, SUBSCRIPTION),
+    price: Json | None = None,
+    **extra: Any,
+) -> Json:
+    user, customer, subscription = ids  # trigger's lifecycles pass their own
     item = {
-        "id": "si_demo",
+        "id": f"si_{subscription.removeprefix('sub_')}",
         "object": "subscription_item",
-        "price": _price(),
+        "price": price or _price(),
         "quantity": 1,
         "current_period_start": start,
         "current_period_end": end,
     }
     sub = {
-        "id": SUBSCRIPTION,
+        "id": subscription,
         "object": "subscription",
-        "customer": CUSTOMER,
+        "customer": customer,
         "status": status,
         "items": {"object": "list", "data": [item], "has_more": False},
         "cancel_at": None,
@@ -63,17 +72,25 @@ def _subscription(status: str, start: int, end: int, **extra: Any) -> Json:
         "canceled_at": None,
         "ended_at": None,
         "trial_end": None,
-        "metadata": {"app_user_id": USER},
+        "metadata": {"app_user_id": user},
         "livemode": False,
     }
     return sub | extra
 
 
-def _invoice(invoice_id: str, status: str, created: int, attempt: int, paid: bool) -> Json:
+def _invoice(
+    invoice_id: str,
+    status: str,
+    created: int,
+    attempt: int,
+    paid: bool,
+    ids: tuple[str, str] = (CUSTOMER, SUBSCRIPTION),
+) -> Json:
+    customer, subscription = ids
     return {
         "id": invoice_id,
         "object": "invoice",
-        "customer": CUSTOMER,
+        "customer": customer,
         "status": status,
         "amount_due": 2000,
         "amount_paid": 2000 if paid else 0,
@@ -85,19 +102,19 @@ def _invoice(invoice_id: str, status: str, created: int, attempt: int, paid: boo
         "hosted_invoice_url": f"https://invoice.stripe.com/i/{invoice_id}",
         "parent": {
             "type": "subscription_details",
-            "subscription_details": {"subscription": SUBSCRIPTION, "metadata": {}},
+            "subscription_details": {"subscription": subscription, "metadata": {}},
         },
         "status_transitions": {"paid_at": created if paid else None},
         "livemode": False,
     }
 
 
-def _event(n: int, type_: str, created: int, obj: Json, previous: Json | None = None) -> Json:
+def _event(n: int | str, type_: str, created: int, obj: Json, previous: Json | None = None) -> Json:
     data: Json = {"object": obj}
     if previous is not None:
         data["previous_attributes"] = previous
     return {
-        "id": f"evt_demo_{n:02d}",
+        "id": n if isinstance(n, str) else f"evt_demo_{n:02d}",
         "object": "event",
         "api_version": "2026-10-28.endive",
         "created": created,

@@ -43,6 +43,9 @@ class Settings:
     writer_max_batch: int = 200
     # Signs the pages' session cookie; random per process if unset.
     session_secret: str | None = field(default=None, repr=False)
+    # Where every change of the feed is POSTed, signed with notify_secret (billing_ledger.notify).
+    notify_url: str | None = None
+    notify_secret: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -65,6 +68,8 @@ class Settings:
             max_body_bytes=_integer(env, "LEDGER_MAX_BODY_BYTES", defaults.max_body_bytes),
             max_body_reads=max(1, _integer(env, "LEDGER_MAX_BODY_READS", defaults.max_body_reads)),
             session_secret=env.get("LEDGER_SESSION_SECRET") or None,
+            notify_url=env.get("LEDGER_NOTIFY_URL", "").strip() or None,
+            notify_secret=env.get("LEDGER_NOTIFY_SECRET", "").strip() or None,
             writer_max_batch=max(
                 1, _integer(env, "LEDGER_WRITER_MAX_BATCH", defaults.writer_max_batch)
             ),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -51,7 +53,7 @@ def routes() -> list[BaseRoute]:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
-    for module in ("reads", "sessions", "pages", "openapi"):
+    for module in ("reads", "changes", "sessions", "pages", "openapi"):
         found += _optional_routes(module)
     return [*found, UNROUTABLE_USER_READ]
 
@@ -67,18 +69,49 @@ def _optional_routes(module: str) -> list[BaseRoute]:
     return found
 
 
+class EmbeddedMiddleware:
+    """Mounted inside another app, ours gets no lifespan (Starlette's Mount forwards none):
+    start the background work on the first request, stop it at exit, and hand out deps."""
+
+    def __init__(self, app: ASGIApp, deps: Deps) -> None:
+        self.app = app
+        self.deps = deps
+        self._started = False
+        self._lock = threading.Lock()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            state = scope.setdefault("state", {})
+            if "deps" not in state:
+                self._start()
+                state["deps"] = self.deps
+        await self.app(scope, receive, send)
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        from billing_ledger.bootstrap import start_background
+
+        start_background(self.deps)
+        atexit.register(self.deps.close)
+
+
 def create_app(deps: Deps, *, listen_host: str | None = None) -> Starlette:
     """The service's ASGI app; the lifespan starts the writer (and runner) and hands out deps.
 
     `listen_host` is the host the server's sockets are bound to; the demo sign-in serves only
     when it is a loopback host (unknown, as when mounted in another app, counts as not).
+
+    Mounted inside another Starlette or FastAPI app, it starts on its first request instead.
     """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        deps.writer.start()
-        if deps.runner is not None:
-            deps.runner.start()
+        from billing_ledger.bootstrap import start_background
+
+        start_background(deps)
         try:
             yield {"deps": deps}
         finally:
@@ -89,6 +122,7 @@ def create_app(deps: Deps, *, listen_host: str | None = None) -> Starlette:
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[
+            Middleware(EmbeddedMiddleware, deps=deps),
             Middleware(LatencyMiddleware, deps=deps),
             Middleware(BearerTokenMiddleware, token=deps.settings.api_token),
             session_middleware(deps.settings),  # the pages' signed cookie; /v1 ignores it

@@ -36,6 +36,9 @@ def cmd_project(args: argparse.Namespace, settings: Settings) -> int:
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         deps.runner.start()
+        for follower in (deps.feed, deps.notifier):  # the change feed follows the runner
+            if follower is not None:
+                follower.start()
         log.info("projections running from position %d", deps.runner.position)
         _report(deps.runner, stopping)
     finally:
