@@ -32,7 +32,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check billing_ledger tests bench
 	$(VENV)/bin/mypy
 
-BENCHES ?= ingest read project replay freshness soak history
+BENCHES ?= ingest read project replay freshness soak history client
 
 bench: setup services
 	@for name in $(BENCHES); do echo "== bench/$$name.py"; PYTHONPATH=. $(PY) bench/$$name.py || exit 1; done
