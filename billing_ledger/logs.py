@@ -7,6 +7,7 @@ applies it) and applied by the command line itself.
 
 from __future__ import annotations
 
+import logging
 import logging.config
 from typing import Any
 
@@ -37,5 +38,9 @@ def log_config(level: str = "INFO") -> dict[str, Any]:
 
 
 def configure_logging(level: str = "INFO") -> None:
-    """Apply `log_config` to this process."""
+    """Apply `log_config` to this process, unless logging is configured already (a test
+    runner, an app embedding the commands), as `logging.basicConfig` does: replacing the
+    handlers would leave lines going to a stream its owner has closed."""
+    if logging.getLogger().handlers:
+        return
     logging.config.dictConfig(log_config(level))

@@ -111,7 +111,7 @@ def _reads(request: Request) -> Reads:
 
 async def _user_read(request: Request) -> UserRead:
     """Parse the common parameters, honour min_position, load the user's inputs."""
-    user_id = checked_user_id(_path_id(request, "user_id"))
+    user_id = checked_user_id(request.path_params["user_id"])
     at = parse_at(request.query_params.get("at"))
     wanted = parse_min_position(request.query_params.get("min_position"))
     return await _reads(request).user(user_id, at, wanted, MIN_POSITION_WAIT)
@@ -185,7 +185,7 @@ async def invoices(request: Request) -> Response:
 @_answering
 async def history(request: Request) -> Response:
     """Every change of the user's features up to `at`, oldest first."""
-    user_id = _path_id(request, "user_id")
+    user_id = checked_user_id(request.path_params["user_id"])
     at = parse_at(request.query_params.get("at"))
     wanted = parse_min_position(request.query_params.get("min_position"))
     found = await _reads(request).history(user_id, at, wanted, MIN_POSITION_WAIT)
