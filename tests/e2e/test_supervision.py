@@ -85,6 +85,9 @@ def test_the_runner_process_killed_under_serve_is_restarted_and_applies_each_eve
         )
         assert response.status_code == 200
         head = response.json()["position"]
+        # The restarted runner catches up the rest of the 20,000 first (longer than one
+        # read's 5 s wait on a loaded machine): wait for it, then read as an app would.
+        wait_for(lambda: position(server) >= head)
         read = httpx.get(
             f"{server.url}/v1/users/u_{PRELOADED}/entitlements",
             params={"min_position": head},
