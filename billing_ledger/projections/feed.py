@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -321,16 +321,7 @@ class FeedTables:
 
 
 def _at_position(change: FeedChange, position: int) -> FeedChange:
-    return FeedChange(
-        position,
-        change.user_id,
-        change.at,
-        change.event_id,
-        change.event_type,
-        change.features_before,
-        change.features_after,
-        change.reason,
-    )
+    return replace(change, position=position)
 
 
 def _change_row(c: FeedChange) -> tuple[Any, ...]:
