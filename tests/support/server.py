@@ -14,6 +14,8 @@ from contextlib import contextmanager
 
 import httpx
 
+from billing_ledger.process import default_workers
+
 
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
@@ -45,7 +47,8 @@ class Server:
         )
 
     def start(self, timeout: float = 30) -> Server:
-        """Start and wait until /healthz answers."""
+        """Start and wait until /healthz answers and every HTTP process has started (a
+        process starting late would still be creating its tables, e.g. one a test drops)."""
         command = [
             sys.executable,
             "-m",
@@ -66,11 +69,17 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: {self.output()[-2000:]}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code in (200, 503):
-                    return self
+                answered = httpx.get(f"{self.url}/healthz", timeout=1).status_code in (200, 503)
             except httpx.HTTPError:
-                time.sleep(0.1)
+                answered = False
+            if answered and self.started() >= (self.workers or default_workers()):
+                return self
+            time.sleep(0.1)
         raise RuntimeError("server did not answer /healthz in time")
+
+    def started(self) -> int:
+        """How many HTTP processes have finished their startup."""
+        return self.output().count("Application startup complete.")
 
     def kill(self) -> None:
         """SIGKILL the whole process group: no shutdown, no flush."""
