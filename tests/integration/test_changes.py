@@ -10,10 +10,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import orjson
+import pytest
+from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
+from starlette.types import ASGIApp
 
 from billing_ledger.bootstrap import build
 from billing_ledger.http.app import create_app
@@ -58,18 +61,33 @@ def test_a_grace_end_appears_in_the_feed_once_its_time_has_passed(database_url: 
         assert again.json() == {"changes": [], "next": rule["position"]}
 
 
-def test_the_app_mounted_inside_another_starlette_app_serves_and_records(
-    database_url: str,
-) -> None:
-    deps = build(settings_for(database_url))
-    parent = Starlette(
+def _starlette_host(ledger: ASGIApp) -> Starlette:
+    return Starlette(
         routes=[
             Route("/", lambda request: PlainTextResponse("the host app")),
-            Mount("/ledger", create_app(deps)),
+            Mount("/ledger", ledger),
         ]
     )
+
+
+def _fastapi_host(ledger: ASGIApp) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/", response_class=PlainTextResponse)
+    def home() -> str:
+        return "the host app"
+
+    app.mount("/ledger", ledger)
+    return app
+
+
+@pytest.mark.parametrize("host", [_starlette_host, _fastapi_host], ids=["starlette", "fastapi"])
+def test_the_app_mounted_inside_another_app_serves_and_records(
+    database_url: str, host: Callable[[ASGIApp], ASGIApp]
+) -> None:
+    deps = build(settings_for(database_url))
     try:
-        with TestClient(parent) as client:
+        with TestClient(host(create_app(deps))) as client:
             assert client.get("/").text == "the host app"
             post = _poster(client)
             life = Lifecycle(lambda p, b, h: post(f"/ledger{p}", b, h), "u_mounted")
@@ -80,6 +98,7 @@ def test_the_app_mounted_inside_another_starlette_app_serves_and_records(
             assert read.status_code == 200, read.text
             assert read.json()["features"] == ["core", "pro"]
             assert client.get("/ledger/healthz").json()["status"] == "ok"
+            assert client.get("/ledger/v1/changes").json()["changes"][0]["user_id"] == "u_mounted"
     finally:
         deps.close()
 
