@@ -1,32 +1,38 @@
 """The client's figures: Replica.allowed checks/s in process beside a warm HTTP read of the
-same answer, and the time from a webhook's 2xx to the replica's update (p50/p99).
+same answer, and the time from a webhook's 2xx to the replica's update (p50/p99) at half of
+the ingest capacity measured first in the same run.
 
-Starts a real `billing-ledger serve` (SQLite in a temporary folder, or LEDGER_BENCH_DATABASE_URL),
-subscribes BENCH_CLIENT_USERS users, follows the feed with a Replica, then measures in one run.
-The latency part sends BENCH_CLIENT_WEBHOOKS subscriptions at BENCH_CLIENT_RATE per second
-(set it to half of bench/ingest.py's figure for the issue's "50% of ingest capacity").
-Goals: at least 1,000x the HTTP rate; p99 <= 500 ms.
+Starts a real `billing-ledger serve` with its defaults (PostgreSQL, a fresh schema dropped
+afterwards; or LEDGER_BENCH_DATABASE_URL), subscribes BENCH_CLIENT_USERS users, follows the
+feed with a Replica, then measures: checks/s; a closed-loop burst of BENCH_CLIENT_CAPACITY
+signed ~3 KB events (32 in flight) for the capacity; then BENCH_CLIENT_SECONDS of open-loop
+load at BENCH_CLIENT_SHARE (default 0.5) of it, each 2xx's user timed until the replica
+reports its change. Goals: at least 1,000x the HTTP rate; p99 <= 500 ms.
 Reproduce: `PYTHONPATH=. .venv/bin/python bench/client.py` (or `make bench BENCHES=client`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-import statistics
-import tempfile
 import threading
 import time
+import uuid
 
 import httpx
+import psycopg
 
+from bench.common import PG
+from bench.freshness import Sample, _steady_poster, burst, pct
 from billing_ledger.client import Change, Replica
 from tests.support.lifecycle import Lifecycle
 from tests.support.server import Server
 from tests.support.signing import SECRET
 
 USERS = int(os.environ.get("BENCH_CLIENT_USERS", "200"))
-WEBHOOKS = int(os.environ.get("BENCH_CLIENT_WEBHOOKS", "200"))
-RATE = float(os.environ.get("BENCH_CLIENT_RATE", "50"))
+CAPACITY_EVENTS = int(os.environ.get("BENCH_CLIENT_CAPACITY", "4000"))
+SHARE = float(os.environ.get("BENCH_CLIENT_SHARE", "0.5"))
+SECONDS = float(os.environ.get("BENCH_CLIENT_SECONDS", "20"))
 CHECKS = int(os.environ.get("BENCH_CLIENT_CHECKS", "2000000"))
 HTTP_SECONDS = float(os.environ.get("BENCH_CLIENT_HTTP_SECONDS", "3"))
 
@@ -57,8 +63,9 @@ def http_reads_per_second(url: str, user: str) -> float:
         return done / (time.perf_counter() - started)
 
 
-def update_latencies(url: str, replica: Replica) -> list[float]:
-    """Seconds from each webhook's 2xx to the replica's change for that user."""
+def update_latencies(port: int, replica: Replica, rate: float) -> tuple[list[float], int]:
+    """Seconds from each webhook's 2xx to the replica's change for its user, open loop at
+    `rate`; and how many requests failed."""
     acked: dict[str, float] = {}
     seen: dict[str, float] = {}
     lock = threading.Lock()
@@ -68,21 +75,41 @@ def update_latencies(url: str, replica: Replica) -> list[float]:
             seen.setdefault(change.user_id, time.perf_counter())
 
     replica.on_change = on_change
-    with httpx.Client(base_url=url, timeout=10) as http:
-        for i in range(WEBHOOKS):
-            user = f"u_lat_{i}"
-            response = Lifecycle(_poster(http), user).subscription_created()  # type: ignore[arg-type]
-            assert response.status_code == 200, response.text
-            with lock:
-                acked[user] = time.perf_counter()
-            time.sleep(1 / RATE)
-    assert replica.wait_until(lambda r: len(seen) >= WEBHOOKS, timeout=60)
-    return [seen[u] - acked[u] for u in acked]
+    sample = Sample()
+
+    async def main() -> None:
+        queue: asyncio.Queue[tuple[int, int, float] | None] = asyncio.Queue()
+        ends, counter = time.perf_counter() + SECONDS, [0]
+
+        async def record() -> None:
+            while (item := await queue.get()) is not None:
+                n, _, at = item
+                with lock:
+                    acked[f"u_lat_{n}"] = at
+
+        recorder = asyncio.create_task(record())
+        await asyncio.gather(
+            *(_steady_poster(port, "lat", rate, counter, ends, queue, sample) for _ in range(64))
+        )
+        queue.put_nowait(None)
+        await recorder
+
+    asyncio.run(main())
+    assert replica.wait_until(lambda r: set(acked) <= set(seen), timeout=60)
+    return [seen[u] - at for u, at in acked.items()], sample.errors
+
+
+def _database() -> tuple[str, str | None]:
+    """The database URL, and the PostgreSQL schema to drop afterwards (None: given)."""
+    given = os.environ.get("LEDGER_BENCH_DATABASE_URL")
+    if given:
+        return given, None
+    schema = f"bench_client_{uuid.uuid4().hex[:8]}"
+    return f"{PG}?schema={schema}", schema
 
 
 def main() -> None:
-    folder = tempfile.mkdtemp(prefix="bench-client-")
-    database = os.environ.get("LEDGER_BENCH_DATABASE_URL", f"sqlite:///{folder}/ledger.db")
+    database, schema = _database()
     server = Server({"LEDGER_DATABASE_URL": database, "STRIPE_WEBHOOK_SECRET": SECRET}).start()
     try:
         users = [f"u_{i}" for i in range(USERS)]
@@ -97,14 +124,21 @@ def main() -> None:
             print(f"Replica.allowed: {local:,.0f} checks/s in process")
             print(f"HTTP access read (warm, same answer): {remote:,.0f} reads/s")
             print(f"ratio: {local / remote:,.0f}x (goal >= 1,000x)")
-            lat = sorted(update_latencies(server.url, replica))
-            p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+            seconds, _, burst_sample = burst(server.port, "cap", CAPACITY_EVENTS, 32)
+            capacity = (CAPACITY_EVENTS - burst_sample.errors) / seconds
+            rate = capacity * SHARE
+            lat, errors = update_latencies(server.port, replica, rate)
             print(
-                f"webhook 2xx -> replica update over {len(lat)} at {RATE:g}/s: "
-                f"p50 {statistics.median(lat) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms (goal <= 500)"
+                f"capacity {capacity:,.0f} events/s (closed loop, 32 in flight); "
+                f"webhook 2xx -> replica update over {len(lat)} at {rate:,.0f}/s "
+                f"({SHARE:.0%}): p50 {pct(lat, 50):.0f} ms, p99 {pct(lat, 99):.0f} ms, "
+                f"max {pct(lat, 100):.0f} ms (goal p99 <= 500), errors {errors}"
             )
     finally:
         server.stop()
+        if schema is not None:
+            with psycopg.connect(PG, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 if __name__ == "__main__":

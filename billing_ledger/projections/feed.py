@@ -413,18 +413,15 @@ class FeedProjector:
 
     def _users(self, events: Sequence[Recorded], now: int) -> list[str]:
         users, customers = touched(events, self.livemode)
-        for customer in sorted(customers):
-            users.update(self.views.users_of(customer))
+        users.update(self.views.users_of_customers(sorted(customers)))
         users.update(self.tables.due(now))
         return sorted(u for u in users if "\x00" not in u)
 
     def _observe(self, users: Sequence[str], now: int) -> list[_Observed]:
         last = self.tables.last_features(users)
         never = (self.plans.default_features(), 0)
-        return [
-            observe(u, self.views.load_inputs(u), self.plans, *last.get(u, never), now)
-            for u in users
-        ]
+        inputs = self.views.load_inputs_of(users)
+        return [observe(u, inputs[u], self.plans, *last.get(u, never), now) for u in users]
 
     def _run(self) -> None:
         while not self._stopping.is_set():

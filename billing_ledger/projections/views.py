@@ -499,6 +499,44 @@ class Views:
             self._recent = (now, position)
         return position
 
+    def load_inputs_of(self, users: Sequence[str]) -> dict[str, UserInputs]:
+        """`load_inputs` of many users: one statement (one consistent snapshot) per
+        KEYS_PER_STATEMENT of them, instead of one each (the change feed's step)."""
+        found: dict[str, UserInputs] = {}
+        for start in range(0, len(users), KEYS_PER_STATEMENT):
+            found.update(self._load_many(users[start : start + KEYS_PER_STATEMENT]))
+        return found
+
+    def _load_many(self, users: Sequence[str]) -> dict[str, UserInputs]:
+        keys = [self._text(u) for u in users]
+        with self._reading() as cursor:
+            cursor.execute(self._sql.inputs_of_users(len(keys)), self._sql.twice(keys))
+            rows = [_values(r) for r in cursor.fetchall()]
+        links_by_user: dict[Any, list[tuple[Any, ...]]] = {}
+        snapshots_by_customer: dict[Any, list[tuple[Any, ...]]] = {}
+        for r in rows:  # keys compared as stored (escaped on PostgreSQL), on both sides
+            if r[0] == "l":
+                links_by_user.setdefault(r[1], []).append(r)
+            else:
+                snapshots_by_customer.setdefault(r[2], []).append(r)
+        found: dict[str, UserInputs] = {}
+        for user, key in zip(users, keys, strict=True):
+            links = links_by_user.get(key, [])
+            customers = {r[2] for r in links}
+            snapshots = [s for c in customers for s in snapshots_by_customer.get(c, ())]
+            found[user] = self._inputs(user, links, snapshots)[0]
+        return found
+
+    def users_of_customers(self, customers: Sequence[str]) -> set[str]:
+        """The users linked to any of these customers (by any route)."""
+        found: set[str] = set()
+        for start in range(0, len(customers), KEYS_PER_STATEMENT):
+            keys = [self._text(c) for c in customers[start : start + KEYS_PER_STATEMENT]]
+            with self.db.transaction(commit=False) as cursor:
+                cursor.execute(self._sql.users_of_customers(len(keys)), self._sql.once(keys))
+                found.update(self._link(r)[0] for r in cursor.fetchall())
+        return found
+
     def users_of(self, customer_id: str) -> list[str]:
         """The users linked to one customer (by any route), sorted."""
         with self.db.transaction(commit=False) as cursor:
@@ -824,6 +862,40 @@ class _Statements:
             f"{links_of_user}SELECT 's', NULL, customer_id, latest, event_id, NULL, json "
             f"FROM {views.current} WHERE {customer_in}"
         )
+
+    def _any(self, column: str, count: int) -> str:
+        """`column` equal to one of `count` parameters (one array on PostgreSQL)."""
+        if self.sqlite:
+            return f"{column} IN ({', '.join(['?'] * count)})"
+        return f"{column} = ANY(%s)"
+
+    def once(self, keys: list[str]) -> list[Any]:
+        """The parameters of one `_any` condition."""
+        return keys if self.sqlite else [keys]
+
+    def twice(self, keys: list[str]) -> list[Any]:
+        """The parameters of two `_any` conditions on the same keys."""
+        return self.once(keys) * 2
+
+    def inputs_of_users(self, count: int) -> str:
+        """`inputs_of_user` for `count` users: their links, then their customers' snapshots."""
+        views, users = self.views, self._any("user_id", count)
+        customers = f"SELECT customer_id FROM {views.links} WHERE {users}"
+        customer_in = (
+            f"customer_id IN ({customers})"
+            if self.sqlite
+            else f"customer_id = ANY(ARRAY({customers}))"
+        )
+        return (
+            f"SELECT 'l' AS tag, {', '.join(_LINK_COLUMNS)}, NULL AS json FROM {views.links} "
+            f"WHERE {users} UNION ALL "
+            f"SELECT 's', NULL, customer_id, created, event_id, NULL, json "
+            f"FROM {views.snapshots} WHERE {customer_in}"
+        )
+
+    def users_of_customers(self, count: int) -> str:
+        """The user of every link to one of `count` customers."""
+        return f"SELECT user_id FROM {self.views.links} WHERE {self._any('customer_id', count)}"
 
     def objects_in(self, keys: Sequence[tuple[str, str]]) -> tuple[str, list[Any]]:
         """A condition naming these (kind, object_id) pairs, and its parameters."""

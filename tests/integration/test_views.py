@@ -9,7 +9,7 @@ import pytest
 
 from billing_ledger.ledger.canonical import Snapshot
 from billing_ledger.ledger.store import Database, DatabaseUrl
-from billing_ledger.projections.views import PositionMovedError, Views
+from billing_ledger.projections.views import KEYS_PER_STATEMENT, PositionMovedError, Views
 from tests.unit.builders import (
     DAY,
     T,
@@ -92,6 +92,37 @@ def test_a_customer_knows_every_user_linked_to_it(views: Views) -> None:
     views.apply(lifecycle(), 0, 7)
     assert views.users_of("cus_1") == ["u_1", "u_3"]
     assert views.users_of("cus_unknown") == []
+
+
+def test_many_users_loaded_at_once_have_the_inputs_each_one_loaded_alone_has(
+    views: Views,
+) -> None:
+    views.apply(lifecycle(), 0, 7)
+    users = ["u_1", "u_2", "u_3", "u_nobody"]
+    assert views.load_inputs_of(users) == {u: views.load_inputs(u) for u in users}
+    assert views.users_of_customers(["cus_1", "cus_2", "cus_unknown"]) == {"u_1", "u_2", "u_3"}
+
+
+def test_more_users_than_one_statement_names_are_loaded_in_several(views: Views) -> None:
+    many = snapshots(
+        [
+            event(
+                "customer.created",
+                customer(id=f"cus_{n}", app_user_id=f"u_{n}"),
+                id=f"evt_c{n}",
+                created=T,
+            )
+            for n in range(KEYS_PER_STATEMENT + 5)
+        ]
+    )
+    views.apply(many, 0, 1)
+    users = [f"u_{n}" for n in range(KEYS_PER_STATEMENT + 5)]
+    loaded = views.load_inputs_of(users)
+    assert [loaded[u].snapshots[0].event_id for u in users] == [
+        f"evt_c{n}" for n in range(KEYS_PER_STATEMENT + 5)
+    ]
+    customers = [f"cus_{n}" for n in range(KEYS_PER_STATEMENT + 5)]
+    assert views.users_of_customers(customers) == set(users)
 
 
 def test_loaded_snapshots_round_trip_exactly(views: Views) -> None:
@@ -263,4 +294,6 @@ def test_ids_with_nul_or_backslashes_round_trip_without_colliding(views: Views, 
     assert [s.object_id for s in odd_inputs.snapshots] == [f"cs{odd}"]
     assert [s.object_id for s in views.load_inputs("u").snapshots] == ["cs_plain"]
     assert views.users_of(f"cus{odd}") == [user]
+    assert views.load_inputs_of([user, "u"]) == {user: odd_inputs, "u": views.load_inputs("u")}
+    assert views.users_of_customers([f"cus{odd}"]) == {user}
     assert {row[3] for row in views.rows().snapshots} == {f"evt{odd}", "evt_plain"}
