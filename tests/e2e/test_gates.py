@@ -4,7 +4,7 @@ the answers coming from a real server: a Replica, the sync and async clients, th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
@@ -24,18 +24,8 @@ from billing_ledger.client.gate import (
 )
 from tests.support.lifecycle import Lifecycle, httpx_poster
 from tests.support.server import Server
-from tests.support.signing import SECRET
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def server(database_url: str) -> Iterator[Server]:
-    started = Server({"LEDGER_DATABASE_URL": database_url, "STRIPE_WEBHOOK_SECRET": SECRET}).start()
-    try:
-        yield started
-    finally:
-        started.stop()
 
 
 def _user(request: Request) -> str | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,15 +16,6 @@ from tests.support.server import Server
 from tests.support.signing import SECRET
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def server(database_url: str) -> Iterator[Server]:
-    started = Server({"LEDGER_DATABASE_URL": database_url, "STRIPE_WEBHOOK_SECRET": SECRET}).start()
-    try:
-        yield started
-    finally:
-        started.stop()
 
 
 def _until(condition: object, timeout: float = 20.0) -> None:
