@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 5000
 MAX_WAIT = 30.0
-HEAD_POLL = 0.05  # how often one process reads the feed's head while someone waits
+HEAD_POLL = 0.02  # how often one process reads the feed's head while someone waits
 KEEPALIVE = 10.0  # seconds between comments on an idle event stream
 
 
