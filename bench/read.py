@@ -55,7 +55,7 @@ async def noop(request: Request) -> Response:
 
 def bench_app() -> Starlette:
     """The real app from the environment, plus the bench's no-op route (not a public one)."""
-    from billing_ledger.http.app import app_from_env
+    from billing_ledger.bootstrap import app_from_env
 
     app = app_from_env()
     app.router.routes.append(Route(NOOP_PATH, noop, methods=["GET"]))

@@ -1,21 +1,28 @@
-"""The one composition root: build(settings) -> Deps."""
+"""The one composition root: build(settings) -> Deps, and the uvicorn factory built on it.
+No part of the package imports this module; the commands and the factory start here."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from starlette.applications import Starlette
+
+from billing_ledger.http.app import create_app
 from billing_ledger.http.metrics import Metrics
 from billing_ledger.ledger.store import Database, DatabaseUrl, EventStore, guard
 from billing_ledger.ledger.writer import GroupCommitWriter
+from billing_ledger.process import tune_gc
 from billing_ledger.projections.follower import Follower
 from billing_ledger.projections.plans import Plans, PlansError, load_plans
 from billing_ledger.projections.queries import Reads
 from billing_ledger.projections.runner import Runner
 from billing_ledger.projections.views import Views
 from billing_ledger.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from billing_ledger.notify import Notifier
+    from billing_ledger.projections.feed import FeedProjector
 
 
 @dataclass
@@ -25,14 +32,21 @@ class Deps:
     settings: Settings
     store: EventStore
     writer: GroupCommitWriter
+    plans: Plans
+    views: Views
+    reads: Reads  # every read of the read side
+    # The runner of this process, the follower of one elsewhere, or none (replay, explain).
+    runner: Runner | Follower | None = None
+    feed: FeedProjector | None = None  # the change feed's projector, beside a runner
+    notifier: Notifier | None = None  # LEDGER_NOTIFY_URL's deliveries
     metrics: Metrics = field(default_factory=Metrics)
-    # The read side, wired by `billing_ledger.projections` (views, runner, plans).
-    views: Any = None
-    runner: Any = None
-    plans: Any = None
-    reads: Any = None  # projections/queries.Reads: every read of the read side
-    feed: Any = None  # the change feed's projector (billing_ledger.projections.feed)
-    notifier: Any = None  # LEDGER_NOTIFY_URL's deliveries (billing_ledger.notify)
+
+    def start(self) -> None:
+        """Start the writer, the runner and the feed's followers (each start is idempotent)."""
+        self.writer.start()
+        for part in (self.runner, self.feed, self.notifier):
+            if part is not None:
+                part.start()
 
     def close(self) -> None:
         """Stop background work and release connections."""
@@ -52,14 +66,33 @@ def build(settings: Settings, *, run_projections: bool = True, follow: bool = Fa
     the projections run in another process, whose position and error this one follows."""
     plans = _plans(settings)
     store = _open_store(settings)
+    views = _views(store)
+    runner: Runner | Follower | None = None
+    if run_projections:
+        runner = Runner(store, views, livemode=settings.livemode)
+    elif follow:
+        runner = Follower(views, settings.projection_status_file)
     deps = Deps(
-        settings=settings, store=store, writer=GroupCommitWriter(store, settings.writer_max_batch)
+        settings=settings,
+        store=store,
+        writer=GroupCommitWriter(store, settings.writer_max_batch),
+        plans=plans,
+        views=views,
+        # Reads waits on the runner of this process only; a follower's position comes later.
+        reads=Reads(views, runner if isinstance(runner, Runner) else None, plans, store),
+        runner=runner,
     )
-    _wire_read_side(deps, plans, run_projections)
-    if follow and not run_projections:
-        status = os.environ.get("LEDGER_PROJECTION_STATUS_FILE")
-        deps.runner = Follower(deps.views, Path(status) if status else None)
+    _wire_feed(deps)
     return deps
+
+
+def app_from_env() -> Starlette:
+    """Factory for `uvicorn --factory` (one per worker process; `serve` uses it)."""
+    tune_gc()  # each worker is a fresh interpreter when --workers > 1
+    settings = Settings.from_env()
+    mode = settings.serve_projections
+    deps = build(settings, run_projections=mode == "true", follow=mode == "apart")
+    return create_app(deps, listen_host=settings.listen_host)
 
 
 def _open_store(settings: Settings) -> EventStore:
@@ -85,29 +118,25 @@ def _plans(settings: Settings) -> Plans:
         raise SettingsError("LEDGER_PLANS", str(e)) from None
 
 
-def _wire_read_side(deps: Deps, plans: Plans, run_projections: bool) -> None:
-    """The plans, the views (tables created) and, when asked, the projection runner."""
-    deps.plans = plans
-    deps.views = Views(deps.store.db)
+def _views(store: EventStore) -> Views:
+    """The views, their tables created (the store's connections closed on failure)."""
+    views = Views(store.db)
     try:
-        with deps.store.db.schema_lock():
-            deps.views.create()
+        with store.db.schema_lock():
+            views.create()
     except BaseException:
-        deps.store.db.close()
+        store.db.close()
         raise
-    if run_projections:
-        deps.runner = Runner(deps.store, deps.views, livemode=deps.settings.livemode)
-    deps.reads = Reads(deps.views, deps.runner, plans, deps.store)
-    _wire_feed(deps, run_projections)
+    return views
 
 
-def _wire_feed(deps: Deps, run_projections: bool) -> None:
+def _wire_feed(deps: Deps) -> None:
     """The change feed's tables and, beside the runner, its projector and notifications."""
     from billing_ledger.projections.feed import FeedProjector, FeedTables
 
     with deps.store.db.schema_lock():
         FeedTables(deps.store.db).create()
-    if not run_projections:
+    if not isinstance(deps.runner, Runner):
         return
     deps.feed = FeedProjector(
         deps.store, deps.views, deps.plans, deps.settings.livemode, wake=deps.runner.wait_for
@@ -118,11 +147,3 @@ def _wire_feed(deps: Deps, run_projections: bool) -> None:
         deps.notifier = Notifier(
             deps.feed.tables, deps.settings.notify_url, deps.settings.notify_secret
         )
-
-
-def start_background(deps: Deps) -> None:
-    """Start the writer, the runner and the feed's followers (each start is idempotent)."""
-    deps.writer.start()
-    for part in (deps.runner, deps.feed, deps.notifier):
-        if part is not None:
-            part.start()

@@ -16,11 +16,25 @@ from pathlib import Path
 from typing import NoReturn
 from urllib.parse import unquote, urlsplit
 
+from billing_ledger import notify, trigger
+from billing_ledger.bootstrap import build
+from billing_ledger.commands.project import cmd_project
+from billing_ledger.commands.replay import cmd_backfill, cmd_explain, cmd_reconcile, cmd_replay
+from billing_ledger.demo import run_demo
 from billing_ledger.ledger.store import DatabaseUrl, DatabaseUrlError, StorageError
-from billing_ledger.listen import LISTEN_HOST_VARIABLE, is_loopback
+from billing_ledger.listen import is_loopback
 from billing_ledger.logs import configure_logging, log_config
 from billing_ledger.process import Supervised, default_workers, tune_gc
-from billing_ledger.settings import Settings, SettingsError
+from billing_ledger.projections.follower import write_status
+from billing_ledger.replay.integrity import announce, cmd_verify
+from billing_ledger.settings import (
+    LISTEN_HOST,
+    PROJECTION_STATUS_FILE,
+    SERVE_PROJECTIONS,
+    SUPERVISOR_PID,
+    Settings,
+    SettingsError,
+)
 
 
 class UsageError(ValueError):
@@ -41,20 +55,18 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             f"refusing to serve on non-loopback host {args.host} with LEDGER_DEMO_SIGNIN=true "
             "(the demo sign-in lets anyone claim any user)"
         )
-    from billing_ledger.bootstrap import build
-    from billing_ledger.replay.integrity import announce
-
-    apart = not args.no_projections and os.environ.get("LEDGER_SERVE_PROJECTIONS") != "false"
-    # Read by app_from_env in each HTTP process: none runs the projections itself.
-    os.environ["LEDGER_SERVE_PROJECTIONS"] = "apart" if apart else "false"
-    os.environ[LISTEN_HOST_VARIABLE] = args.host  # where the workers listen (listen.py)
+    apart = not args.no_projections and settings.serve_projections != "false"
+    # The worker processes uvicorn starts read their Settings from the environment they
+    # inherit: none runs the projections itself, and each knows where it listens.
+    os.environ[SERVE_PROJECTIONS] = "apart" if apart else "false"
+    os.environ[LISTEN_HOST] = args.host
     # Fail fast (one line) when storage is unreachable; creates the tables once.
     opened = build(settings, run_projections=False)
     announce("serve", opened.store)
     opened.close()
     with _projections_apart(apart):
         uvicorn.run(
-            "billing_ledger.http.app:app_from_env",
+            "billing_ledger.bootstrap:app_from_env",
             factory=True,
             host=args.host,
             port=args.port,
@@ -72,13 +84,10 @@ def _projections_apart(wanted: bool) -> Iterator[None]:
     if not wanted:
         yield
         return
-    from billing_ledger.projections.commands import STATUS_FILE, SUPERVISOR
-    from billing_ledger.projections.follower import write_status
-
     with tempfile.TemporaryDirectory(prefix="billing-ledger-") as folder:
         status = Path(folder) / "projections.json"
-        os.environ[STATUS_FILE] = str(status)  # the HTTP processes read it
-        env = {**os.environ, SUPERVISOR: str(os.getpid())}
+        os.environ[PROJECTION_STATUS_FILE] = str(status)  # the HTTP processes read it
+        env = {**os.environ, SUPERVISOR_PID: str(os.getpid())}
         runner = Supervised(
             "projection runner",
             [sys.executable, "-m", "billing_ledger.cli", "project"],
@@ -95,32 +104,21 @@ def _projections_apart(wanted: bool) -> Iterator[None]:
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     """Run the bundled, signed lifecycle through the real pipeline and print the result."""
-    from billing_ledger.demo import run_demo
-
     logging.getLogger().setLevel(logging.WARNING)  # the demo prints its own story
     return run_demo(print)
 
 
-def _delegate(module: str, name: str) -> Callable[[argparse.Namespace, Settings], int]:
-    def run(args: argparse.Namespace, settings: Settings) -> int:
-        imported = __import__(module, fromlist=[name])
-        result: int = getattr(imported, name)(args, settings)
-        return result
-
-    return run
-
-
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "serve": cmd_serve,
-    "project": _delegate("billing_ledger.projections.commands", "cmd_project"),
-    "replay": _delegate("billing_ledger.replay.commands", "cmd_replay"),
-    "backfill": _delegate("billing_ledger.replay.commands", "cmd_backfill"),
-    "reconcile": _delegate("billing_ledger.replay.commands", "cmd_reconcile"),
-    "explain": _delegate("billing_ledger.replay.commands", "cmd_explain"),
-    "verify": _delegate("billing_ledger.replay.integrity", "cmd_verify"),
+    "project": cmd_project,
+    "replay": cmd_replay,
+    "backfill": cmd_backfill,
+    "reconcile": cmd_reconcile,
+    "explain": cmd_explain,
+    "verify": cmd_verify,
     "demo": cmd_demo,
-    "notify": _delegate("billing_ledger.notify", "cmd_notify"),
-    "trigger": _delegate("billing_ledger.trigger", "cmd_trigger"),
+    "notify": notify.cmd_notify,
+    "trigger": trigger.cmd_trigger,
 }
 
 

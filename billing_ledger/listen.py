@@ -9,11 +9,6 @@ even when it is reached through 127.0.0.1.
 from __future__ import annotations
 
 import ipaddress
-import os
-from collections.abc import Mapping
-
-# Set by `serve` for the workers uvicorn starts; not a setting (an operator never sets it).
-LISTEN_HOST_VARIABLE = "LEDGER_LISTEN_HOST"
 
 
 def is_loopback(host: str | None) -> bool:
@@ -26,9 +21,3 @@ def is_loopback(host: str | None) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def listen_host(env: Mapping[str, str] | None = None) -> str | None:
-    """The host `serve` bound, or None when the app was started some other way."""
-    env = os.environ if env is None else env
-    return env.get(LISTEN_HOST_VARIABLE) or None

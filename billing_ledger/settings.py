@@ -17,6 +17,15 @@ class SettingsError(ValueError):
         self.variable = variable
 
 
+# Set by `serve` for the processes it starts (each worker reads them back into its Settings);
+# an operator never sets them.
+SERVE_PROJECTIONS = "LEDGER_SERVE_PROJECTIONS"  # true (in process) | apart (followed) | false
+LISTEN_HOST = "LEDGER_LISTEN_HOST"  # the host the workers' sockets are bound to
+PROJECTION_STATUS_FILE = "LEDGER_PROJECTION_STATUS_FILE"  # the supervised runner's error
+SUPERVISOR_PID = "LEDGER_SUPERVISOR_PID"  # the supervised runner stops when it is gone
+PROJECTION_MODES = ("true", "apart", "false")
+
+
 def _bundled_plans() -> Path:
     return Path(str(resources.files("billing_ledger") / "plans.example.toml"))
 
@@ -46,6 +55,12 @@ class Settings:
     # Where every change of the feed is POSTed, signed with notify_secret (billing_ledger.notify).
     notify_url: str | None = None
     notify_secret: str | None = field(default=None, repr=False)
+    # How this process runs the projections: true, the runner here; apart, a runner process
+    # `serve` supervises, whose position and error this one follows; false, none at all.
+    serve_projections: str = "true"
+    listen_host: str | None = None  # None: not started by `serve` (mounted, or uvicorn's own)
+    projection_status_file: Path | None = None
+    supervisor_pid: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -73,6 +88,12 @@ class Settings:
             writer_max_batch=max(
                 1, _integer(env, "LEDGER_WRITER_MAX_BATCH", defaults.writer_max_batch)
             ),
+            serve_projections=_choice(env, SERVE_PROJECTIONS, PROJECTION_MODES, "true"),
+            listen_host=env.get(LISTEN_HOST) or None,
+            projection_status_file=Path(env[PROJECTION_STATUS_FILE])
+            if env.get(PROJECTION_STATUS_FILE)
+            else None,
+            supervisor_pid=_integer(env, SUPERVISOR_PID, 0),
         )
 
 
@@ -102,3 +123,10 @@ def _boolean(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw in ("false", "0", "no"):
         return False
     raise SettingsError(name, f"expected true or false, got {raw!r}")
+
+
+def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...], default: str) -> str:
+    raw = env.get(name, "").strip().lower() or default
+    if raw not in allowed:
+        raise SettingsError(name, f"expected one of {', '.join(allowed)}, got {raw!r}")
+    return raw

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from billing_ledger.projections.queries import Account as Account  # the pages import it here
 
 if TYPE_CHECKING:
-    from billing_ledger.bootstrap import Deps
+    from billing_ledger.http.state import Services
 
 CONFIRM_WAIT_SECONDS = 2.0  # how long one page view waits for the projections
 
@@ -28,13 +28,13 @@ STATUS_LABELS = {
 }
 
 
-async def load_account(deps: Deps, user_id: str, at: int | None = None) -> Account:
+async def load_account(deps: Services, user_id: str, at: int | None = None) -> Account:
     """The user's billing state at `at` (default now), as /v1 reads it."""
     account: Account = await deps.reads.account(user_id, at)
     return account
 
 
-async def caught_up(deps: Deps) -> bool:
+async def caught_up(deps: Services) -> bool:
     """Wait briefly until the projections have applied everything stored so far."""
     done: bool = await deps.reads.caught_up(CONFIRM_WAIT_SECONDS)
     return done

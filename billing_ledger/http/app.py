@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +14,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from billing_ledger.http import changes, openapi, pages, reads, sessions
 from billing_ledger.http.auth import BearerTokenMiddleware
 from billing_ledger.http.errors import EXCEPTION_HANDLERS
 from billing_ledger.http.health import healthz, metrics
@@ -23,13 +23,13 @@ from billing_ledger.http.user_ids import ROUTE as UNROUTABLE_USER_READ
 from billing_ledger.http.webhooks import receive_webhook
 
 if TYPE_CHECKING:
-    from billing_ledger.bootstrap import Deps
+    from billing_ledger.http.state import Services
 
 
 class LatencyMiddleware:
     """Observe each request's latency under its route template (bounded label set)."""
 
-    def __init__(self, app: ASGIApp, deps: Deps) -> None:
+    def __init__(self, app: ASGIApp, deps: Services) -> None:
         self.app = app
         self.histogram = deps.metrics.latency
 
@@ -48,32 +48,24 @@ class LatencyMiddleware:
 
 def routes() -> list[BaseRoute]:
     """Every route of the service."""
-    found: list[BaseRoute] = [
+    return [
         Route("/webhooks/stripe", receive_webhook, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        *reads.ROUTES,
+        *changes.ROUTES,
+        *sessions.ROUTES,
+        *pages.ROUTES,
+        *openapi.ROUTES,
+        UNROUTABLE_USER_READ,
     ]
-    for module in ("reads", "changes", "sessions", "pages", "openapi"):
-        found += _optional_routes(module)
-    return [*found, UNROUTABLE_USER_READ]
-
-
-def _optional_routes(module: str) -> list[BaseRoute]:
-    try:
-        imported = __import__(f"billing_ledger.http.{module}", fromlist=["ROUTES"])
-    except ModuleNotFoundError as e:
-        if e.name != f"billing_ledger.http.{module}":
-            raise
-        return []
-    found: list[BaseRoute] = list(imported.ROUTES)
-    return found
 
 
 class EmbeddedMiddleware:
     """Mounted inside another app, ours gets no lifespan (Starlette's Mount forwards none):
     start the background work on the first request, stop it at exit, and hand out deps."""
 
-    def __init__(self, app: ASGIApp, deps: Deps) -> None:
+    def __init__(self, app: ASGIApp, deps: Services) -> None:
         self.app = app
         self.deps = deps
         self._started = False
@@ -92,13 +84,11 @@ class EmbeddedMiddleware:
             if self._started:
                 return
             self._started = True
-        from billing_ledger.bootstrap import start_background
-
-        start_background(self.deps)
+        self.deps.start()
         atexit.register(self.deps.close)
 
 
-def create_app(deps: Deps, *, listen_host: str | None = None) -> Starlette:
+def create_app(deps: Services, *, listen_host: str | None = None) -> Starlette:
     """The service's ASGI app; the lifespan starts the writer (and runner) and hands out deps.
 
     `listen_host` is the host the server's sockets are bound to; the demo sign-in serves only
@@ -109,9 +99,7 @@ def create_app(deps: Deps, *, listen_host: str | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        from billing_ledger.bootstrap import start_background
-
-        start_background(deps)
+        deps.start()
         try:
             yield {"deps": deps}
         finally:
@@ -130,18 +118,3 @@ def create_app(deps: Deps, *, listen_host: str | None = None) -> Starlette:
     )
     app.state.demo_sign_in = demo_sign_in_allowed(deps.settings, listen_host)
     return app
-
-
-def app_from_env() -> Starlette:
-    """Factory for `uvicorn --factory` (one per worker process)."""
-    from billing_ledger.bootstrap import build
-    from billing_ledger.listen import listen_host
-    from billing_ledger.process import tune_gc
-    from billing_ledger.settings import Settings
-
-    tune_gc()  # each worker is a fresh interpreter when --workers > 1
-    # true: the runner in this process; apart: `serve` supervises it elsewhere; false: none.
-    projections = os.environ.get("LEDGER_SERVE_PROJECTIONS", "true")
-    settings = Settings.from_env()
-    deps = build(settings, run_projections=projections == "true", follow=projections == "apart")
-    return create_app(deps, listen_host=listen_host())

@@ -33,7 +33,7 @@ from billing_ledger.ledger.records import Incoming
 from billing_ledger.projections.queries import preferred_customer as preferred_customer
 
 if TYPE_CHECKING:
-    from billing_ledger.bootstrap import Deps
+    from billing_ledger.http.state import Services
 
 CHECKOUT_SESSION_ID = "{CHECKOUT_SESSION_ID}"  # Stripe fills in the session id on redirect
 
@@ -79,7 +79,7 @@ def checkout_params(app_url: str, request: CheckoutRequest, price_id: str, custo
     }
 
 
-async def create_checkout(deps: Deps, api: StripeApi, request: CheckoutRequest) -> Json:
+async def create_checkout(deps: Services, api: StripeApi, request: CheckoutRequest) -> Json:
     """Resolve the price, find or create the customer, and open a Checkout Session."""
     price = await resolve_price(api, request.price)
     customer = await ensure_customer(deps, api, request.user_id)
@@ -88,7 +88,7 @@ async def create_checkout(deps: Deps, api: StripeApi, request: CheckoutRequest) 
     return await api.create_checkout_session(params, f"ledger-checkout-{uuid.uuid4().hex}")
 
 
-async def create_portal(deps: Deps, api: StripeApi, user_id: str, return_url: str) -> Json:
+async def create_portal(deps: Services, api: StripeApi, user_id: str, return_url: str) -> Json:
     """A billing portal session for the user's customer; never creates a customer."""
     customer = await find_customer(deps, api, user_id)
     if customer is None:
@@ -117,7 +117,7 @@ async def resolve_price(api: StripeApi, reference: str) -> Json:
 # -- the user's customer ----------------------------------------------------------------
 
 
-async def ensure_customer(deps: Deps, api: StripeApi, user_id: str) -> str:
+async def ensure_customer(deps: Services, api: StripeApi, user_id: str) -> str:
     """The user's customer, created (once, whatever the retries) when there is none."""
     found = await find_customer(deps, api, user_id)
     if found is not None:
@@ -127,7 +127,7 @@ async def ensure_customer(deps: Deps, api: StripeApi, user_id: str) -> str:
     return created
 
 
-async def find_customer(deps: Deps, api: StripeApi, user_id: str) -> str | None:
+async def find_customer(deps: Services, api: StripeApi, user_id: str) -> str | None:
     """The ledger's link first; then Stripe's, which is recorded in the ledger."""
     known = await ledger_customer(deps, user_id, api.livemode)
     if known is not None:
@@ -146,7 +146,7 @@ async def stripe_customer(api: StripeApi, user_id: str) -> str | None:
         return await api.scan_customers(user_id)
 
 
-async def ledger_customer(deps: Deps, user_id: str, livemode: bool) -> str | None:
+async def ledger_customer(deps: Services, user_id: str, livemode: bool) -> str | None:
     """The customer the ledger links to the user, when its mode matches the API key's."""
     if deps.reads is None or livemode != deps.settings.livemode:
         return None
@@ -186,7 +186,7 @@ def link_event(user_id: str, customer_id: str, livemode: bool, now: float) -> In
     )
 
 
-async def record_link(deps: Deps, user_id: str, customer_id: str, livemode: bool) -> int:
+async def record_link(deps: Services, user_id: str, customer_id: str, livemode: bool) -> int:
     """Append the link (once) and return its position; raises StorageError when it cannot."""
     event_id = link_event_id(user_id, customer_id, livemode)
     stored = await run_in_threadpool(deps.store.get, event_id)

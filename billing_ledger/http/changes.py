@@ -21,7 +21,7 @@ from billing_ledger.ledger.store import StorageError
 from billing_ledger.projections.feed import FeedChange, FeedTables
 
 if TYPE_CHECKING:
-    from billing_ledger.bootstrap import Deps
+    from billing_ledger.http.state import Services
 
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 5000
@@ -84,7 +84,7 @@ class FeedHead:
 def _head(request: Request) -> FeedHead:
     state = request.app.state
     if not hasattr(state, "feed_head"):
-        deps: Deps = request.state.deps
+        deps: Services = request.state.deps
         state.feed_head = FeedHead(FeedTables(deps.store.db))
     head: FeedHead = state.feed_head
     return head
@@ -143,7 +143,7 @@ async def _stream(head: FeedHead, after: int, limit: int) -> AsyncIterator[bytes
 
 async def snapshot(request: Request) -> Response:
     """Every recorded user's features at one feed position, and the default features."""
-    deps: Deps = request.state.deps
+    deps: Services = request.state.deps
     try:
         position, users = await run_in_threadpool(_head(request).tables.snapshot)
     except StorageError:

@@ -20,14 +20,14 @@ from billing_ledger.ledger.chain import describe
 from billing_ledger.ledger.store import StorageError
 
 if TYPE_CHECKING:
-    from billing_ledger.bootstrap import Deps
+    from billing_ledger.http.state import Services
 
 ANSWER_WITHIN = 0.8  # seconds a check may take before the last known status is served
 
 Status = tuple[int, dict[str, Any]]
 
 
-def _health(deps: Deps) -> Status:
+def _health(deps: Services) -> Status:
     projections: dict[str, Any] = deps.runner.status() if deps.runner is not None else {}
     try:
         head = deps.store.head()
@@ -56,7 +56,7 @@ def _health(deps: Deps) -> Status:
 class HealthCheck:
     """The last status read from the database, and the one check that may be running."""
 
-    def __init__(self, deps: Deps, within: float = ANSWER_WITHIN) -> None:
+    def __init__(self, deps: Services, within: float = ANSWER_WITHIN) -> None:
         self.deps = deps
         self.within = within
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="healthz")
@@ -107,7 +107,7 @@ async def healthz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition."""
-    deps: Deps = request.state.deps
+    deps: Services = request.state.deps
     await _checker(request).status()  # refresh the head and lag gauges
     if deps.reads is not None:
         deps.metrics.observe_reads(deps.reads.cache_stats(), deps.reads.watch.waiting)

@@ -24,7 +24,7 @@ from billing_ledger.ledger.user_ids import InvalidUserIdError, checked_user_id
 from billing_ledger.projections.queries import NotCaughtUpError, Reads, UserRead
 
 if TYPE_CHECKING:
-    from billing_ledger.bootstrap import Deps
+    from billing_ledger.http.state import Services
 
 MIN_POSITION_WAIT = 5.0
 MAX_ID_LENGTH = 255
@@ -104,7 +104,7 @@ def _json(body: Mapping[str, Any], status: int = 200) -> Response:
 
 
 def _reads(request: Request) -> Reads:
-    deps: Deps = request.state.deps
+    deps: Services = request.state.deps
     reads: Reads = deps.reads
     return reads
 
@@ -196,7 +196,7 @@ async def history(request: Request) -> Response:
 async def stored_event(request: Request) -> Response:
     """One stored event: its envelope fields and the parsed first body."""
     event_id = _path_id(request, "event_id")
-    deps: Deps = request.state.deps
+    deps: Services = request.state.deps
     event = await run_in_threadpool(deps.store.get, event_id)
     if event is None:
         return error(404, "unknown_event", f"no event {event_id} is stored")

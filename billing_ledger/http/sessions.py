@@ -36,7 +36,7 @@ from billing_ledger.ledger.store import StorageError
 from billing_ledger.ledger.user_ids import RULE, user_id_problem
 
 if TYPE_CHECKING:
-    from billing_ledger.bootstrap import Deps
+    from billing_ledger.http.state import Services
 
 log = logging.getLogger("billing_ledger.sessions")
 
@@ -140,7 +140,7 @@ def return_url_field(body: Mapping[str, Any], default: str) -> str:
 
 async def checkout_session(request: Request) -> Response:
     """Open a Checkout Session in subscription mode for the user."""
-    deps: Deps = request.state.deps
+    deps: Services = request.state.deps
     if not deps.settings.stripe_api_key:
         return error(503, "not_configured", "STRIPE_API_KEY is not set")
     try:
@@ -159,7 +159,7 @@ async def checkout_session(request: Request) -> Response:
 
 async def portal_session(request: Request) -> Response:
     """Open a billing portal session for the user's customer."""
-    deps: Deps = request.state.deps
+    deps: Services = request.state.deps
     if not deps.settings.stripe_api_key:
         return error(503, "not_configured", "STRIPE_API_KEY is not set")
     try:

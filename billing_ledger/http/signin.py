@@ -26,7 +26,7 @@ from billing_ledger.listen import is_loopback
 from billing_ledger.settings import Settings
 
 if TYPE_CHECKING:
-    from billing_ledger.bootstrap import Deps
+    from billing_ledger.http.state import Services
 
 log = logging.getLogger("billing_ledger.pages")
 
@@ -145,7 +145,7 @@ def login_url(request: Request) -> str:
     return "/login?" + urlencode({"next": target})
 
 
-def deps_of(request: Request) -> Deps:
+def deps_of(request: Request) -> Services:
     """The dependencies the lifespan handed out."""
-    deps: Deps = request.state.deps
+    deps: Services = request.state.deps
     return deps

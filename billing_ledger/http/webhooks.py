@@ -23,7 +23,7 @@ from billing_ledger.ledger.verify import (
 from billing_ledger.settings import Settings
 
 if TYPE_CHECKING:
-    from billing_ledger.bootstrap import Deps
+    from billing_ledger.http.state import Services
 
 log = logging.getLogger("billing_ledger.webhooks")
 
@@ -79,7 +79,7 @@ def refuse_reserved_type(event_type: str) -> None:
 
 async def receive_webhook(request: Request) -> Response:
     """Verify the signature, append the event once, answer with its position."""
-    deps: Deps = request.state.deps
+    deps: Services = request.state.deps
     settings = deps.settings
     if not settings.webhook_secrets:
         return _reject(deps, 503, "not_configured", "STRIPE_WEBHOOK_SECRET is not set")
@@ -146,7 +146,7 @@ async def _verified_event(request: Request, settings: Settings) -> Incoming:
 
 
 def _reject(
-    deps: Deps, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    deps: Services, status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> Response:
     deps.metrics.rejections.labels(code).inc()
     # The same leading fields as an accepted event's line; none is known before parsing.

@@ -13,9 +13,9 @@ import orjson
 import pytest
 
 from billing_ledger import cli
+from billing_ledger.commands.replay import cmd_backfill
 from billing_ledger.ledger.store import open_store
 from billing_ledger.replay.backfill import Backfill, last_cursor
-from billing_ledger.replay.commands import cmd_backfill
 from billing_ledger.replay.own_events import BACKFILL_CURSOR, BACKFILL_GAP
 from billing_ledger.replay.stripe_api import StripeUnavailableError
 from billing_ledger.settings import Settings

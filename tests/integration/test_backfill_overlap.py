@@ -12,10 +12,10 @@ from typing import Any
 import orjson
 import pytest
 
+from billing_ledger.commands.replay import cmd_backfill
 from billing_ledger.ledger.canonical import Subscription
 from billing_ledger.ledger.normalise import normalise
 from billing_ledger.projections.views import ViewRows
-from billing_ledger.replay.commands import cmd_backfill
 from billing_ledger.settings import Settings
 from tests.support.app import client_for, settings_for
 from tests.support.databases import postgres_url, sqlite_url

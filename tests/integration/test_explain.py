@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from billing_ledger.replay.commands import cmd_explain
+from billing_ledger.commands.replay import cmd_explain
 from billing_ledger.replay.explain import iso
 from billing_ledger.settings import Settings
 from tests.support.app import client_for, settings_for

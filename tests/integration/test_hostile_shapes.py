@@ -17,9 +17,9 @@ import orjson
 import pytest
 
 from billing_ledger.bootstrap import Deps
+from billing_ledger.commands.replay import cmd_replay
 from billing_ledger.ledger import normalise
 from billing_ledger.ledger.canonical import MAX_ID, MAX_TEXT
-from billing_ledger.replay.commands import cmd_replay
 from tests.support.app import client_for, settings_for
 from tests.support.hostile import BASES, deep, dumps, hostile, large
 from tests.support.ledger import Ledger

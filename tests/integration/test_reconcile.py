@@ -14,8 +14,8 @@ import orjson
 import pytest
 
 from billing_ledger.bootstrap import build
+from billing_ledger.commands.replay import cmd_backfill, cmd_reconcile, cmd_replay
 from billing_ledger.ledger.store import open_store
-from billing_ledger.replay.commands import cmd_backfill, cmd_reconcile, cmd_replay
 from billing_ledger.replay.impact import features
 from billing_ledger.replay.own_events import OBSERVATION
 from billing_ledger.replay.rebuild import catch_up

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 import pytest
 
 from billing_ledger.bootstrap import Deps, build
+from billing_ledger.commands.replay import cmd_replay
 from billing_ledger.projections.views import ViewRows
 from billing_ledger.replay import rebuild
-from billing_ledger.replay.commands import cmd_replay
 from billing_ledger.replay.rebuild import SHADOW_SUFFIX, catch_up, replay_lock
 from billing_ledger.settings import Settings
 from tests.support.app import settings_for

@@ -1,0 +1,1 @@
+"""The commands behind `billing-ledger`: each builds the service through the composition root."""
