@@ -28,6 +28,7 @@ from billing_ledger.replay.rebuild import (
 )
 from billing_ledger.replay.reconcile import Reconcile
 from billing_ledger.settings import Settings
+from billing_ledger.stripe_errors import NotConfiguredError, StripeUnavailableError
 
 Print = Callable[[str], None]
 
@@ -42,8 +43,8 @@ _FAILURES = (
     ReplayRunningError,
     SwapFailedError,
     RecordNotStoredError,
-    stripe_api.NotConfiguredError,
-    stripe_api.StripeUnavailableError,
+    NotConfiguredError,
+    StripeUnavailableError,
 )
 
 

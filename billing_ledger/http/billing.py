@@ -9,13 +9,11 @@ before anyone is answered, so replay knows the link without calling Stripe.
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import orjson
 from starlette.concurrency import run_in_threadpool
 
 from billing_ledger.http.stripe_client import (
@@ -26,8 +24,7 @@ from billing_ledger.http.stripe_client import (
     UnknownCustomerError,
     UnknownPriceError,
 )
-from billing_ledger.ledger.normalise import CUSTOMER_LINK
-from billing_ledger.ledger.records import Incoming
+from billing_ledger.ledger.own_events import link_event, link_event_id
 
 # The rule lives in projections/queries; re-exported for the flows' callers.
 from billing_ledger.projections.queries import preferred_customer as preferred_customer
@@ -155,35 +152,6 @@ async def ledger_customer(deps: Services, user_id: str, livemode: bool) -> str |
 
 
 # -- our own link events ----------------------------------------------------------------
-
-
-def link_event_id(user_id: str, customer_id: str, livemode: bool) -> str:
-    """The same link always gets the same id, so it is stored once."""
-    digest = hashlib.sha256(f"{livemode}:{user_id}:{customer_id}".encode()).hexdigest()
-    return f"lgr_link_{digest[:24]}"
-
-
-def link_event(user_id: str, customer_id: str, livemode: bool, now: float) -> Incoming:
-    """A `ledger.customer_link` event, shaped like a Stripe event so replay reads it alike."""
-    event_id = link_event_id(user_id, customer_id, livemode)
-    body = {
-        "id": event_id,
-        "object": "event",
-        "type": CUSTOMER_LINK,
-        "created": int(now),
-        "livemode": livemode,
-        "data": {"object": {"object": CUSTOMER_LINK, "user_id": user_id, "customer": customer_id}},
-    }
-    return Incoming(
-        event_id=event_id,
-        type=CUSTOMER_LINK,
-        created=int(now),
-        livemode=livemode,
-        api_version=None,
-        body=orjson.dumps(body),
-        received_at=now,
-        source="ledger",
-    )
 
 
 async def record_link(deps: Services, user_id: str, customer_id: str, livemode: bool) -> int:

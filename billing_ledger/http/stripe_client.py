@@ -22,6 +22,11 @@ from starlette.concurrency import run_in_threadpool
 
 from billing_ledger.settings import Settings
 
+# Defined once for the HTTP side and the commands; the handlers import them from here.
+from billing_ledger.stripe_errors import BillingError as BillingError
+from billing_ledger.stripe_errors import NotConfiguredError as NotConfiguredError
+from billing_ledger.stripe_errors import StripeUnavailableError as StripeUnavailableError
+
 log = logging.getLogger("billing_ledger.stripe")
 
 Json = dict[str, Any]
@@ -30,28 +35,6 @@ _T = TypeVar("_T")
 TIMEOUT_SECONDS = 20  # a user is waiting on the other side of these calls
 NETWORK_RETRIES = 2  # the SDK retries only what is safe: POSTs carry idempotency keys
 SCAN_LIMIT = 10_000  # the customer listing fallback gives up after this many customers
-
-
-class BillingError(Exception):
-    """A billing call failed; `code` is stable, `message` is fit to show a user."""
-
-    code = "stripe_error"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class NotConfiguredError(BillingError):
-    """STRIPE_API_KEY is not set."""
-
-    code = "not_configured"
-
-
-class StripeUnavailableError(BillingError):
-    """Stripe could not be reached, or asked us to slow down, or failed on its side."""
-
-    code = "stripe_unavailable"
 
 
 class CardDeclinedError(BillingError):

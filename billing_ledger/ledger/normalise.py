@@ -38,11 +38,10 @@ from billing_ledger.ledger.canonical import (
     State,
     Subscription,
 )
+from billing_ledger.ledger.own_events import CUSTOMER_LINK, OBSERVATION
 from billing_ledger.ledger.records import Recorded
 
 THIN_EVENT_OBJECT = "v2.core.event"
-OBSERVATION = "ledger.observation"
-CUSTOMER_LINK = "ledger.customer_link"
 
 Json = Mapping[str, Any]
 

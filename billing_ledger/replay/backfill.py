@@ -19,12 +19,13 @@ from typing import Any
 import orjson
 import stripe
 
+from billing_ledger.ledger.own_events import BACKFILL_CURSOR, BACKFILL_GAP, of_type, own_event
 from billing_ledger.ledger.records import RESERVED_TYPE_PREFIX, AppendResult, Incoming
 from billing_ledger.ledger.store import EventStore
 from billing_ledger.ledger.verify import MalformedEventError, parse_event
 from billing_ledger.progress import Progress
 from billing_ledger.replay import stripe_api
-from billing_ledger.replay.own_events import BACKFILL_CURSOR, BACKFILL_GAP, of_type, own_event
+from billing_ledger.stripe_errors import StripeUnavailableError
 
 log = logging.getLogger("billing_ledger.replay")
 
@@ -143,7 +144,7 @@ class Backfill:
         params = self._params(report, after)
         try:
             return self._list(params)
-        except stripe_api.StripeUnavailableError as error:
+        except StripeUnavailableError as error:
             if "types" not in params or not _refused_types(error):
                 raise
         # This API (localstripe, for one) does not take `types[]`: filter here instead.
@@ -235,7 +236,7 @@ def last_cursor(store: EventStore) -> Json | None:
     return found
 
 
-def _refused_types(error: stripe_api.StripeUnavailableError) -> bool:
+def _refused_types(error: StripeUnavailableError) -> bool:
     return error.status == 400 and "types" in error.message
 
 

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from billing_ledger.ledger.own_events import REPLAY, of_type, own_event
 from billing_ledger.ledger.records import Incoming
 from billing_ledger.ledger.store import Database, EventStore, StorageError, retrying
 from billing_ledger.progress import Progress, quiet
@@ -38,7 +39,6 @@ from billing_ledger.projections.views import (
     Views,
 )
 from billing_ledger.replay import impact, tables
-from billing_ledger.replay.own_events import REPLAY, of_type, own_event
 
 log = logging.getLogger("billing_ledger.replay")
 

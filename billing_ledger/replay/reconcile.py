@@ -25,6 +25,7 @@ from billing_ledger.ledger.canonical import (
     State,
 )
 from billing_ledger.ledger.normalise import normalise
+from billing_ledger.ledger.own_events import observation
 from billing_ledger.ledger.records import Incoming, Recorded
 from billing_ledger.ledger.store import EventStore
 from billing_ledger.progress import Progress
@@ -33,8 +34,8 @@ from billing_ledger.projections.links import customer_of, links_of
 from billing_ledger.projections.plans import Plans
 from billing_ledger.projections.views import Views
 from billing_ledger.replay import impact, stripe_api, tables
-from billing_ledger.replay.own_events import observation
 from billing_ledger.replay.rebuild import catch_up
+from billing_ledger.stripe_errors import StripeUnavailableError
 
 Json = dict[str, Any]
 SUMMARY_OBJECT = "entitlements.active_entitlement_summary"
@@ -202,7 +203,7 @@ class Reconcile:
             return stripe_api.raw_json(
                 stripe_api.call(lambda: call(object_id), f"GET {object_id}", self.sleep)
             )
-        except stripe_api.StripeUnavailableError as error:
+        except StripeUnavailableError as error:
             if error.status != 404:
                 raise
         report.notes.append(f"{object_id}: known to the ledger, not found at Stripe")
@@ -215,7 +216,7 @@ class Reconcile:
         for customer_id in customers:
             try:
                 entries = list(self._entitlements(customer_id))
-            except stripe_api.StripeUnavailableError as error:
+            except StripeUnavailableError as error:
                 if error.status != 404:
                     raise
                 report.notes.append("active entitlements: not offered by this API (skipped)")

@@ -12,6 +12,7 @@ import orjson
 import stripe
 
 from billing_ledger.settings import Settings
+from billing_ledger.stripe_errors import NotConfiguredError, StripeUnavailableError
 
 log = logging.getLogger("billing_ledger.replay")
 
@@ -28,26 +29,10 @@ MAX_DELAY = 8.0
 Sleep = Callable[[float], None]
 
 
-class NotConfiguredError(RuntimeError):
-    """STRIPE_API_KEY is not set: the command cannot reach Stripe."""
-
-    def __init__(self) -> None:
-        super().__init__("not_configured: STRIPE_API_KEY is not set")
-
-
-class StripeUnavailableError(RuntimeError):
-    """Stripe answered with an error, or kept refusing after every retry."""
-
-    def __init__(self, what: str, status: int | None, message: str) -> None:
-        super().__init__(f"{what}: {_status(status)}: {message}")
-        self.status = status
-        self.message = message
-
-
 def client(settings: Settings) -> stripe.StripeClient:
     """The official SDK's client for these settings; its own retries are off (ours are bounded)."""
     if not settings.stripe_api_key:
-        raise NotConfiguredError()
+        raise NotConfiguredError("STRIPE_API_KEY is not set", context="not_configured")
     base = settings.stripe_api_base
     # The SDK logs every request at INFO; an operator's command prints its own summary.
     logging.getLogger("stripe").setLevel(logging.WARNING)
@@ -81,7 +66,11 @@ def call(action: Callable[[], _T], what: str, sleep: Sleep = time.sleep) -> _T:
             return action()
         except stripe.StripeError as error:
             if not _retryable(error) or attempt == ATTEMPTS - 1:
-                raise StripeUnavailableError(what, error.http_status, _message(error)) from None
+                raise StripeUnavailableError(
+                    _message(error),
+                    status=error.http_status,
+                    context=f"{what}: {_status(error.http_status)}",
+                ) from None
             log.warning(
                 "%s: %s %s; retrying in %.1fs",
                 what,
@@ -109,7 +98,9 @@ def raw_json(obj: Any) -> Json:
     response = getattr(obj, "last_response", None)
     parsed = orjson.loads(response.body) if response is not None else obj.to_dict()
     if not isinstance(parsed, dict):
-        raise StripeUnavailableError("Stripe", None, "answered with something not a JSON object")
+        raise StripeUnavailableError(
+            "answered with something not a JSON object", context="Stripe: no answer"
+        )
     return parsed
 
 

@@ -15,9 +15,9 @@ import pytest
 
 from billing_ledger.bootstrap import Deps, build
 from billing_ledger.commands.replay import cmd_replay
+from billing_ledger.ledger.own_events import REPLAY
 from billing_ledger.ledger.store import DatabaseUrl, StorageError
 from billing_ledger.projections.views import ShadowBehindError, Views
-from billing_ledger.replay.own_events import REPLAY
 from billing_ledger.replay.rebuild import (
     PlansFile,
     Rebuild,

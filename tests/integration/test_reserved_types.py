@@ -10,10 +10,15 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from billing_ledger.ledger.normalise import CUSTOMER_LINK, OBSERVATION
+from billing_ledger.ledger.own_events import (
+    BACKFILL_CURSOR,
+    BACKFILL_GAP,
+    CUSTOMER_LINK,
+    OBSERVATION,
+    REPLAY,
+)
 from billing_ledger.ledger.store import open_store
 from billing_ledger.replay.backfill import Backfill
-from billing_ledger.replay.own_events import BACKFILL_CURSOR, BACKFILL_GAP, REPLAY
 from tests.support.app import client_for, settings_for
 from tests.support.http_stub import serving_get
 from tests.support.localstripe import stripe_client

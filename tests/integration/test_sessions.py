@@ -15,8 +15,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from billing_ledger.bootstrap import Deps
-from billing_ledger.http.billing import link_event_id
 from billing_ledger.http.stripe_client import customer_idempotency_key
+from billing_ledger.ledger.own_events import link_event_id
 from tests.support.app import client_for, settings_for
 from tests.support.databases import sqlite_url
 from tests.support.fake_stripe import (

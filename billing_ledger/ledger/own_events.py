@@ -1,13 +1,15 @@
 """Events of our own: what operations learn, appended to the ledger like any Stripe event.
 
-The ledger is the source of truth, so a backfill's cursor, a gap in Stripe's retention and
-a reconcile's observation are stored as events (`source="ledger"`) with ids Stripe never
+The ledger is the source of truth, so a customer link this service learned, a backfill's
+cursor, a gap in Stripe's retention, a reconcile's observation and a replay's marker are
+stored as events (`source="ledger"`) with ids Stripe never
 uses (`lgr_...`). Projections ignore the types they do not read; replay re-reads the
 observations and never calls Stripe again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -18,12 +20,14 @@ import orjson
 from billing_ledger.ledger.records import Incoming, Recorded, decode_state
 from billing_ledger.ledger.store import EventStore, guard
 
+CUSTOMER_LINK = "ledger.customer_link"  # a user's customer, learned by Checkout or the portal
 OBSERVATION = "ledger.observation"
 BACKFILL_CURSOR = "ledger.backfill_cursor"
 BACKFILL_GAP = "ledger.backfill_gap"
 REPLAY = "ledger.replay"
 
 _PREFIX = {
+    CUSTOMER_LINK: "lgr_link_",
     OBSERVATION: "lgr_obs_",
     BACKFILL_CURSOR: "lgr_bfc_",
     BACKFILL_GAP: "lgr_gap_",
@@ -38,10 +42,12 @@ def own_event(
     created: int,
     livemode: bool,
     api_version: str | None = None,
+    key: str | None = None,
     **fields: Any,
 ) -> Incoming:
-    """An event of our own in Stripe's envelope, ready to append."""
-    event_id = _PREFIX[event_type] + uuid.uuid4().hex
+    """An event of our own in Stripe's envelope, ready to append; `key`, when given, makes
+    its id (so the same fact is stored once), else the id is random."""
+    event_id = _PREFIX[event_type] + (key or uuid.uuid4().hex)
     body = {
         "id": event_id,
         "object": "event",
@@ -62,6 +68,19 @@ def own_event(
         received_at=time.time(),
         source="ledger",
     )
+
+
+def link_event_id(user_id: str, customer_id: str, livemode: bool) -> str:
+    """The same link always gets the same id, so it is stored once."""
+    digest = hashlib.sha256(f"{livemode}:{user_id}:{customer_id}".encode()).hexdigest()
+    return _PREFIX[CUSTOMER_LINK] + digest[:24]
+
+
+def link_event(user_id: str, customer_id: str, livemode: bool, now: float) -> Incoming:
+    """A `ledger.customer_link`: this service learned (or made) the user's customer."""
+    obj = {"object": CUSTOMER_LINK, "user_id": user_id, "customer": customer_id}
+    key = link_event_id(user_id, customer_id, livemode).removeprefix(_PREFIX[CUSTOMER_LINK])
+    return own_event(CUSTOMER_LINK, obj, created=int(now), livemode=livemode, key=key)
 
 
 def observation(obj: Mapping[str, Any], observed_at: int, api_version: str) -> Incoming:
