@@ -516,10 +516,3 @@ def retrying(attempts: int, action: Callable[[], _T]) -> _T:
             if attempt == attempts - 1:
                 raise
     raise AssertionError("unreachable")
-
-
-def open_store(url: str) -> EventStore:
-    """Open (and create if needed) the store named by a LEDGER_DATABASE_URL."""
-    store = EventStore(Database(DatabaseUrl.parse(url)))
-    store.create()
-    return store

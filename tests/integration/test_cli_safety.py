@@ -13,8 +13,7 @@ import orjson
 import pytest
 
 from billing_ledger.cli import READS, parser
-from billing_ledger.ledger.store import open_store
-from tests.support.databases import PG_BASE
+from tests.support.databases import PG_BASE, open_store
 from tests.support.ledger import incoming
 from tests.support.signing import event_body
 

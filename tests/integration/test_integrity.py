@@ -15,9 +15,10 @@ from starlette.testclient import TestClient
 
 from billing_ledger.cli import main
 from billing_ledger.ledger.records import Incoming, encode_state
-from billing_ledger.ledger.store import TABLE, Database, DatabaseUrl, EventStore, open_store
+from billing_ledger.ledger.store import TABLE, Database, DatabaseUrl, EventStore
 from billing_ledger.ledger.verify import parse_event
 from tests.support.app import client_for, settings_for
+from tests.support.databases import open_store
 from tests.support.signing import SECRET, event_body, sign
 
 

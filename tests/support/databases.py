@@ -9,6 +9,8 @@ from pathlib import Path
 
 import psycopg
 
+from billing_ledger.ledger.store import Database, DatabaseUrl, EventStore
+
 PG_BASE = os.environ.get("LEDGER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/ledger_test")
 
 
@@ -23,3 +25,10 @@ def postgres_url() -> Iterator[str]:
     yield f"{PG_BASE}?schema={schema}"
     with psycopg.connect(PG_BASE, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def open_store(url: str) -> EventStore:
+    """Open (and create if needed) the store named by a LEDGER_DATABASE_URL."""
+    store = EventStore(Database(DatabaseUrl.parse(url)))
+    store.create()
+    return store
