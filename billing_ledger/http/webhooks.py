@@ -3,61 +3,56 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from billing_ledger.http.errors import error
-from billing_ledger.ledger.logfmt import fields
-from billing_ledger.ledger.records import RESERVED_TYPE_PREFIX, Incoming
-from billing_ledger.ledger.store import StorageError
-from billing_ledger.ledger.verify import (
-    InvalidSignatureError,
-    MalformedEventError,
-    parse_event,
-    verify,
+from billing_ledger.ledger.intake import (
+    BodyReads,
+    BusyError,
+    PayloadTooLargeError,
+    SecretNotSetError,
+    SenderGoneError,
+    read_body,
+    verified_event,
 )
-from billing_ledger.settings import Settings
+from billing_ledger.ledger.logfmt import fields
+from billing_ledger.ledger.records import AppendResult, Incoming
+from billing_ledger.ledger.store import StorageError
+from billing_ledger.ledger.verify import InvalidSignatureError, MalformedEventError
 
 if TYPE_CHECKING:
     from billing_ledger.http.state import Services
 
 log = logging.getLogger("billing_ledger.webhooks")
 
+# What each refusal answers: (status, code, headers). Nothing refused is stored.
+REFUSALS: dict[type[Exception], tuple[int, str, dict[str, str] | None]] = {
+    SecretNotSetError: (503, "not_configured", None),
+    PayloadTooLargeError: (413, "payload_too_large", None),
+    InvalidSignatureError: (400, "invalid_signature", None),
+    MalformedEventError: (400, "malformed_event", None),
+    BusyError: (503, "busy", {"Retry-After": "1"}),
+    # The sender hung up mid-body: nothing to answer, nothing stored; one line, no trace.
+    SenderGoneError: (400, "client_disconnected", None),
+}
+REFUSED = tuple(REFUSALS)
 
-class PayloadTooLargeError(ValueError):
-    """The body is larger than the configured limit."""
 
-
-class BusyError(RuntimeError):
-    """As many bodies as allowed are being read, none of them verified yet."""
-
-
-class BodyReads:
-    """Bounds the bodies read at once before their signature is checked.
-
-    Unverified bodies held open cost up to the body limit each (400 of 1 MiB took RSS from
-    63 to 471 MiB), so past the bound a request is refused before its body is read. One
-    per app: handlers run on its one event loop, so a plain count needs no lock.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.active = 0
-
-    @contextmanager
-    def slot(self) -> Iterator[None]:
-        """Hold one of the reads, or raise BusyError when all are taken."""
-        if self.active >= self.limit:
-            raise BusyError(f"{self.limit} webhook bodies are being read already; retry later")
-        self.active += 1
-        try:
-            yield
-        finally:
-            self.active -= 1
+async def receive_webhook(request: Request) -> Response:
+    """Verify the signature, append the event once, answer with its position."""
+    deps: Services = request.state.deps
+    try:
+        event = await _intake(request, deps)
+    except REFUSED as e:
+        return _refuse(deps, e)
+    try:
+        result = await deps.writer.append(event)
+    except StorageError as e:
+        return _unstored(deps, event, e)
+    return _stored(deps, event, result)
 
 
 def body_reads(request: Request, limit: int) -> BodyReads:
@@ -69,53 +64,59 @@ def body_reads(request: Request, limit: int) -> BodyReads:
     return reads
 
 
-def refuse_reserved_type(event_type: str) -> None:
-    """Raise MalformedEventError for a type only the ledger itself may record."""
-    if event_type.startswith(RESERVED_TYPE_PREFIX):
-        raise MalformedEventError(
-            f'"type" {event_type!r} is reserved for events the ledger records itself'
-        )
-
-
-async def receive_webhook(request: Request) -> Response:
-    """Verify the signature, append the event once, answer with its position."""
-    deps: Services = request.state.deps
+async def _intake(request: Request, deps: Services) -> Incoming:
+    """Read the body (within the bounds), verify its signature, parse it as an event."""
     settings = deps.settings
     if not settings.webhook_secrets:
-        return _reject(deps, 503, "not_configured", "STRIPE_WEBHOOK_SECRET is not set")
+        raise SecretNotSetError("STRIPE_WEBHOOK_SECRET is not set")
+    header = request.headers.get("stripe-signature")
+    if not header:  # refused before a byte of the body is read
+        raise InvalidSignatureError("missing Stripe-Signature header")
+    declared = request.headers.get("content-length")
     try:
-        event = await _verified_event(request, settings)
-    except PayloadTooLargeError as e:
-        return _reject(deps, 413, "payload_too_large", str(e))
-    except InvalidSignatureError as e:
-        return _reject(deps, 400, "invalid_signature", str(e))
-    except MalformedEventError as e:
-        return _reject(deps, 400, "malformed_event", str(e))
-    except BusyError as e:
-        return _reject(deps, 503, "busy", str(e), {"Retry-After": "1"})
+        with body_reads(request, settings.max_body_reads).slot():
+            body = await read_body(request.stream(), declared, settings.max_body_bytes)
     except ClientDisconnect:
-        # The sender hung up mid-body: nothing to answer, nothing stored; one line, no trace.
-        return _reject(deps, 400, "client_disconnected", "the sender closed the connection")
-    try:
-        result = await deps.writer.append(event)
-    except StorageError as e:
-        log.error(
-            "%s",
-            fields(
-                event=event.event_id,
-                type=event.type,
-                position=None,
-                outcome="storage_unavailable",
-                error=str(e),
-            ),
-        )
-        deps.metrics.rejections.labels("storage_unavailable").inc()
-        return error(
-            503,
-            "storage_unavailable",
-            "the ledger could not store the event; retry later",
-            headers={"Retry-After": "5"},
-        )
+        raise SenderGoneError("the sender closed the connection") from None
+    return verified_event(body, header, settings.webhook_secrets, settings.webhook_tolerance)
+
+
+def _refuse(deps: Services, refusal: Exception) -> Response:
+    kind = next(k for k in type(refusal).__mro__ if k in REFUSALS)
+    status, code, headers = REFUSALS[kind]
+    message = str(refusal)
+    deps.metrics.rejections.labels(code).inc()
+    # The same leading fields as an accepted event's line; none is known before parsing.
+    log.info(
+        "%s",
+        fields(
+            event=None, type=None, position=None, outcome="rejected", reason=code, message=message
+        ),
+    )
+    return error(status, code, message, headers)
+
+
+def _unstored(deps: Services, event: Incoming, failure: StorageError) -> Response:
+    log.error(
+        "%s",
+        fields(
+            event=event.event_id,
+            type=event.type,
+            position=None,
+            outcome="storage_unavailable",
+            error=str(failure),
+        ),
+    )
+    deps.metrics.rejections.labels("storage_unavailable").inc()
+    return error(
+        503,
+        "storage_unavailable",
+        "the ledger could not store the event; retry later",
+        headers={"Retry-After": "5"},
+    )
+
+
+def _stored(deps: Services, event: Incoming, result: AppendResult) -> Response:
     deps.metrics.events.labels(result.status).inc()
     log.info(
         "%s",
@@ -130,44 +131,3 @@ async def receive_webhook(request: Request) -> Response:
     return JSONResponse(
         {"event_id": result.event_id, "status": result.status, "position": result.position}
     )
-
-
-async def _verified_event(request: Request, settings: Settings) -> Incoming:
-    """Read the body (within the bounds), verify its signature, parse it as an event."""
-    header = request.headers.get("stripe-signature")
-    if not header:  # refused before a byte of the body is read
-        raise InvalidSignatureError("missing Stripe-Signature header")
-    with body_reads(request, settings.max_body_reads).slot():
-        body = await _read_body(request, settings.max_body_bytes)
-    verify(body, header, settings.webhook_secrets, settings.webhook_tolerance)
-    event = parse_event(body, signature=header)
-    refuse_reserved_type(event.type)
-    return event
-
-
-def _reject(
-    deps: Services, status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> Response:
-    deps.metrics.rejections.labels(code).inc()
-    # The same leading fields as an accepted event's line; none is known before parsing.
-    log.info(
-        "%s",
-        fields(
-            event=None, type=None, position=None, outcome="rejected", reason=code, message=message
-        ),
-    )
-    return error(status, code, message, headers)
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"body of {declared} bytes exceeds the {limit}-byte limit")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"body exceeds the {limit}-byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from billing_ledger.ledger.store import open_store
+from tests.support.databases import open_store
 from tests.support.server import Server
 from tests.support.signing import SECRET, event_body, sign
 

@@ -13,9 +13,9 @@ import httpx
 import orjson
 import pytest
 
-from billing_ledger.ledger.store import open_store
 from billing_ledger.projections.runner import Runner
 from billing_ledger.projections.views import Views
+from tests.support.databases import open_store
 from tests.support.ledger import incoming
 from tests.support.server import Server
 from tests.support.signing import SECRET, sign

@@ -15,10 +15,10 @@ import pytest
 from billing_ledger import cli
 from billing_ledger.commands.replay import cmd_backfill
 from billing_ledger.ledger.own_events import BACKFILL_CURSOR, BACKFILL_GAP
-from billing_ledger.ledger.store import open_store
 from billing_ledger.replay.backfill import Backfill, last_cursor
 from billing_ledger.settings import Settings
 from billing_ledger.stripe_errors import StripeUnavailableError
+from tests.support.databases import open_store
 from tests.support.http_stub import serving_get
 from tests.support.localstripe import API_KEY, flush, list_events, stripe_client
 

@@ -6,7 +6,7 @@ import multiprocessing
 import time
 
 from billing_ledger.ledger.records import Incoming
-from billing_ledger.ledger.store import open_store
+from tests.support.databases import open_store
 from tests.support.signing import event_body
 
 

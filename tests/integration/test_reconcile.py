@@ -16,10 +16,10 @@ import pytest
 from billing_ledger.bootstrap import build
 from billing_ledger.commands.replay import cmd_backfill, cmd_reconcile, cmd_replay
 from billing_ledger.ledger.own_events import OBSERVATION
-from billing_ledger.ledger.store import open_store
 from billing_ledger.replay.impact import features
 from billing_ledger.replay.rebuild import catch_up
 from billing_ledger.settings import Settings
+from tests.support.databases import open_store
 from tests.support.http_stub import serving_get
 from tests.support.localstripe import API_KEY, flush
 from tests.support.stripe_world import StripeWorld

@@ -12,11 +12,11 @@ import pytest
 from billing_ledger.bootstrap import build
 from billing_ledger.commands.replay import cmd_replay
 from billing_ledger.ledger.own_events import REPLAY
-from billing_ledger.ledger.store import open_store
 from billing_ledger.projections.views import ViewRows
 from billing_ledger.replay.rebuild import SHADOW_SUFFIX
 from billing_ledger.settings import Settings
 from tests.support.app import client_for, settings_for
+from tests.support.databases import open_store
 from tests.support.ledger import Ledger, reads_of
 from tests.unit.builders import (
     DAY,

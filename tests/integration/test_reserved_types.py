@@ -17,9 +17,9 @@ from billing_ledger.ledger.own_events import (
     OBSERVATION,
     REPLAY,
 )
-from billing_ledger.ledger.store import open_store
 from billing_ledger.replay.backfill import Backfill
 from tests.support.app import client_for, settings_for
+from tests.support.databases import open_store
 from tests.support.http_stub import serving_get
 from tests.support.localstripe import stripe_client
 from tests.support.signing import event_body, sign
