@@ -126,9 +126,8 @@ def _event(n: int | str, type_: str, created: int, obj: Json, previous: Json | N
     }
 
 
-def lifecycle(t: int) -> list[Json]:
-    """Checkout, a renewal that fails then recovers inside the grace period, a scheduled cancel."""
-    session = {
+def _checkout_session() -> Json:
+    return {
         "id": "cs_demo",
         "object": "checkout.session",
         "mode": "subscription",
@@ -139,6 +138,11 @@ def lifecycle(t: int) -> list[Json]:
         "subscription": SUBSCRIPTION,
         "livemode": False,
     }
+
+
+def lifecycle(t: int) -> list[Json]:
+    """Checkout, a renewal that fails then recovers inside the grace period, a scheduled cancel."""
+    session = _checkout_session()
     m = 30 * DAY
     return [
         _event(1, "customer.subscription.created", t, _subscription("active", t, t + m)),

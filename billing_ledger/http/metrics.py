@@ -15,17 +15,13 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.events = Counter(
+        self.events = self._counter(
             "ledger_webhook_events_total",
             "Verified webhook events by outcome (recorded, duplicate)",
-            ["outcome"],
-            registry=self.registry,
+            "outcome",
         )
-        self.rejections = Counter(
-            "ledger_webhook_rejections_total",
-            "Rejected webhook requests by reason",
-            ["reason"],
-            registry=self.registry,
+        self.rejections = self._counter(
+            "ledger_webhook_rejections_total", "Rejected webhook requests by reason", "reason"
         )
         self.latency = Histogram(
             "ledger_http_request_seconds",
@@ -34,42 +30,41 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
-        self.head = Gauge(
-            "ledger_head_position", "Greatest stored position", registry=self.registry
+        self.head = self._gauge("ledger_head_position", "Greatest stored position")
+        self.projection_position = self._gauge(
+            "ledger_projection_position", "Position applied by each projection", "projection"
         )
-        self.projection_position = Gauge(
-            "ledger_projection_position",
-            "Position applied by each projection",
-            ["projection"],
-            registry=self.registry,
-        )
-        self.projection_skipped = Gauge(
+        self.projection_skipped = self._gauge(
             "ledger_projection_skipped_events",
             "Events each projection skipped for their content (recorded with its position)",
-            ["projection"],
-            registry=self.registry,
+            "projection",
         )
-        self.projection_lag = Gauge(
+        self.projection_lag = self._gauge(
             "ledger_projection_lag",
             "Positions stored but not yet applied, by projection",
-            ["projection"],
-            registry=self.registry,
+            "projection",
         )
-        # The read caches (projections/cache.py), by cache; hits and misses since start.
-        self.read_cache = {
-            figure: Gauge(
+        self.read_cache = self._read_cache_gauges()
+        self.reads_waiting = self._gauge(
+            "ledger_reads_waiting", "Reads waiting for a min_position now"
+        )
+
+    def _read_cache_gauges(self) -> dict[str, Gauge]:
+        """The read caches (projections/cache.py), by cache; hits and misses since start."""
+        return {
+            figure: self._gauge(
                 f"ledger_read_cache_{figure}",
                 f"Read cache {figure} (bytes: estimated memory), by cache",
-                ["cache"],
-                registry=self.registry,
+                "cache",
             )
             for figure in READ_CACHE_FIGURES
         }
-        self.reads_waiting = Gauge(
-            "ledger_reads_waiting",
-            "Reads waiting for a min_position now",
-            registry=self.registry,
-        )
+
+    def _counter(self, name: str, text: str, *labels: str) -> Counter:
+        return Counter(name, text, list(labels), registry=self.registry)
+
+    def _gauge(self, name: str, text: str, *labels: str) -> Gauge:
+        return Gauge(name, text, list(labels), registry=self.registry)
 
     def observe_reads(self, caches: Mapping[str, Any], waiting: int) -> None:
         """Set the read-side gauges from the caches' figures (at each scrape)."""
