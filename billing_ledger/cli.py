@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 from urllib.parse import unquote, urlsplit
 
 from billing_ledger import notify, trigger
@@ -191,6 +191,127 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
+def _option(*flags: str, **spec: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """One option of a command, as argparse's add_argument takes it."""
+    return flags, spec
+
+
+# Every command: its help line and its options (CONTRACT.md, Command line).
+COMMAND_LINE: dict[str, tuple[str, tuple[tuple[tuple[str, ...], dict[str, Any]], ...]]] = {
+    "serve": (
+        "the HTTP service, with the projection runner in a process of its own",
+        (
+            _option("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)"),
+            _option("--port", type=int, default=8000, help="port to bind (default 8000)"),
+            _option(
+                "--workers",
+                type=int,
+                default=0,
+                help="HTTP processes (default: the machine's cores, at most 4)",
+            ),
+            _option(
+                "--no-projections",
+                action="store_true",
+                help="serve without the projection runner (run `billing-ledger project` apart)",
+            ),
+        ),
+    ),
+    "project": ("the projection runner alone", ()),
+    "replay": (
+        "rebuild projections from the store; prints what changed",
+        (
+            _option(
+                "--projection",
+                default=None,
+                help="the projection to rebuild (default: the only one)",
+            ),
+            _option(
+                "--dry-run",
+                action="store_true",
+                help="rebuild and compare only: swap nothing (reads an existing database only)",
+            ),
+        ),
+    ),
+    "backfill": (
+        "append missing events from Stripe's Events API",
+        (
+            _option(
+                "--since",
+                default=None,
+                help="ISO 8601 or Unix seconds (default: an hour before the last run, "
+                "else 30 days ago)",
+            ),
+            _option(
+                "--types",
+                default=None,
+                help="only these event types, comma-separated (default: all)",
+            ),
+        ),
+    ),
+    "reconcile": ("record Stripe's current objects where the projections differ", ()),
+    "explain": (
+        "why a user's access is what it is (reads only)",
+        (
+            _option("user_id", help="the application's user id"),
+            _option(
+                "--feature", default=None, help="only changes of this feature (one the plans name)"
+            ),
+            _option(
+                "--at",
+                default=None,
+                help="evaluate at this time: ISO 8601 or Unix seconds (default now)",
+            ),
+        ),
+    ),
+    "verify": (
+        "recompute the hash chain of every stored event (reads only)",
+        (
+            _option(
+                "--signatures",
+                action="store_true",
+                help="also re-check each stored Stripe-Signature against STRIPE_WEBHOOK_SECRET "
+                "(tolerance ignored)",
+            ),
+            _option(
+                "--head",
+                default=None,
+                metavar="POSITION:HASH",
+                help="a chain head noted earlier (from /healthz): also prove nothing at or "
+                "before it changed, even with the chain rewritten",
+            ),
+        ),
+    ),
+    "demo": ("a signed lifecycle through the real pipeline", ()),
+    "notify": (
+        "deliver the change feed to LEDGER_NOTIFY_URL again",
+        (
+            _option(
+                "--from",
+                dest="from_position",
+                type=int,
+                default=0,
+                metavar="POS",
+                help="deliver again every change after this feed position (default 0)",
+            ),
+            _option("--url", default=None, help="another receiver than LEDGER_NOTIFY_URL"),
+        ),
+    ),
+    "trigger": (
+        "send a signed test lifecycle to a running service",
+        (
+            _option("lifecycle", nargs="?", default=None, help="one of --list"),
+            _option("--user", default=None, help="the app user id the events name"),
+            _option(
+                "--url",
+                default="http://127.0.0.1:8000",
+                help="the running service (signed with STRIPE_WEBHOOK_SECRET)",
+            ),
+            _option("--list", action="store_true", help="name the lifecycles"),
+        ),
+    ),
+}
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line of CONTRACT.md."""
     top = _Parser(
@@ -201,84 +322,10 @@ def parser() -> argparse.ArgumentParser:
     )
     top.add_argument("--version", action="version", version=f"billing-ledger {_version()}")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    serve = _command(
-        sub, "serve", "the HTTP service, with the projection runner in a process of its own"
-    )
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
-    serve.add_argument(
-        "--workers",
-        type=int,
-        default=0,
-        help="HTTP processes (default: the machine's cores, at most 4)",
-    )
-    serve.add_argument(
-        "--no-projections",
-        action="store_true",
-        help="serve without the projection runner (run `billing-ledger project` apart)",
-    )
-    _command(sub, "project", "the projection runner alone")
-    replay = _command(sub, "replay", "rebuild projections from the store; prints what changed")
-    replay.add_argument(
-        "--projection", default=None, help="the projection to rebuild (default: the only one)"
-    )
-    replay.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="rebuild and compare only: swap nothing (reads an existing database only)",
-    )
-    backfill = _command(sub, "backfill", "append missing events from Stripe's Events API")
-    backfill.add_argument(
-        "--since",
-        default=None,
-        help="ISO 8601 or Unix seconds (default: an hour before the last run, else 30 days ago)",
-    )
-    backfill.add_argument(
-        "--types", default=None, help="only these event types, comma-separated (default: all)"
-    )
-    _command(sub, "reconcile", "record Stripe's current objects where the projections differ")
-    explain = _command(sub, "explain", "why a user's access is what it is (reads only)")
-    explain.add_argument("user_id", help="the application's user id")
-    explain.add_argument(
-        "--feature", default=None, help="only changes of this feature (one the plans name)"
-    )
-    explain.add_argument(
-        "--at", default=None, help="evaluate at this time: ISO 8601 or Unix seconds (default now)"
-    )
-    verify = _command(sub, "verify", "recompute the hash chain of every stored event (reads only)")
-    verify.add_argument(
-        "--signatures",
-        action="store_true",
-        help="also re-check each stored Stripe-Signature against STRIPE_WEBHOOK_SECRET "
-        "(tolerance ignored)",
-    )
-    verify.add_argument(
-        "--head",
-        default=None,
-        metavar="POSITION:HASH",
-        help="a chain head noted earlier (from /healthz): also prove nothing at or before it "
-        "changed, even with the chain rewritten",
-    )
-    _command(sub, "demo", "a signed lifecycle through the real pipeline")
-    notify = _command(sub, "notify", "deliver the change feed to LEDGER_NOTIFY_URL again")
-    notify.add_argument(
-        "--from",
-        dest="from_position",
-        type=int,
-        default=0,
-        metavar="POS",
-        help="deliver again every change after this feed position (default 0)",
-    )
-    notify.add_argument("--url", default=None, help="another receiver than LEDGER_NOTIFY_URL")
-    trigger = _command(sub, "trigger", "send a signed test lifecycle to a running service")
-    trigger.add_argument("lifecycle", nargs="?", default=None, help="one of --list")
-    trigger.add_argument("--user", default=None, help="the app user id the events name")
-    trigger.add_argument(
-        "--url",
-        default="http://127.0.0.1:8000",
-        help="the running service (signed with STRIPE_WEBHOOK_SECRET)",
-    )
-    trigger.add_argument("--list", action="store_true", help="name the lifecycles")
+    for name, (text, options) in COMMAND_LINE.items():
+        command = _command(sub, name, text)
+        for flags, spec in options:
+            command.add_argument(*flags, **spec)
     return top
 
 
