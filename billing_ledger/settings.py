@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -46,6 +47,9 @@ class Settings:
     # Where every change of the feed is POSTed, signed with notify_secret (billing_ledger.notify).
     notify_url: str | None = None
     notify_secret: str | None = field(default=None, repr=False)
+    # What the pages call the product, and their accent colour (a #rrggbb hex colour).
+    brand_name: str = "Ledger"
+    brand_color: str = "#3b5bdb"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -70,6 +74,9 @@ class Settings:
             session_secret=env.get("LEDGER_SESSION_SECRET") or None,
             notify_url=env.get("LEDGER_NOTIFY_URL", "").strip() or None,
             notify_secret=env.get("LEDGER_NOTIFY_SECRET", "").strip() or None,
+            brand_name=" ".join(env.get("LEDGER_BRAND_NAME", "").split())[:60]
+            or defaults.brand_name,
+            brand_color=_colour(env, "LEDGER_BRAND_COLOR", defaults.brand_color),
             writer_max_batch=max(
                 1, _integer(env, "LEDGER_WRITER_MAX_BATCH", defaults.writer_max_batch)
             ),
@@ -102,3 +109,12 @@ def _boolean(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw in ("false", "0", "no"):
         return False
     raise SettingsError(name, f"expected true or false, got {raw!r}")
+
+
+def _colour(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if re.fullmatch(r"#[0-9a-f]{6}", raw) is None:
+        raise SettingsError(name, f"expected a colour such as #3b5bdb, got {raw!r}")
+    return raw

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import jinja2
+from babel import Locale, UnknownLocaleError
+from babel.numbers import format_currency
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
@@ -43,8 +49,13 @@ from billing_ledger.http.signin import (
 )
 from billing_ledger.http.stripe_client import BillingError, Json, StripeApi, open_stripe
 from billing_ledger.ledger.store import StorageError
+from billing_ledger.projections.cards import Card, card_on_file
 from billing_ledger.projections.plans import Plan, Plans
-from billing_ledger.projections.policy import access
+from billing_ledger.projections.policy import SubscriptionAccess, access
+from billing_ledger.projections.queries import preferred_customer
+
+if TYPE_CHECKING:
+    from billing_ledger.bootstrap import Deps
 
 log = logging.getLogger("billing_ledger.pages")
 
@@ -56,7 +67,15 @@ ZERO_DECIMAL = frozenset(
     {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv"}
     | {"xaf", "xof", "xpf"}
 )
-SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£"}
+INVOICE_LABELS = {
+    "draft": "Draft",
+    "open": "Due",
+    "paid": "Paid",
+    "uncollectible": "Unpaid",
+    "void": "Void",
+}
+DEFAULT_LOCALE = "en"
+MAX_LANGUAGES = 8  # of an Accept-Language header, the first ones tried
 # No script anywhere; inline styles only; never framed; private pages are not cached.
 # (No form-action: Chrome applies it to the redirect to Stripe's hosted pages as well.)
 SECURITY_HEADERS = {
@@ -72,14 +91,13 @@ SECURITY_HEADERS = {
 # -- rendering --------------------------------------------------------------------------
 
 
-def money(amount: int | None, currency: str | None) -> str:
-    """Minor units as a person reads them: 2000 usd -> $20.00."""
+def money(amount: int | None, currency: str | None, locale: str = DEFAULT_LOCALE) -> str:
+    """Minor units as a person of `locale` reads them: 2000 usd -> $20.00 (en), 20,00 $ (de)."""
     if amount is None:
         return "—"
     code = (currency or "usd").lower()
-    text = f"{amount:,}" if code in ZERO_DECIMAL else f"{amount / 100:,.2f}"
-    symbol = SYMBOLS.get(code)
-    return f"{symbol}{text}" if symbol else f"{text} {code.upper()}"
+    value = Decimal(amount) if code in ZERO_DECIMAL else Decimal(amount) / 100
+    return format_currency(value, code.upper(), locale=locale)
 
 
 def day(seconds: int | None) -> str:
@@ -90,14 +108,46 @@ def day(seconds: int | None) -> str:
     return f"{when.day} {when:%b %Y}"
 
 
-def per_interval(price: Json) -> str:
-    """A recurring price's amount and interval: $20.00 / month."""
-    recurring = price.get("recurring") or {}
-    interval, count = recurring.get("interval"), recurring.get("interval_count") or 1
-    amount = money(price.get("unit_amount"), price.get("currency"))
-    if not interval:
-        return amount
-    return f"{amount} / {interval}" if count == 1 else f"{amount} every {count} {interval}s"
+@dataclass(frozen=True)
+class PriceTag:
+    """A price as the pages show it (from the catalog's prices: no Stripe call per view)."""
+
+    id: str
+    unit_amount: int | None
+    currency: str | None
+    type: str | None  # recurring or one_time
+    interval: str | None
+    interval_count: int | None = None
+    lookup_key: str | None = None
+    active: bool = True
+
+    @classmethod
+    def of(cls, price: Any) -> PriceTag:
+        """A catalog price (projections/catalog.CatalogPrice, or any object with its fields)."""
+        fields = ("unit_amount", "currency", "type", "interval", "interval_count", "lookup_key")
+        values = {name: getattr(price, name, None) for name in fields}
+        return cls(id=str(price.id), active=bool(getattr(price, "active", True)), **values)
+
+    @property
+    def once(self) -> bool:
+        """Bought once, not renewed."""
+        return self.type == "one_time" or (self.type is None and self.interval is None)
+
+    def amount(self, locale: str) -> str:
+        """€19.00 (en), 19,00 € (de)."""
+        return money(self.unit_amount, self.currency, locale)
+
+    @property
+    def per(self) -> str:
+        """/ month, every 3 months, once."""
+        if self.once or not self.interval:
+            return "once"
+        count = self.interval_count or 1
+        return f"/ {self.interval}" if count == 1 else f"every {count} {self.interval}s"
+
+    def text(self, locale: str) -> str:
+        """€19.00 / month, $99.00 once."""
+        return f"{self.amount(locale)} {self.per}"
 
 
 @functools.cache
@@ -108,17 +158,82 @@ def templates() -> Jinja2Templates:
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
-    env.filters |= {"money": money, "day": day, "per_interval": per_interval}
+    env.filters |= {"money": money, "day": day}
     env.globals["status_label"] = lambda status: STATUS_LABELS.get(status, status)
+    env.globals["invoice_status"] = lambda status: INVOICE_LABELS.get(status, "Pending")
     return Jinja2Templates(env=env)
 
 
+@dataclass(frozen=True)
+class Brand:
+    """The product's name and accent colours, as the layout uses them."""
+
+    name: str
+    accent: str  # the configured colour: borders, marks
+    accent_dark: str  # the accent darkened until white text on it passes WCAG AA (4.5:1)
+    wash: str  # a pale tint of the accent
+
+
+def _channels(colour: str) -> tuple[int, int, int]:
+    return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)
+
+
+def _luminance(colour: str) -> float:
+    """WCAG 2's relative luminance of a #rrggbb colour."""
+    linear = [c / 255 for c in _channels(colour)]
+    r, g, b = (c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in linear)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def contrast(first: str, second: str) -> float:
+    """WCAG 2's contrast ratio of two #rrggbb colours (1 to 21)."""
+    high, low = sorted((_luminance(first), _luminance(second)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def _mix(colour: str, other: str, share: float) -> str:
+    pairs = zip(_channels(colour), _channels(other), strict=True)
+    return "#" + "".join(f"{round(a * (1 - share) + b * share):02x}" for a, b in pairs)
+
+
+def darkened_for_white_text(colour: str) -> str:
+    """The colour, darkened step by step until white text on it has a ratio of 4.5:1."""
+    dark = colour
+    for step in range(1, 21):
+        if contrast(dark, "#ffffff") >= 4.5:
+            break
+        dark = _mix(colour, "#000000", step / 20)
+    return dark
+
+
+@functools.cache
+def brand_of(name: str, colour: str) -> Brand:
+    """The layout's brand from the settings (LEDGER_BRAND_NAME, LEDGER_BRAND_COLOR)."""
+    return Brand(name, colour, darkened_for_white_text(colour), _mix(colour, "#ffffff", 0.9))
+
+
+def page_locale(request: Request) -> str:
+    """The first locale of the browser's Accept-Language that babel knows, else English."""
+    header = request.headers.get("accept-language", "")[:200]
+    for tag in re.findall(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,4})?", header)[:MAX_LANGUAGES]:
+        try:
+            return str(Locale.parse(tag, sep="-"))
+        except (ValueError, UnknownLocaleError):
+            continue
+    return DEFAULT_LOCALE
+
+
 def render(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
-    """A page with the layout's context (user, form token) and the security headers."""
+    """A page with the layout's context (user, form token, brand) and the security headers."""
+    settings = deps_of(request).settings
+    locale = page_locale(request)
     base = {
         "user": current_user(request),
         "csrf": csrf_token(request),
         "demo": demo_sign_in_enabled(request),
+        "brand": brand_of(settings.brand_name, settings.brand_color),
+        "locale": locale,
+        "locale_tag": locale.replace("_", "-"),
         "notice": None,
         "error": None,
         "page": None,
@@ -155,6 +270,27 @@ def form_expired(request: Request) -> Response:
     return render(request, "message.html", {"title": "Form expired", "body": message}, 403)
 
 
+# What a person is told when a billing call fails, by the error's code; the cause (which may
+# name a setting or an id) goes to the log. Codes not listed show the error's own message,
+# which stripe_client.py writes for users (a declined card, Stripe unreachable).
+KIND_MESSAGES = {
+    "not_configured": "Payments are not available right now, so nothing can be bought yet. "
+    "Nothing was charged; please try again later.",
+    "unknown_price": "This plan cannot be bought right now. Nothing was charged; "
+    "please try again later or choose another plan.",
+    "invalid_price": "This plan cannot be bought right now. Nothing was charged; "
+    "please try again later or choose another plan.",
+    "stripe_error": "Something went wrong on our side. Nothing was charged; "
+    "please try again in a moment.",
+}
+
+
+def kind_message(e: BillingError, action: str) -> str:
+    """The message a person sees for a billing failure; the cause is logged."""
+    log.warning("page %s failed: code=%s cause=%s", action, e.code, e.message)
+    return KIND_MESSAGES.get(e.code, e.message)
+
+
 # -- pricing ----------------------------------------------------------------------------
 
 
@@ -164,13 +300,26 @@ class Offer:
 
     plan: Plan
     reference: str | None  # what Checkout is asked for: a lookup key, else a price id
-    price: Json | None
+    price: PriceTag | None
     current: bool
 
     @property
     def name(self) -> str:
         """The plan's display name."""
-        return self.plan.id.replace("_", " ").title()
+        return plan_name(self.plan)
+
+
+def stripe_tag(price: Json) -> PriceTag:
+    """A price as Stripe's API renders it."""
+    recurring = price.get("recurring") or {}
+    return PriceTag(
+        id=str(price.get("id")),
+        unit_amount=price.get("unit_amount"),
+        currency=price.get("currency"),
+        type=price.get("type"),
+        interval=recurring.get("interval"),
+        interval_count=recurring.get("interval_count"),
+    )
 
 
 def price_reference(plan: Plan) -> str | None:
@@ -204,7 +353,7 @@ async def offers(request: Request, held: set[str]) -> list[Offer]:
     except BillingError as e:  # the page still lists the plans, without amounts
         log.info("pricing page without prices: %s", e.code)
     return [
-        Offer(p, ref, prices.get(ref) if ref else None, p.id in held)
+        Offer(p, ref, stripe_tag(prices[ref]) if ref in prices else None, p.id in held)
         for p, ref in ((p, price_reference(p)) for p in paid)
     ]
 
@@ -266,7 +415,7 @@ async def start_checkout(request: Request) -> Response:
             return await pricing_page(request, "That plan is not available.", 400)
         return redirect(await checkout_url(request, user, *offered))
     except BillingError as e:
-        return await pricing_page(request, e.message, status_for(e))
+        return await pricing_page(request, kind_message(e, "checkout"), status_for(e))
     except StorageError:
         return storage_page(request)
 
@@ -289,8 +438,51 @@ def confirming_context(request: Request, confirming: bool) -> dict[str, Any]:
     return {"confirming": confirming, "refresh": refresh, "refresh_seconds": REFRESH_SECONDS}
 
 
+@dataclass(frozen=True)
+class SubscriptionRow:
+    """One subscription as the billing page states it: only dates that will happen."""
+
+    sub: SubscriptionAccess
+    price: str | None  # the plan's price, when the catalog knows it
+    ends: int | None  # a scheduled cancellation: the plan ends then and does not renew
+    trial_end: int | None  # a trial that will turn into a paid period
+    renews: int | None  # the next renewal, only when one will happen
+    overdue_until: int | None  # past_due: access kept until then, unless the payment succeeds
+
+
+def subscription_row(sub: SubscriptionAccess, price: str | None) -> SubscriptionRow:
+    """What will happen next to a subscription that has not ended."""
+    ends = (sub.cancel_at or sub.current_period_end) if sub.cancel_at_period_end else sub.cancel_at
+    trial = sub.trial_end if sub.status == "trialing" and not ends else None
+    # past_due, unpaid, incomplete, paused: no renewal until the payment problem is solved.
+    renews = sub.current_period_end if sub.status == "active" and not ends else None
+    overdue = sub.access_until if sub.status == "past_due" and sub.grants_access else None
+    return SubscriptionRow(sub, price, ends, trial, renews, overdue)
+
+
+def price_label(prices: Mapping[str, PriceTag], sub: SubscriptionAccess, locale: str) -> str | None:
+    """The price the subscription's items are billed at, when the catalog knows them."""
+    known = [prices[p] for p in sub.price_ids if p in prices]
+    return " + ".join(tag.text(locale) for tag in known) or None
+
+
+def price_tags(deps: Deps) -> dict[str, PriceTag]:
+    """Every price the ledger knows, by id (the catalog's read model)."""
+    return {}
+
+
+async def card_of(deps: Deps, account: Account) -> Card | None:
+    """The card the user's preferred customer pays with, from the card facts view."""
+    customers = list(account.entitlements.customer_ids)
+    preferred = preferred_customer(account.inputs, account.at)
+    if preferred in customers:
+        customers = [preferred, *[c for c in customers if c != preferred]]
+    facts = await run_in_threadpool(deps.views.card_facts, customers)
+    return card_on_file(facts, customers)
+
+
 async def billing_page(request: Request, user: str, error: str | None, status: int) -> Response:
-    """The user's plan, status, renewal, cancellation, payment problems and invoices."""
+    """The user's plan, price, status, renewal, cancellation, card and invoices."""
     deps = deps_of(request)
     query = request.query_params
     session_id = query.get("session_id") if query.get("success") == "true" else None
@@ -299,10 +491,18 @@ async def billing_page(request: Request, user: str, error: str | None, status: i
         await caught_up(deps)  # the webhooks may be stored but not yet projected
         account = await load_account(deps, user)
     confirming = session_id is not None and not checkout_confirmed(account, session_id)
+    locale = page_locale(request)
+    prices = price_tags(deps)
+    rows = [subscription_row(s, price_label(prices, s, locale)) for s in account.current]
     context = {
         "page": "billing",
         "account": account,
-        "plans": account.paid_plans(deps.plans),
+        "plan_names": [plan_name(p) for p in account.paid_plans(deps.plans)],
+        "subscriptions": rows,
+        "ending": min((r.ends for r in rows if r.ends), default=None),
+        "overdue_until": min((r.overdue_until for r in rows if r.overdue_until), default=None),
+        "card": await card_of(deps, account),
+        "purchases": [],
         "confirmed": session_id is not None and not confirming,
         "error": error,
         **confirming_context(request, confirming),
@@ -334,13 +534,46 @@ async def open_portal(request: Request) -> Response:
         async with open_stripe(deps.settings) as api:
             session = await create_portal(deps, api, user, f"{deps.settings.app_url}/billing")
     except BillingError as e:
-        return await billing_page(request, user, e.message, status_for(e))
+        return await billing_page(request, user, kind_message(e, "portal"), status_for(e))
     except StorageError:
         return storage_page(request)
     return redirect(str(session["url"]))
 
 
 # -- the gated feature ------------------------------------------------------------------
+
+
+def plan_name(plan: Plan) -> str:
+    """A plan's display name: the plans file's `name`, else its id, capitalised."""
+    named = getattr(plan, "name", None)
+    return str(named) if named else plan.id.replace("_", " ").title()
+
+
+def access_note(account: Account) -> str:
+    """One friendly sentence on how long the user's access lasts."""
+    for sub in account.current:
+        if sub.status == "past_due" and sub.access_until:
+            return (
+                "Your last payment did not go through: access continues until "
+                f"{day(sub.access_until)} while it is retried."
+            )
+        if sub.cancel_at or sub.cancel_at_period_end:
+            return f"Your plan ends on {day(sub.cancel_at or sub.current_period_end)}."
+        if sub.status == "trialing" and sub.trial_end:
+            return f"You are on a free trial until {day(sub.trial_end)}."
+    return "Thank you for being a customer."
+
+
+def denied_note(account: Account) -> tuple[str | None, bool]:
+    """Why a user without the feature lost it, in plain words, and whether billing can help."""
+    if account.has_warning("payment_failed"):
+        note = (
+            "Your last payment did not go through. Update your payment method to get access back."
+        )
+        return note, True
+    if account.ended:
+        return "Your subscription has ended. Choose a plan to get access again.", False
+    return None, False
 
 
 async def protected_feature(request: Request) -> Response:
@@ -354,11 +587,18 @@ async def protected_feature(request: Request) -> Response:
     except StorageError:
         return storage_page(request)
     allowed, reason = access(account.entitlements, PROTECTED_FEATURE)
-    context: dict[str, Any] = {"page": "feature", "feature": PROTECTED_FEATURE, "reason": reason}
+    log.debug("protected feature: user=%s allowed=%s reason=%s", user, allowed, reason)
+    context: dict[str, Any] = {"page": "feature", "feature": PROTECTED_FEATURE}
     if allowed:
-        return render(request, "protected.html", context)
-    granting = [p for p in deps.plans.plans if PROTECTED_FEATURE in p.features and not p.default]
-    return render(request, "denied.html", {**context, "granting": granting}, 403)
+        holding = [plan_name(p) for p in account.paid_plans(deps.plans)]
+        note = access_note(account)
+        return render(request, "protected.html", {**context, "holding": holding, "why": note})
+    granting = [
+        plan_name(p) for p in deps.plans.plans if PROTECTED_FEATURE in p.features and not p.default
+    ]
+    why, billing_link = denied_note(account)
+    extra = {"granting": granting, "why": why, "billing_link": billing_link}
+    return render(request, "denied.html", {**context, **extra}, 403)
 
 
 # -- demo sign-in -----------------------------------------------------------------------

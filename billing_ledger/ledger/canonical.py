@@ -86,6 +86,8 @@ class Invoice:
     finalized_at: int | None = None
     marked_uncollectible_at: int | None = None
     deleted: bool = False  # invoice.deleted: a draft removed for good
+    number: str | None = None  # the invoice number a customer sees (set once finalized)
+    invoice_pdf: str | None = None
 
 
 @dataclass(frozen=True)

@@ -224,6 +224,8 @@ def invoice_state(event_type: str, obj: Json) -> Invoice:
         finalized_at=_int(transitions, "finalized_at"),
         marked_uncollectible_at=_int(transitions, "marked_uncollectible_at"),
         deleted=event_type == "invoice.deleted" or obj.get("deleted") is True,
+        number=_str(obj, "number"),
+        invoice_pdf=_str(obj, "invoice_pdf"),
     )
 
 

@@ -27,6 +27,7 @@ from billing_ledger.ledger.canonical import Snapshot, snapshot_from_json, snapsh
 from billing_ledger.ledger.store import Database, StorageError, guard
 from billing_ledger.projections import cache as read_cache
 from billing_ledger.projections.cache import BatchLog, CacheStats, Entry, ReadCache, estimate
+from billing_ledger.projections.cards import CardFact, fact_from_json
 from billing_ledger.projections.current import latest, present
 from billing_ledger.projections.links import LinkRow, customer_of, links_of
 from billing_ledger.projections.policy import UserInputs
@@ -40,10 +41,11 @@ TRACKING = "billing_tracking"  # our own table: other projections keep theirs
 # "now" loads a handful of rows per object instead of its whole history.
 CURRENT = "billing_current"
 SKIPPED = "billing_skipped"  # events the projection refused, committed with the position
+CARDS = "billing_cards"  # payment-method facts (projections/cards.py), for the billing page
 SKIPPED_LISTED = 100  # the newest skips `skipped()` lists (all are counted)
 # The tables a swap replaces, in the one order that reads, batches and the swap take their
 # locks in (PostgreSQL): then none of them can wait for another in a cycle.
-SWAPPED = (LINKS, SNAPSHOTS, CURRENT, TRACKING, SKIPPED)
+SWAPPED = (LINKS, SNAPSHOTS, CARDS, CURRENT, TRACKING, SKIPPED)
 CACHE_SIZE = read_cache.CACHE_SIZE
 CACHE_SNAPSHOTS = read_cache.CACHE_SNAPSHOTS
 KEYS_PER_STATEMENT = 200  # objects named in one statement (SQLite's parameter limit)
@@ -153,13 +155,14 @@ class Views:
         self.name = name
         self.suffix = suffix
         self.names = {
-            base: base + suffix for base in (SNAPSHOTS, LINKS, TRACKING, SKIPPED, CURRENT)
+            base: base + suffix for base in (SNAPSHOTS, LINKS, TRACKING, SKIPPED, CURRENT, CARDS)
         }
         self.snapshots = db.table(self.names[SNAPSHOTS])
         self.links = db.table(self.names[LINKS])
         self.tracking = db.table(self.names[TRACKING])
         self.skips = db.table(self.names[SKIPPED])
         self.current = db.table(self.names[CURRENT])
+        self.cards = db.table(self.names[CARDS])
         self.tracker: _SQLiteTracking | PostgresTrackingRecorder
         if db.dialect == "sqlite":
             self.tracker = _SQLiteTracking(db.sqlite, self.names[TRACKING])
@@ -195,7 +198,8 @@ class Views:
     def drop(self) -> None:
         """Drop the tables (replay's shadow, or a rebuild from nothing)."""
         with self.db.transaction() as cursor:
-            for table in (self.snapshots, self.links, self.tracking, self.skips, self.current):
+            tables = (self.snapshots, self.links, self.tracking, self.skips, self.current)
+            for table in (*tables, self.cards):
                 cursor.execute(f"DROP TABLE IF EXISTS {table}")
 
     def position(self) -> int:
@@ -211,9 +215,10 @@ class Views:
         after: int,
         position: int,
         skipped: Sequence[Skipped] = (),
+        cards: Sequence[CardFact] = (),
     ) -> None:
-        """Commit a batch's rows, its skipped events and the position (`after`, `position`]
-        in one transaction."""
+        """Commit a batch's rows, its card facts, its skipped events and the position
+        (`after`, `position`] in one transaction."""
         rows = [snapshot_row(s) for s in snapshots]
         links = sorted({link_tuple(link) for s in snapshots for link in links_of(s)})
         with self.db.transaction() as cursor:
@@ -222,6 +227,8 @@ class Views:
                 # both, and the runner applies them again. No need to wait for the flush.
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
             self._insert(cursor, rows, links)
+            if cards:
+                cursor.executemany(self._sql.insert_cards, [self._card_row(c) for c in cards])
             tracked = self._tracked(cursor, lock=True)
             # A gap (tracked < after) or a batch already covered: another runner, or a
             # swap by replay, moved the position. Roll back and read again from there.
@@ -305,6 +312,28 @@ class Views:
                 self._rewrite_present(cursor, {(self._plain(k), self._plain(o)) for k, o in chunk})
         if objects:
             log.info("projection %s: computed the present of %d objects", self.name, len(objects))
+
+    # -- payment-method facts (projections/cards.py) ------------------------------------
+
+    def _card_row(self, fact: CardFact) -> tuple[Any, ...]:
+        keys = (fact.event_id, fact.kind, fact.object_id, fact.customer_id, fact.payment_method)
+        escaped = tuple(None if k is None else self._text(k) for k in keys)
+        return (*escaped, fact.created, fact.to_json().decode())
+
+    def card_facts(self, customers: Sequence[str]) -> list[CardFact]:
+        """Every payment-method fact of these customers, and of the payment methods they name."""
+        if not customers:
+            return []
+        keys = [self._text(c) for c in customers[:KEYS_PER_STATEMENT]]
+        with self._reading() as cursor:
+            cursor.execute(self._sql.cards_of(len(keys)), self._sql.twice(keys))
+            return [fact_from_json(_values(r)[0]) for r in cursor.fetchall()]
+
+    def card_rows(self) -> tuple[tuple[Any, ...], ...]:
+        """Every fact row, sorted: two views built from the same events compare equal."""
+        with self.db.transaction(commit=False) as cursor:
+            cursor.execute(f"SELECT event_id, kind, object_id, json FROM {self.cards}")
+            return tuple(sorted(self._link(r) for r in cursor.fetchall()))
 
     def _plain(self, value: str) -> str:
         """A key as read from the database, unescaped."""
@@ -788,6 +817,7 @@ class _Statements:
         text, integer = ("TEXT", "INTEGER") if self.sqlite else ("text", "bigint")
         boolean = "INTEGER" if self.sqlite else "boolean"
         snap, links, current = views.names[SNAPSHOTS], views.names[LINKS], views.names[CURRENT]
+        cards = views.names[CARDS]
         self.create = [
             f"CREATE TABLE IF NOT EXISTS {views.snapshots} (kind {text} NOT NULL, "
             f"object_id {text} NOT NULL, customer_id {text}, event_id {text} NOT NULL, "
@@ -810,7 +840,16 @@ class _Statements:
             f"event_id {text} NOT NULL, latest {integer} NOT NULL, json {text} NOT NULL, "
             f'CONSTRAINT "{current}_pkey" PRIMARY KEY (kind, object_id, customer_id, event_id))',
             f'CREATE INDEX IF NOT EXISTS "{current}_customer" ON {views.current} (customer_id)',
+            f"CREATE TABLE IF NOT EXISTS {views.cards} (event_id {text} NOT NULL, "
+            f"kind {text} NOT NULL, object_id {text} NOT NULL, customer_id {text}, "
+            f"payment_method {text}, created {integer} NOT NULL, json {text} NOT NULL, "
+            f'CONSTRAINT "{cards}_pkey" PRIMARY KEY (event_id, kind, object_id))',
+            f'CREATE INDEX IF NOT EXISTS "{cards}_customer" ON {views.cards} (customer_id)',
         ]
+        self.insert_cards = (
+            f"INSERT INTO {views.cards} (event_id, kind, object_id, customer_id, payment_method, "
+            f"created, json) VALUES ({', '.join([p] * 7)}) ON CONFLICT DO NOTHING"
+        )
         self.insert_current = (
             f"INSERT INTO {views.current} (kind, object_id, customer_id, event_id, latest, json) "
             f"VALUES ({', '.join([p] * 6)})"
@@ -893,6 +932,16 @@ class _Statements:
             f"FROM {views.snapshots} WHERE {customer_in}"
         )
 
+    def cards_of(self, count: int) -> str:
+        """The card facts of `count` customers, and the facts of the payment methods they name
+        (a detached payment method's last event may not name its customer)."""
+        cards, customers = self.views.cards, self._any("customer_id", count)
+        named = f"SELECT payment_method FROM {cards} WHERE {customers}"
+        return (
+            f"SELECT json FROM {cards} WHERE {customers} OR (kind = 'payment_method' AND "
+            f"object_id IN ({named} AND payment_method IS NOT NULL))"
+        )
+
     def users_of_customers(self, count: int) -> str:
         """The user of every link to one of `count` customers."""
         return f"SELECT user_id FROM {self.views.links} WHERE {self._any('customer_id', count)}"
@@ -931,7 +980,7 @@ class _Statements:
             for end in ("_pkey", "_customer", "_object")
         ] + [
             (f"{shadow.names[base]}{end}", f"{live.names[base]}{end}")
-            for base in (LINKS, CURRENT)
+            for base in (LINKS, CURRENT, CARDS)
             for end in ("_pkey", "_customer")
         ]
         if not self.sqlite:
