@@ -50,6 +50,8 @@ class Settings:
     # What the pages call the product, and their accent colour (a #rrggbb hex colour).
     brand_name: str = "Ledger"
     brand_color: str = "#3b5bdb"
+    # The plan /pricing recommends (default: the plan that grants the most).
+    highlight_plan: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -76,6 +78,7 @@ class Settings:
             notify_secret=env.get("LEDGER_NOTIFY_SECRET", "").strip() or None,
             brand_name=" ".join(env.get("LEDGER_BRAND_NAME", "").split())[:60]
             or defaults.brand_name,
+            highlight_plan=env.get("LEDGER_HIGHLIGHT_PLAN", "").strip() or None,
             brand_color=_colour(env, "LEDGER_BRAND_COLOR", defaults.brand_color),
             writer_max_batch=max(
                 1, _integer(env, "LEDGER_WRITER_MAX_BATCH", defaults.writer_max_batch)

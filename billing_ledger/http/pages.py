@@ -47,7 +47,7 @@ from billing_ledger.http.signin import (
     sign_out,
     valid_user_id,
 )
-from billing_ledger.http.stripe_client import BillingError, Json, StripeApi, open_stripe
+from billing_ledger.http.stripe_client import BillingError, open_stripe
 from billing_ledger.ledger.store import StorageError
 from billing_ledger.projections.cards import Card, card_on_file
 from billing_ledger.projections.plans import Plan, Plans
@@ -74,6 +74,8 @@ INVOICE_LABELS = {
     "uncollectible": "Unpaid",
     "void": "Void",
 }
+INTERVALS = ("day", "week", "month", "year")
+INTERVAL_NAMES = {"day": "Daily", "week": "Weekly", "month": "Monthly", "year": "Yearly"}
 DEFAULT_LOCALE = "en"
 MAX_LANGUAGES = 8  # of an Accept-Language header, the first ones tried
 # No script anywhere; inline styles only; never framed; private pages are not cached.
@@ -295,80 +297,140 @@ def kind_message(e: BillingError, action: str) -> str:
 
 
 @dataclass(frozen=True)
-class Offer:
-    """A plan on the pricing page, with its Stripe price when known."""
+class ShopPlan:
+    """A plan as the pricing page sells it: the page-side model, fed from the catalog."""
 
     plan: Plan
-    reference: str | None  # what Checkout is asked for: a lookup key, else a price id
-    price: PriceTag | None
+    name: str
+    description: str | None
+    prices: tuple[PriceTag, ...]  # the prices offered now (neither archived nor deleted)
+
+    @property
+    def one_time(self) -> bool:
+        """Bought once (the plans file's mode one_time, or only one-time prices)."""
+        if getattr(self.plan, "mode", None) == "one_time":
+            return True
+        return bool(self.prices) and all(p.once for p in self.prices)
+
+    @property
+    def intervals(self) -> tuple[str, ...]:
+        """The recurring intervals it is offered at, shortest first."""
+        found = {p.interval for p in self.prices if not p.once and p.interval}
+        return tuple(i for i in INTERVALS if i in found)
+
+    def price_for(self, interval: str | None) -> PriceTag | None:
+        """Its price for the chosen interval, else its first one."""
+        chosen = [p for p in self.prices if p.interval == interval and not p.once]
+        found = chosen or list(self.prices)
+        return found[0] if found else None
+
+
+@dataclass(frozen=True)
+class Offer:
+    """One card of the pricing page."""
+
+    shop: ShopPlan
+    price: PriceTag | None  # for the interval shown
     current: bool
+    highlighted: bool
+    addon: bool
+    features: tuple[str, ...]  # as a person reads them
+
+    @property
+    def plan(self) -> Plan:
+        """The plans file's plan."""
+        return self.shop.plan
 
     @property
     def name(self) -> str:
         """The plan's display name."""
-        return plan_name(self.plan)
+        return self.shop.name
 
 
-def stripe_tag(price: Json) -> PriceTag:
-    """A price as Stripe's API renders it."""
-    recurring = price.get("recurring") or {}
-    return PriceTag(
-        id=str(price.get("id")),
-        unit_amount=price.get("unit_amount"),
-        currency=price.get("currency"),
-        type=price.get("type"),
-        interval=recurring.get("interval"),
-        interval_count=recurring.get("interval_count"),
-    )
+def shop_plans(plans: Plans, prices: Mapping[str, PriceTag]) -> list[ShopPlan]:
+    """The plans file's paid plans with the prices that select them (by id, key or product)."""
+    shop: list[ShopPlan] = []
+    for plan in (p for p in plans.plans if not p.default):
+        mine = tuple(
+            tag
+            for tag in prices.values()
+            if tag.active and (tag.id in plan.prices or tag.lookup_key in plan.lookup_keys)
+        )
+        shop.append(ShopPlan(plan, plan_name(plan), getattr(plan, "description", None), mine))
+    return shop
 
 
-def price_reference(plan: Plan) -> str | None:
-    """A lookup key survives a price change in Stripe, so it is preferred over an id."""
-    if plan.lookup_keys:
-        return plan.lookup_keys[0]
-    return plan.prices[0] if plan.prices else None
+def feature_lines(plan: Plan, included: tuple[str, ...], base: str) -> tuple[str, ...]:
+    """ "Everything in Free" and the features beyond it, as words rather than ids."""
+    extra = [f.replace("_", " ").capitalize() for f in plan.features if f not in included]
+    keeps_base = bool(included) and set(included) <= set(plan.features)
+    return (f"Everything in {base}", *extra) if keeps_base else tuple(extra)
 
 
-async def price_catalogue(api: StripeApi, references: list[str]) -> dict[str, Json]:
-    """The prices behind the references, by reference; what Stripe cannot say is left out."""
-    keys = [r for r in references if not r.startswith("price_")]
-    found = await api.prices_by_lookup_keys(keys) if keys else {}
-    for reference in (r for r in references if r.startswith("price_")):
-        price = await api.retrieve_price(reference)
-        if price is not None:
-            found[reference] = price
-    return found
+def is_addon(plan: Plan, included: tuple[str, ...]) -> bool:
+    """An add-on does not include the free plan's features: it is bought beside a plan."""
+    return bool(included) and not set(included) <= set(plan.features)
 
 
-async def offers(request: Request, held: set[str]) -> list[Offer]:
-    """The plans file's non-default plans, priced by Stripe when it answers."""
+def highlighted_plan(shop: list[ShopPlan], included: tuple[str, ...], wanted: str | None) -> str:
+    """The plan the page recommends: LEDGER_HIGHLIGHT_PLAN, else the plan granting most."""
+    ids = {s.plan.id for s in shop}
+    if wanted in ids:
+        return str(wanted)
+    main = [s for s in shop if not is_addon(s.plan, included)] or shop
+    best = max(main, key=lambda s: (len(s.plan.features), not s.one_time), default=None)
+    return best.plan.id if best is not None else ""
+
+
+def chosen_interval(request: Request, shop: list[ShopPlan]) -> tuple[str | None, list[str]]:
+    """The interval shown (?interval=, default the shortest) and the ones to switch between."""
+    offered = sorted({i for s in shop for i in s.intervals}, key=INTERVALS.index)
+    asked = request.query_params.get("interval")
+    if asked in offered:
+        return asked, offered
+    return (offered[0] if offered else None), offered
+
+
+async def offers(request: Request, held: set[str]) -> tuple[list[Offer], list[str], str | None]:
+    """The pricing page's cards, the intervals to switch between and the one shown."""
     deps = deps_of(request)
     plans: Plans = deps.plans
-    paid = [p for p in plans.plans if not p.default]
-    references = [r for r in map(price_reference, paid) if r is not None]
-    prices: dict[str, Json] = {}
-    try:
-        async with open_stripe(deps.settings) as api:
-            prices = await price_catalogue(api, references)
-    except BillingError as e:  # the page still lists the plans, without amounts
-        log.info("pricing page without prices: %s", e.code)
-    return [
-        Offer(p, ref, stripe_tag(prices[ref]) if ref in prices else None, p.id in held)
-        for p, ref in ((p, price_reference(p)) for p in paid)
+    included = plans.default_features()
+    base = next((plan_name(p) for p in plans.plans if p.default), "Free")
+    shop = shop_plans(plans, await price_tags(deps))
+    interval, intervals = chosen_interval(request, shop)
+    top = highlighted_plan(shop, included, deps.settings.highlight_plan)
+    listed = [
+        Offer(
+            shop=s,
+            price=s.price_for(interval),
+            current=s.plan.id in held,
+            highlighted=s.plan.id == top,
+            addon=is_addon(s.plan, included),
+            features=feature_lines(s.plan, included, base),
+        )
+        for s in shop
     ]
+    switch = intervals if any(len(s.intervals) > 1 for s in shop) else []
+    return listed, switch, interval
 
 
 async def pricing_page(request: Request, error: str | None = None, status: int = 200) -> Response:
-    """The pricing page for whoever is looking (signed in or not)."""
+    """The pricing page for whoever is looking (signed in or not); no Stripe call."""
     user = current_user(request)
     held = set((await load_account(deps_of(request), user)).entitlements.plans) if user else set()
     notice = None
     if request.query_params.get("canceled") == "true":
         notice = "Checkout canceled — nothing was charged. Pick a plan whenever you are ready."
+    listed, switch, interval = await offers(request, held)
     context = {
         "page": "pricing",
-        "offers": await offers(request, held),
-        "included": deps_of(request).plans.default_features(),
+        "plans_offered": [o for o in listed if not o.addon],
+        "addons": [o for o in listed if o.addon],
+        "switch": switch,
+        "interval": interval,
+        "interval_names": INTERVAL_NAMES,
+        "included": [f.replace("_", " ") for f in deps_of(request).plans.default_features()],
         "notice": notice,
         "error": error,
     }
@@ -383,11 +445,24 @@ async def pricing(request: Request) -> Response:
         return storage_page(request)
 
 
-def plan_for_sale(plans: Plans, plan_id: str) -> tuple[Plan, str] | None:
-    """A plan the pricing page offers, with the price reference Checkout is asked for."""
-    plan = plans.by_id(plan_id)
-    reference = price_reference(plan) if plan is not None and not plan.default else None
-    return (plan, reference) if plan is not None and reference is not None else None
+def price_reference(plan: Plan) -> str | None:
+    """A lookup key survives a price change in Stripe, so it is preferred over an id."""
+    if plan.lookup_keys:
+        return plan.lookup_keys[0]
+    return plan.prices[0] if plan.prices else None
+
+
+async def plan_for_sale(deps: Deps, plan_id: str, interval: str) -> tuple[Plan, str] | None:
+    """A plan the pricing page offers, with what Checkout is asked for: the catalog's price
+    for the chosen interval when it knows one, else the plan's lookup key or price id."""
+    plan = deps.plans.by_id(plan_id)
+    if plan is None or plan.default:
+        return None
+    shop = shop_plans(deps.plans, await price_tags(deps))
+    mine = next((s for s in shop if s.plan.id == plan.id), None)
+    price = mine.price_for(interval) if mine is not None and interval in mine.intervals else None
+    reference = price.id if price is not None else price_reference(plan)
+    return (plan, reference) if reference is not None else None
 
 
 async def checkout_url(request: Request, user: str, plan: Plan, reference: str) -> str:
@@ -409,8 +484,10 @@ async def start_checkout(request: Request) -> Response:
     form = await request.form()
     if not csrf_ok(request, form):
         return form_expired(request)
-    offered = plan_for_sale(deps_of(request).plans, str(form.get("plan", "")))
     try:
+        offered = await plan_for_sale(
+            deps_of(request), str(form.get("plan", "")), str(form.get("interval", ""))
+        )
         if offered is None:
             return await pricing_page(request, "That plan is not available.", 400)
         return redirect(await checkout_url(request, user, *offered))
@@ -466,8 +543,11 @@ def price_label(prices: Mapping[str, PriceTag], sub: SubscriptionAccess, locale:
     return " + ".join(tag.text(locale) for tag in known) or None
 
 
-def price_tags(deps: Deps) -> dict[str, PriceTag]:
-    """Every price the ledger knows, by id (the catalog's read model)."""
+async def price_tags(deps: Deps) -> dict[str, PriceTag]:
+    """Every price the ledger knows, by id, from the catalog's read model (no Stripe call).
+
+    Until the catalog read model is merged this knows none: the pages list the plans
+    without amounts."""
     return {}
 
 
@@ -492,7 +572,7 @@ async def billing_page(request: Request, user: str, error: str | None, status: i
         account = await load_account(deps, user)
     confirming = session_id is not None and not checkout_confirmed(account, session_id)
     locale = page_locale(request)
-    prices = price_tags(deps)
+    prices = await price_tags(deps)
     rows = [subscription_row(s, price_label(prices, s, locale)) for s in account.current]
     context = {
         "page": "billing",
