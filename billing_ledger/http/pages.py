@@ -50,6 +50,7 @@ from billing_ledger.http.signin import (
 from billing_ledger.http.stripe_client import BillingError, open_stripe
 from billing_ledger.ledger.store import StorageError
 from billing_ledger.projections.cards import Card, card_on_file
+from billing_ledger.projections.catalog import Catalog
 from billing_ledger.projections.plans import Plan, Plans
 from billing_ledger.projections.policy import SubscriptionAccess, access
 from billing_ledger.projections.queries import preferred_customer
@@ -308,9 +309,7 @@ class ShopPlan:
     @property
     def one_time(self) -> bool:
         """Bought once (the plans file's mode one_time, or only one-time prices)."""
-        if getattr(self.plan, "mode", None) == "one_time":
-            return True
-        return bool(self.prices) and all(p.once for p in self.prices)
+        return self.plan.one_time or (bool(self.prices) and all(p.once for p in self.prices))
 
     @property
     def intervals(self) -> tuple[str, ...]:
@@ -347,16 +346,14 @@ class Offer:
         return self.shop.name
 
 
-def shop_plans(plans: Plans, prices: Mapping[str, PriceTag]) -> list[ShopPlan]:
-    """The plans file's paid plans with the prices that select them (by id, key or product)."""
+def shop_plans(plans: Plans, catalog: Catalog) -> list[ShopPlan]:
+    """The paid plans with the catalog's offered prices (matched by id, lookup key or product)."""
     shop: list[ShopPlan] = []
-    for plan in (p for p in plans.plans if not p.default):
-        mine = tuple(
-            tag
-            for tag in prices.values()
-            if tag.active and (tag.id in plan.prices or tag.lookup_key in plan.lookup_keys)
-        )
-        shop.append(ShopPlan(plan, plan_name(plan), getattr(plan, "description", None), mine))
+    for entry in (p for p in catalog.plans if not p.default):
+        plan = plans.by_id(entry.id)
+        if plan is not None:
+            prices = tuple(PriceTag.of(p) for p in entry.offered)
+            shop.append(ShopPlan(plan, entry.name, entry.description, prices))
     return shop
 
 
@@ -397,7 +394,7 @@ async def offers(request: Request, held: set[str]) -> tuple[list[Offer], list[st
     plans: Plans = deps.plans
     included = plans.default_features()
     base = next((plan_name(p) for p in plans.plans if p.default), "Free")
-    shop = shop_plans(plans, await price_tags(deps))
+    shop = shop_plans(plans, await deps.reads.catalog_now())
     interval, intervals = chosen_interval(request, shop)
     top = highlighted_plan(shop, included, deps.settings.highlight_plan)
     listed = [
@@ -458,7 +455,7 @@ async def plan_for_sale(deps: Deps, plan_id: str, interval: str) -> tuple[Plan, 
     plan = deps.plans.by_id(plan_id)
     if plan is None or plan.default:
         return None
-    shop = shop_plans(deps.plans, await price_tags(deps))
+    shop = shop_plans(deps.plans, await deps.reads.catalog_now())
     mine = next((s for s in shop if s.plan.id == plan.id), None)
     price = mine.price_for(interval) if mine is not None and interval in mine.intervals else None
     reference = price.id if price is not None else price_reference(plan)
@@ -544,11 +541,9 @@ def price_label(prices: Mapping[str, PriceTag], sub: SubscriptionAccess, locale:
 
 
 async def price_tags(deps: Deps) -> dict[str, PriceTag]:
-    """Every price the ledger knows, by id, from the catalog's read model (no Stripe call).
-
-    Until the catalog read model is merged this knows none: the pages list the plans
-    without amounts."""
-    return {}
+    """Every price the ledger knows, by id, from the catalog's read model (no Stripe call)."""
+    catalog = await deps.reads.catalog_now()
+    return {p.id: PriceTag.of(p) for p in catalog.prices.values()}
 
 
 async def card_of(deps: Deps, account: Account) -> Card | None:
@@ -625,8 +620,7 @@ async def open_portal(request: Request) -> Response:
 
 def plan_name(plan: Plan) -> str:
     """A plan's display name: the plans file's `name`, else its id, capitalised."""
-    named = getattr(plan, "name", None)
-    return str(named) if named else plan.id.replace("_", " ").title()
+    return plan.display_name
 
 
 def access_note(account: Account) -> str:
