@@ -463,3 +463,49 @@ def test_pages_show_no_internal_ids_or_reasons_to_the_user(app: tuple[TestClient
         visible = re.sub(r"<[^>]+>", " ", page.text)
         for internal in (life.sub, life.customer, "sub_", "cus_", "price_", "plan pro via"):
             assert internal not in visible, internal
+
+
+# -- /pricing from the catalog ----------------------------------------------------------
+
+
+def send_catalog(life: Lifecycle, *, yearly: bool = False) -> None:
+    """product.created and price.created for Pro (€19.00 a month, €190.00 a year)."""
+    product = {"id": "prod_pro", "object": "product", "name": "Pro", "active": True,
+               "description": "For teams that ship every day"}  # fmt: skip
+    assert life.send("product.created", product).is_success
+    prices = [("price_pro", 1900, "month", "pro_monthly")]
+    if yearly:
+        prices.append(("price_pro_year", 19000, "year", "pro_yearly"))
+    for price_id, amount, interval, key in prices:
+        price = {"id": price_id, "object": "price", "product": "prod_pro", "active": True,
+                 "unit_amount": amount, "currency": "eur", "type": "recurring",
+                 "recurring": {"interval": interval, "interval_count": 1}, "lookup_key": key}  # fmt: skip
+        assert life.send("price.created", price).is_success
+
+
+def test_pricing_shows_the_catalogs_amount_with_no_stripe_key_and_no_stripe_call(
+    tmp_path: Path,
+) -> None:
+    with client_for(settings_for(sqlite_url(tmp_path), demo_signin=True)) as (client, deps):
+        life = lifecycle(client, new_user())
+        send_catalog(life)
+        caught_up(deps, life)
+        page = client.get("/pricing").text
+    card = page[page.index('id="plan-pro"') :]
+    card = card[: card.index("</section>")]
+    assert "€19.00" in card and "/ month" in card and "For teams that ship every day" in card
+
+
+def test_pricing_page_makes_no_stripe_call_and_offers_a_monthly_yearly_switch(
+    app: tuple[TestClient, Deps], fake_stripe: FakeStripe
+) -> None:
+    client, deps = app
+    life = lifecycle(client, new_user())
+    send_catalog(life, yearly=True)
+    caught_up(deps, life)
+    monthly = client.get("/pricing").text
+    yearly = client.get("/pricing?interval=year").text
+    assert fake_stripe.state.requests == []  # the catalog is the ledger's, not Stripe's
+    assert 'id="interval-switch"' in monthly and "€19.00" in monthly
+    assert "€190.00" in yearly and "/ year" in yearly
+    assert 'id="addons"' in monthly and "Most popular" in monthly
