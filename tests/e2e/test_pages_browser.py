@@ -280,3 +280,45 @@ def test_keyboard_focus_is_visible_on_links_and_buttons(browser: Browser, ledger
         assert style[0] != "none" and style[1] != "0px", style
     finally:
         context.close()
+
+
+# -- /pricing from the catalog --------------------------------------------------------------
+
+
+def test_pricing_page_from_the_catalog_at_both_widths_with_the_interval_switch(
+    browser: Browser, ledger: Server
+) -> None:
+    life = Lifecycle(httpx_poster(ledger.url), new_user())
+    for product_id, name, description in (
+        ("prod_basic", "Basic", "The essentials for one person"),
+        ("prod_pro", "Pro", "For teams that ship every day"),
+        ("prod_addon", "Export", "Send your notes anywhere"),
+    ):
+        product = {"id": product_id, "object": "product", "name": name, "active": True,
+                   "description": description}  # fmt: skip
+        assert life.send("product.created", product).is_success
+    for price_id, product_id, amount, interval, key in (
+        ("price_basic", "prod_basic", 900, "month", "basic_monthly"),
+        ("price_pro", "prod_pro", 1900, "month", "pro_monthly"),
+        ("price_pro_year", "prod_pro", 19000, "year", "pro_yearly"),
+        ("price_addon", "prod_addon", 300, "month", "addon_monthly"),
+    ):
+        price = {"id": price_id, "object": "price", "product": product_id, "active": True,
+                 "unit_amount": amount, "currency": "eur", "type": "recurring",
+                 "recurring": {"interval": interval, "interval_count": 1}, "lookup_key": key}  # fmt: skip
+        assert life.send("price.created", price).is_success
+    applied(ledger, life)
+
+    def monthly(page: Page) -> None:
+        expect(page.locator("#plan-pro .price")).to_have_text("€19.00 / month")
+        expect(page.locator("#plan-basic .price")).to_have_text("€9.00 / month")
+        expect(page.locator("#addons #plan-addon .price")).to_have_text("€3.00 / month")
+        expect(page.locator("#plan-pro .ribbon")).to_have_text("Most popular")
+
+    check(browser, ledger, None, "/pricing", "pricing")(monthly)
+
+    def yearly(page: Page) -> None:
+        expect(page.locator("#plan-pro .price")).to_have_text("€190.00 / year")
+        expect(page.locator("#interval-year")).to_have_attribute("aria-current", "true")
+
+    check(browser, ledger, life.user, "/pricing?interval=year", "pricing-yearly")(yearly)
