@@ -108,6 +108,16 @@ def test_checkout_session_creation_from_the_pricing_page_opens_stripe_checkout(
     page: Page, ledger: Server, fake_stripe: FakeStripe
 ) -> None:
     user = new_user()
+    life = lifecycle(ledger, user)
+    for price_id, amount, key in (
+        ("price_pro", 2000, "pro_monthly"),
+        ("price_basic", 900, "basic_monthly"),
+    ):
+        price = {"id": price_id, "object": "price", "active": True, "unit_amount": amount,
+                 "currency": "usd", "type": "recurring", "lookup_key": key,
+                 "recurring": {"interval": "month", "interval_count": 1}}  # fmt: skip
+        assert life.send("price.created", price).is_success  # /pricing reads the catalog
+    entitlements(ledger, user, life.last)
     browser_sign_in(page, ledger, user)
     expect(page.locator("#plan-pro .price")).to_have_text("$20.00 / month")
     expect(page.locator("#plan-basic .price")).to_have_text("$9.00 / month")
