@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -61,6 +62,11 @@ class Settings:
     listen_host: str | None = None  # None: not started by `serve` (mounted, or uvicorn's own)
     projection_status_file: Path | None = None
     supervisor_pid: int = 0
+    # What the pages call the product, and their accent colour (a #rrggbb hex colour).
+    brand_name: str = "Ledger"
+    brand_color: str = "#3b5bdb"
+    # The plan /pricing recommends (default: the plan that grants the most).
+    highlight_plan: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -85,6 +91,10 @@ class Settings:
             session_secret=env.get("LEDGER_SESSION_SECRET") or None,
             notify_url=env.get("LEDGER_NOTIFY_URL", "").strip() or None,
             notify_secret=env.get("LEDGER_NOTIFY_SECRET", "").strip() or None,
+            brand_name=" ".join(env.get("LEDGER_BRAND_NAME", "").split())[:60]
+            or defaults.brand_name,
+            highlight_plan=env.get("LEDGER_HIGHLIGHT_PLAN", "").strip() or None,
+            brand_color=_colour(env, "LEDGER_BRAND_COLOR", defaults.brand_color),
             writer_max_batch=max(
                 1, _integer(env, "LEDGER_WRITER_MAX_BATCH", defaults.writer_max_batch)
             ),
@@ -129,4 +139,13 @@ def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...], default
     raw = env.get(name, "").strip().lower() or default
     if raw not in allowed:
         raise SettingsError(name, f"expected one of {', '.join(allowed)}, got {raw!r}")
+    return raw
+
+
+def _colour(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if re.fullmatch(r"#[0-9a-f]{6}", raw) is None:
+        raise SettingsError(name, f"expected a colour such as #3b5bdb, got {raw!r}")
     return raw

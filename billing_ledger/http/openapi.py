@@ -245,6 +245,32 @@ def change_schema() -> Json:
     )
 
 
+def catalog_schema() -> Json:
+    """GET /v1/catalog: each plan with the prices folded from product and price events."""
+    price = obj(
+        {
+            "id": {"type": "string"},
+            "product": NULLABLE_STR,
+            "unit_amount": NULLABLE_INT,
+            "currency": NULLABLE_STR,
+            "type": NULLABLE_STR,
+            "interval": NULLABLE_STR,
+            "lookup_key": NULLABLE_STR,
+            "active": {"type": "boolean"},
+        }
+    )
+    plan = obj(
+        {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "description": NULLABLE_STR,
+            "features": STRINGS,
+            "prices": {"type": "array", "items": price},
+        }
+    )
+    return obj({"plans": {"type": "array", "items": plan}})
+
+
 def write_schemas() -> Json:
     """The webhook's answer and the session endpoints' bodies."""
     text = {"type": "string", "minLength": 1, "pattern": r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$"}
@@ -376,6 +402,17 @@ def paths() -> Json:
                 },
             }
         },
+        "/v1/catalog": {
+            "get": {
+                "summary": "Every plan with its prices (no Stripe call)",
+                "security": SECURED,
+                "parameters": [MIN_POSITION],
+                "responses": {
+                    "200": json_body({"$ref": "#/components/schemas/Catalog"}, "the catalog"),
+                    **errors(400, 401, 503),
+                },
+            }
+        },
         "/v1/checkout-sessions": session_post(
             "Open a Checkout Session",
             "CheckoutRequest",
@@ -420,7 +457,7 @@ def paths() -> Json:
 @functools.cache
 def document() -> bytes:
     """The whole OpenAPI document, serialised once."""
-    schemas = {**read_schemas(), **write_schemas()}
+    schemas = {**read_schemas(), **write_schemas(), "Catalog": catalog_schema()}
     schemas |= {f"Error{status}": error_schema(status) for status in ERROR_CODES}
     return orjson.dumps(
         {

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import jinja2
+from babel import Locale, UnknownLocaleError
+from babel.numbers import format_currency
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
@@ -41,10 +46,16 @@ from billing_ledger.http.signin import (
     sign_out,
     valid_user_id,
 )
-from billing_ledger.http.stripe_client import BillingError, Json, StripeApi, open_stripe
+from billing_ledger.http.stripe_client import BillingError, open_stripe
 from billing_ledger.ledger.store import StorageError
+from billing_ledger.projections.cards import Card, card_on_file
+from billing_ledger.projections.catalog import Catalog
 from billing_ledger.projections.plans import Plan, Plans
-from billing_ledger.projections.policy import access
+from billing_ledger.projections.policy import SubscriptionAccess, access
+from billing_ledger.projections.queries import preferred_customer
+
+if TYPE_CHECKING:
+    from billing_ledger.http.state import Services
 
 log = logging.getLogger("billing_ledger.pages")
 
@@ -56,7 +67,17 @@ ZERO_DECIMAL = frozenset(
     {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv"}
     | {"xaf", "xof", "xpf"}
 )
-SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£"}
+INVOICE_LABELS = {
+    "draft": "Draft",
+    "open": "Due",
+    "paid": "Paid",
+    "uncollectible": "Unpaid",
+    "void": "Void",
+}
+INTERVALS = ("day", "week", "month", "year")
+INTERVAL_NAMES = {"day": "Daily", "week": "Weekly", "month": "Monthly", "year": "Yearly"}
+DEFAULT_LOCALE = "en"
+MAX_LANGUAGES = 8  # of an Accept-Language header, the first ones tried
 # No script anywhere; inline styles only; never framed; private pages are not cached.
 # (No form-action: Chrome applies it to the redirect to Stripe's hosted pages as well.)
 SECURITY_HEADERS = {
@@ -72,14 +93,13 @@ SECURITY_HEADERS = {
 # -- rendering --------------------------------------------------------------------------
 
 
-def money(amount: int | None, currency: str | None) -> str:
-    """Minor units as a person reads them: 2000 usd -> $20.00."""
+def money(amount: int | None, currency: str | None, locale: str = DEFAULT_LOCALE) -> str:
+    """Minor units as a person of `locale` reads them: 2000 usd -> $20.00 (en), 20,00 $ (de)."""
     if amount is None:
         return "—"
     code = (currency or "usd").lower()
-    text = f"{amount:,}" if code in ZERO_DECIMAL else f"{amount / 100:,.2f}"
-    symbol = SYMBOLS.get(code)
-    return f"{symbol}{text}" if symbol else f"{text} {code.upper()}"
+    value = Decimal(amount) if code in ZERO_DECIMAL else Decimal(amount) / 100
+    return format_currency(value, code.upper(), locale=locale)
 
 
 def day(seconds: int | None) -> str:
@@ -90,14 +110,46 @@ def day(seconds: int | None) -> str:
     return f"{when.day} {when:%b %Y}"
 
 
-def per_interval(price: Json) -> str:
-    """A recurring price's amount and interval: $20.00 / month."""
-    recurring = price.get("recurring") or {}
-    interval, count = recurring.get("interval"), recurring.get("interval_count") or 1
-    amount = money(price.get("unit_amount"), price.get("currency"))
-    if not interval:
-        return amount
-    return f"{amount} / {interval}" if count == 1 else f"{amount} every {count} {interval}s"
+@dataclass(frozen=True)
+class PriceTag:
+    """A price as the pages show it (from the catalog's prices: no Stripe call per view)."""
+
+    id: str
+    unit_amount: int | None
+    currency: str | None
+    type: str | None  # recurring or one_time
+    interval: str | None
+    interval_count: int | None = None
+    lookup_key: str | None = None
+    active: bool = True
+
+    @classmethod
+    def of(cls, price: Any) -> PriceTag:
+        """A catalog price (projections/catalog.CatalogPrice, or any object with its fields)."""
+        fields = ("unit_amount", "currency", "type", "interval", "interval_count", "lookup_key")
+        values = {name: getattr(price, name, None) for name in fields}
+        return cls(id=str(price.id), active=bool(getattr(price, "active", True)), **values)
+
+    @property
+    def once(self) -> bool:
+        """Bought once, not renewed."""
+        return self.type == "one_time" or (self.type is None and self.interval is None)
+
+    def amount(self, locale: str) -> str:
+        """€19.00 (en), 19,00 € (de)."""
+        return money(self.unit_amount, self.currency, locale)
+
+    @property
+    def per(self) -> str:
+        """/ month, every 3 months, once."""
+        if self.once or not self.interval:
+            return "once"
+        count = self.interval_count or 1
+        return f"/ {self.interval}" if count == 1 else f"every {count} {self.interval}s"
+
+    def text(self, locale: str) -> str:
+        """€19.00 / month, $99.00 once."""
+        return f"{self.amount(locale)} {self.per}"
 
 
 @functools.cache
@@ -108,17 +160,82 @@ def templates() -> Jinja2Templates:
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
-    env.filters |= {"money": money, "day": day, "per_interval": per_interval}
+    env.filters |= {"money": money, "day": day}
     env.globals["status_label"] = lambda status: STATUS_LABELS.get(status, status)
+    env.globals["invoice_status"] = lambda status: INVOICE_LABELS.get(status, "Pending")
     return Jinja2Templates(env=env)
 
 
+@dataclass(frozen=True)
+class Brand:
+    """The product's name and accent colours, as the layout uses them."""
+
+    name: str
+    accent: str  # the configured colour: borders, marks
+    accent_dark: str  # the accent darkened until white text on it passes WCAG AA (4.5:1)
+    wash: str  # a pale tint of the accent
+
+
+def _channels(colour: str) -> tuple[int, int, int]:
+    return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)
+
+
+def _luminance(colour: str) -> float:
+    """WCAG 2's relative luminance of a #rrggbb colour."""
+    linear = [c / 255 for c in _channels(colour)]
+    r, g, b = (c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in linear)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def contrast(first: str, second: str) -> float:
+    """WCAG 2's contrast ratio of two #rrggbb colours (1 to 21)."""
+    high, low = sorted((_luminance(first), _luminance(second)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def _mix(colour: str, other: str, share: float) -> str:
+    pairs = zip(_channels(colour), _channels(other), strict=True)
+    return "#" + "".join(f"{round(a * (1 - share) + b * share):02x}" for a, b in pairs)
+
+
+def darkened_for_white_text(colour: str) -> str:
+    """The colour, darkened step by step until white text on it has a ratio of 4.5:1."""
+    dark = colour
+    for step in range(1, 21):
+        if contrast(dark, "#ffffff") >= 4.5:
+            break
+        dark = _mix(colour, "#000000", step / 20)
+    return dark
+
+
+@functools.cache
+def brand_of(name: str, colour: str) -> Brand:
+    """The layout's brand from the settings (LEDGER_BRAND_NAME, LEDGER_BRAND_COLOR)."""
+    return Brand(name, colour, darkened_for_white_text(colour), _mix(colour, "#ffffff", 0.9))
+
+
+def page_locale(request: Request) -> str:
+    """The first locale of the browser's Accept-Language that babel knows, else English."""
+    header = request.headers.get("accept-language", "")[:200]
+    for tag in re.findall(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,4})?", header)[:MAX_LANGUAGES]:
+        try:
+            return str(Locale.parse(tag, sep="-"))
+        except (ValueError, UnknownLocaleError):
+            continue
+    return DEFAULT_LOCALE
+
+
 def render(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
-    """A page with the layout's context (user, form token) and the security headers."""
+    """A page with the layout's context (user, form token, brand) and the security headers."""
+    settings = deps_of(request).settings
+    locale = page_locale(request)
     base = {
         "user": current_user(request),
         "csrf": csrf_token(request),
         "demo": demo_sign_in_enabled(request),
+        "brand": brand_of(settings.brand_name, settings.brand_color),
+        "locale": locale,
+        "locale_tag": locale.replace("_", "-"),
         "notice": None,
         "error": None,
         "page": None,
@@ -155,71 +272,161 @@ def form_expired(request: Request) -> Response:
     return render(request, "message.html", {"title": "Form expired", "body": message}, 403)
 
 
+# What a person is told when a billing call fails, by the error's code; the cause (which may
+# name a setting or an id) goes to the log. Codes not listed show the error's own message,
+# which stripe_client.py writes for users (a declined card, Stripe unreachable).
+KIND_MESSAGES = {
+    "not_configured": "Payments are not available right now, so nothing can be bought yet. "
+    "Nothing was charged; please try again later.",
+    "unknown_price": "This plan cannot be bought right now. Nothing was charged; "
+    "please try again later or choose another plan.",
+    "invalid_price": "This plan cannot be bought right now. Nothing was charged; "
+    "please try again later or choose another plan.",
+    "stripe_error": "Something went wrong on our side. Nothing was charged; "
+    "please try again in a moment.",
+}
+
+
+def kind_message(e: BillingError, action: str) -> str:
+    """The message a person sees for a billing failure; the cause is logged."""
+    log.warning("page %s failed: code=%s cause=%s", action, e.code, e.message)
+    return KIND_MESSAGES.get(e.code, e.message)
+
+
 # -- pricing ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Offer:
-    """A plan on the pricing page, with its Stripe price when known."""
+class ShopPlan:
+    """A plan as the pricing page sells it: the page-side model, fed from the catalog."""
 
     plan: Plan
-    reference: str | None  # what Checkout is asked for: a lookup key, else a price id
-    price: Json | None
+    name: str
+    description: str | None
+    prices: tuple[PriceTag, ...]  # the prices offered now (neither archived nor deleted)
+
+    @property
+    def one_time(self) -> bool:
+        """Bought once (the plans file's mode one_time, or only one-time prices)."""
+        return self.plan.one_time or (bool(self.prices) and all(p.once for p in self.prices))
+
+    @property
+    def intervals(self) -> tuple[str, ...]:
+        """The recurring intervals it is offered at, shortest first."""
+        found = {p.interval for p in self.prices if not p.once and p.interval}
+        return tuple(i for i in INTERVALS if i in found)
+
+    def price_for(self, interval: str | None) -> PriceTag | None:
+        """Its price for the chosen interval, else its first one."""
+        chosen = [p for p in self.prices if p.interval == interval and not p.once]
+        found = chosen or list(self.prices)
+        return found[0] if found else None
+
+
+@dataclass(frozen=True)
+class Offer:
+    """One card of the pricing page."""
+
+    shop: ShopPlan
+    price: PriceTag | None  # for the interval shown
     current: bool
+    highlighted: bool
+    addon: bool
+    features: tuple[str, ...]  # as a person reads them
+
+    @property
+    def plan(self) -> Plan:
+        """The plans file's plan."""
+        return self.shop.plan
 
     @property
     def name(self) -> str:
         """The plan's display name."""
-        return self.plan.id.replace("_", " ").title()
+        return self.shop.name
 
 
-def price_reference(plan: Plan) -> str | None:
-    """A lookup key survives a price change in Stripe, so it is preferred over an id."""
-    if plan.lookup_keys:
-        return plan.lookup_keys[0]
-    return plan.prices[0] if plan.prices else None
+def shop_plans(plans: Plans, catalog: Catalog) -> list[ShopPlan]:
+    """The paid plans with the catalog's offered prices (matched by id, lookup key or product)."""
+    shop: list[ShopPlan] = []
+    for entry in (p for p in catalog.plans if not p.default):
+        plan = plans.by_id(entry.id)
+        if plan is not None:
+            prices = tuple(PriceTag.of(p) for p in entry.offered)
+            shop.append(ShopPlan(plan, entry.name, entry.description, prices))
+    return shop
 
 
-async def price_catalogue(api: StripeApi, references: list[str]) -> dict[str, Json]:
-    """The prices behind the references, by reference; what Stripe cannot say is left out."""
-    keys = [r for r in references if not r.startswith("price_")]
-    found = await api.prices_by_lookup_keys(keys) if keys else {}
-    for reference in (r for r in references if r.startswith("price_")):
-        price = await api.retrieve_price(reference)
-        if price is not None:
-            found[reference] = price
-    return found
+def feature_lines(plan: Plan, included: tuple[str, ...], base: str) -> tuple[str, ...]:
+    """ "Everything in Free" and the features beyond it, as words rather than ids."""
+    extra = [f.replace("_", " ").capitalize() for f in plan.features if f not in included]
+    keeps_base = bool(included) and set(included) <= set(plan.features)
+    return (f"Everything in {base}", *extra) if keeps_base else tuple(extra)
 
 
-async def offers(request: Request, held: set[str]) -> list[Offer]:
-    """The plans file's non-default plans, priced by Stripe when it answers."""
+def is_addon(plan: Plan, included: tuple[str, ...]) -> bool:
+    """An add-on does not include the free plan's features: it is bought beside a plan."""
+    return bool(included) and not set(included) <= set(plan.features)
+
+
+def highlighted_plan(shop: list[ShopPlan], included: tuple[str, ...], wanted: str | None) -> str:
+    """The plan the page recommends: LEDGER_HIGHLIGHT_PLAN, else the plan granting most."""
+    ids = {s.plan.id for s in shop}
+    if wanted in ids:
+        return str(wanted)
+    main = [s for s in shop if not is_addon(s.plan, included)] or shop
+    best = max(main, key=lambda s: (len(s.plan.features), not s.one_time), default=None)
+    return best.plan.id if best is not None else ""
+
+
+def chosen_interval(request: Request, shop: list[ShopPlan]) -> tuple[str | None, list[str]]:
+    """The interval shown (?interval=, default the shortest) and the ones to switch between."""
+    offered = sorted({i for s in shop for i in s.intervals}, key=INTERVALS.index)
+    asked = request.query_params.get("interval")
+    if asked in offered:
+        return asked, offered
+    return (offered[0] if offered else None), offered
+
+
+async def offers(request: Request, held: set[str]) -> tuple[list[Offer], list[str], str | None]:
+    """The pricing page's cards, the intervals to switch between and the one shown."""
     deps = deps_of(request)
     plans: Plans = deps.plans
-    paid = [p for p in plans.plans if not p.default]
-    references = [r for r in map(price_reference, paid) if r is not None]
-    prices: dict[str, Json] = {}
-    try:
-        async with open_stripe(deps.settings) as api:
-            prices = await price_catalogue(api, references)
-    except BillingError as e:  # the page still lists the plans, without amounts
-        log.info("pricing page without prices: %s", e.code)
-    return [
-        Offer(p, ref, prices.get(ref) if ref else None, p.id in held)
-        for p, ref in ((p, price_reference(p)) for p in paid)
+    included = plans.default_features()
+    base = next((plan_name(p) for p in plans.plans if p.default), "Free")
+    shop = shop_plans(plans, await deps.reads.catalog_now())
+    interval, intervals = chosen_interval(request, shop)
+    top = highlighted_plan(shop, included, deps.settings.highlight_plan)
+    listed = [
+        Offer(
+            shop=s,
+            price=s.price_for(interval),
+            current=s.plan.id in held,
+            highlighted=s.plan.id == top,
+            addon=is_addon(s.plan, included),
+            features=feature_lines(s.plan, included, base),
+        )
+        for s in shop
     ]
+    switch = intervals if any(len(s.intervals) > 1 for s in shop) else []
+    return listed, switch, interval
 
 
 async def pricing_page(request: Request, error: str | None = None, status: int = 200) -> Response:
-    """The pricing page for whoever is looking (signed in or not)."""
+    """The pricing page for whoever is looking (signed in or not); no Stripe call."""
     user = current_user(request)
     held = set((await load_account(deps_of(request), user)).entitlements.plans) if user else set()
     notice = None
     if request.query_params.get("canceled") == "true":
         notice = "Checkout canceled — nothing was charged. Pick a plan whenever you are ready."
+    listed, switch, interval = await offers(request, held)
     context = {
         "page": "pricing",
-        "offers": await offers(request, held),
-        "included": deps_of(request).plans.default_features(),
+        "plans_offered": [o for o in listed if not o.addon],
+        "addons": [o for o in listed if o.addon],
+        "switch": switch,
+        "interval": interval,
+        "interval_names": INTERVAL_NAMES,
+        "included": [f.replace("_", " ") for f in deps_of(request).plans.default_features()],
         "notice": notice,
         "error": error,
     }
@@ -234,11 +441,24 @@ async def pricing(request: Request) -> Response:
         return storage_page(request)
 
 
-def plan_for_sale(plans: Plans, plan_id: str) -> tuple[Plan, str] | None:
-    """A plan the pricing page offers, with the price reference Checkout is asked for."""
-    plan = plans.by_id(plan_id)
-    reference = price_reference(plan) if plan is not None and not plan.default else None
-    return (plan, reference) if plan is not None and reference is not None else None
+def price_reference(plan: Plan) -> str | None:
+    """A lookup key survives a price change in Stripe, so it is preferred over an id."""
+    if plan.lookup_keys:
+        return plan.lookup_keys[0]
+    return plan.prices[0] if plan.prices else None
+
+
+async def plan_for_sale(deps: Services, plan_id: str, interval: str) -> tuple[Plan, str] | None:
+    """A plan the pricing page offers, with what Checkout is asked for: the catalog's price
+    for the chosen interval when it knows one, else the plan's lookup key or price id."""
+    plan = deps.plans.by_id(plan_id)
+    if plan is None or plan.default:
+        return None
+    shop = shop_plans(deps.plans, await deps.reads.catalog_now())
+    mine = next((s for s in shop if s.plan.id == plan.id), None)
+    price = mine.price_for(interval) if mine is not None and interval in mine.intervals else None
+    reference = price.id if price is not None else price_reference(plan)
+    return (plan, reference) if reference is not None else None
 
 
 async def checkout_url(request: Request, user: str, plan: Plan, reference: str) -> str:
@@ -260,13 +480,15 @@ async def start_checkout(request: Request) -> Response:
     form = await request.form()
     if not csrf_ok(request, form):
         return form_expired(request)
-    offered = plan_for_sale(deps_of(request).plans, str(form.get("plan", "")))
     try:
+        offered = await plan_for_sale(
+            deps_of(request), str(form.get("plan", "")), str(form.get("interval", ""))
+        )
         if offered is None:
             return await pricing_page(request, "That plan is not available.", 400)
         return redirect(await checkout_url(request, user, *offered))
     except BillingError as e:
-        return await pricing_page(request, e.message, status_for(e))
+        return await pricing_page(request, kind_message(e, "checkout"), status_for(e))
     except StorageError:
         return storage_page(request)
 
@@ -289,8 +511,52 @@ def confirming_context(request: Request, confirming: bool) -> dict[str, Any]:
     return {"confirming": confirming, "refresh": refresh, "refresh_seconds": REFRESH_SECONDS}
 
 
+@dataclass(frozen=True)
+class SubscriptionRow:
+    """One subscription as the billing page states it: only dates that will happen."""
+
+    sub: SubscriptionAccess
+    price: str | None  # the plan's price, when the catalog knows it
+    ends: int | None  # a scheduled cancellation: the plan ends then and does not renew
+    trial_end: int | None  # a trial that will turn into a paid period
+    renews: int | None  # the next renewal, only when one will happen
+    overdue_until: int | None  # past_due: access kept until then, unless the payment succeeds
+
+
+def subscription_row(sub: SubscriptionAccess, price: str | None) -> SubscriptionRow:
+    """What will happen next to a subscription that has not ended."""
+    ends = (sub.cancel_at or sub.current_period_end) if sub.cancel_at_period_end else sub.cancel_at
+    trial = sub.trial_end if sub.status == "trialing" and not ends else None
+    # past_due, unpaid, incomplete, paused: no renewal until the payment problem is solved.
+    renews = sub.current_period_end if sub.status == "active" and not ends else None
+    overdue = sub.access_until if sub.status == "past_due" and sub.grants_access else None
+    return SubscriptionRow(sub, price, ends, trial, renews, overdue)
+
+
+def price_label(prices: Mapping[str, PriceTag], sub: SubscriptionAccess, locale: str) -> str | None:
+    """The price the subscription's items are billed at, when the catalog knows them."""
+    known = [prices[p] for p in sub.price_ids if p in prices]
+    return " + ".join(tag.text(locale) for tag in known) or None
+
+
+async def price_tags(deps: Services) -> dict[str, PriceTag]:
+    """Every price the ledger knows, by id, from the catalog's read model (no Stripe call)."""
+    catalog = await deps.reads.catalog_now()
+    return {p.id: PriceTag.of(p) for p in catalog.prices.values()}
+
+
+async def card_of(deps: Services, account: Account) -> Card | None:
+    """The card the user's preferred customer pays with, from the card facts view."""
+    customers = list(account.entitlements.customer_ids)
+    preferred = preferred_customer(account.inputs, account.at)
+    if preferred in customers:
+        customers = [preferred, *[c for c in customers if c != preferred]]
+    facts = await deps.reads.card_facts(customers)
+    return card_on_file(facts, customers)
+
+
 async def billing_page(request: Request, user: str, error: str | None, status: int) -> Response:
-    """The user's plan, status, renewal, cancellation, payment problems and invoices."""
+    """The user's plan, price, status, renewal, cancellation, card and invoices."""
     deps = deps_of(request)
     query = request.query_params
     session_id = query.get("session_id") if query.get("success") == "true" else None
@@ -299,10 +565,18 @@ async def billing_page(request: Request, user: str, error: str | None, status: i
         await caught_up(deps)  # the webhooks may be stored but not yet projected
         account = await load_account(deps, user)
     confirming = session_id is not None and not checkout_confirmed(account, session_id)
+    locale = page_locale(request)
+    prices = await price_tags(deps)
+    rows = [subscription_row(s, price_label(prices, s, locale)) for s in account.current]
     context = {
         "page": "billing",
         "account": account,
-        "plans": account.paid_plans(deps.plans),
+        "plan_names": [plan_name(p) for p in account.paid_plans(deps.plans)],
+        "subscriptions": rows,
+        "ending": min((r.ends for r in rows if r.ends), default=None),
+        "overdue_until": min((r.overdue_until for r in rows if r.overdue_until), default=None),
+        "card": await card_of(deps, account),
+        "purchases": [],
         "confirmed": session_id is not None and not confirming,
         "error": error,
         **confirming_context(request, confirming),
@@ -334,13 +608,45 @@ async def open_portal(request: Request) -> Response:
         async with open_stripe(deps.settings) as api:
             session = await create_portal(deps, api, user, f"{deps.settings.app_url}/billing")
     except BillingError as e:
-        return await billing_page(request, user, e.message, status_for(e))
+        return await billing_page(request, user, kind_message(e, "portal"), status_for(e))
     except StorageError:
         return storage_page(request)
     return redirect(str(session["url"]))
 
 
 # -- the gated feature ------------------------------------------------------------------
+
+
+def plan_name(plan: Plan) -> str:
+    """A plan's display name: the plans file's `name`, else its id, capitalised."""
+    return plan.display_name
+
+
+def access_note(account: Account) -> str:
+    """One friendly sentence on how long the user's access lasts."""
+    for sub in account.current:
+        if sub.status == "past_due" and sub.access_until:
+            return (
+                "Your last payment did not go through: access continues until "
+                f"{day(sub.access_until)} while it is retried."
+            )
+        if sub.cancel_at or sub.cancel_at_period_end:
+            return f"Your plan ends on {day(sub.cancel_at or sub.current_period_end)}."
+        if sub.status == "trialing" and sub.trial_end:
+            return f"You are on a free trial until {day(sub.trial_end)}."
+    return "Thank you for being a customer."
+
+
+def denied_note(account: Account) -> tuple[str | None, bool]:
+    """Why a user without the feature lost it, in plain words, and whether billing can help."""
+    if account.has_warning("payment_failed"):
+        note = (
+            "Your last payment did not go through. Update your payment method to get access back."
+        )
+        return note, True
+    if account.ended:
+        return "Your subscription has ended. Choose a plan to get access again.", False
+    return None, False
 
 
 async def protected_feature(request: Request) -> Response:
@@ -354,11 +660,18 @@ async def protected_feature(request: Request) -> Response:
     except StorageError:
         return storage_page(request)
     allowed, reason = access(account.entitlements, PROTECTED_FEATURE)
-    context: dict[str, Any] = {"page": "feature", "feature": PROTECTED_FEATURE, "reason": reason}
+    log.debug("protected feature: user=%s allowed=%s reason=%s", user, allowed, reason)
+    context: dict[str, Any] = {"page": "feature", "feature": PROTECTED_FEATURE}
     if allowed:
-        return render(request, "protected.html", context)
-    granting = [p for p in deps.plans.plans if PROTECTED_FEATURE in p.features and not p.default]
-    return render(request, "denied.html", {**context, "granting": granting}, 403)
+        holding = [plan_name(p) for p in account.paid_plans(deps.plans)]
+        note = access_note(account)
+        return render(request, "protected.html", {**context, "holding": holding, "why": note})
+    granting = [
+        plan_name(p) for p in deps.plans.plans if PROTECTED_FEATURE in p.features and not p.default
+    ]
+    why, billing_link = denied_note(account)
+    extra = {"granting": granting, "why": why, "billing_link": billing_link}
+    return render(request, "denied.html", {**context, **extra}, 403)
 
 
 # -- demo sign-in -----------------------------------------------------------------------

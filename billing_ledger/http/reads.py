@@ -217,10 +217,21 @@ async def stored_event(request: Request) -> Response:
         return Response(head + b',"payload":' + event.body + b"}", media_type="application/json")
 
 
+@_answering
+async def catalog(request: Request) -> Response:
+    """Every plan with its prices, as the ledger folded them from product and price events."""
+    wanted = parse_min_position(request.query_params.get("min_position"))
+    reads = _reads(request)
+    position = await reads.wait(wanted, MIN_POSITION_WAIT) if wanted is not None else None
+    found = await reads.catalog_now(position)
+    return _json(found.to_json())
+
+
 ROUTES = [
     Route("/v1/users/{user_id}/entitlements", entitlements, methods=["GET"]),
     Route("/v1/users/{user_id}/access/{feature}", feature_access, methods=["GET"]),
     Route("/v1/users/{user_id}/invoices", invoices, methods=["GET"]),
     Route("/v1/users/{user_id}/history", history, methods=["GET"]),
     Route("/v1/events/{event_id}", stored_event, methods=["GET"]),
+    Route("/v1/catalog", catalog, methods=["GET"]),
 ]

@@ -19,6 +19,8 @@ CUSTOMER = "customer"
 CHECKOUT_SESSION = "checkout_session"
 ENTITLEMENT_SUMMARY = "entitlement_summary"
 LINK = "link"  # a user-to-customer link this service recorded itself (ledger.customer_link)
+PRODUCT = "product"
+PRICE = "price"
 
 # What a snapshot may keep of a payload, whatever a sender signed (normalise.py applies
 # these before any fold sees it; nothing else of a payload is copied into a snapshot).
@@ -86,6 +88,8 @@ class Invoice:
     finalized_at: int | None = None
     marked_uncollectible_at: int | None = None
     deleted: bool = False  # invoice.deleted: a draft removed for good
+    number: str | None = None  # the invoice number a customer sees (set once finalized)
+    invoice_pdf: str | None = None
 
 
 @dataclass(frozen=True)
@@ -128,7 +132,44 @@ class Link:
     customer_id: str
 
 
-State = Subscription | Invoice | Customer | CheckoutSession | EntitlementSummary | Link
+@dataclass(frozen=True)
+class Product:
+    """A catalog product as one event rendered it."""
+
+    id: str
+    name: str | None
+    description: str | None
+    active: bool
+    deleted: bool = False  # product.deleted: removed for good
+
+
+@dataclass(frozen=True)
+class Price:
+    """A catalog price as one event rendered it."""
+
+    id: str
+    product_id: str | None
+    unit_amount: int | None
+    currency: str | None
+    type: str | None  # one_time or recurring
+    interval: str | None  # recurring.interval
+    interval_count: int | None
+    lookup_key: str | None
+    active: bool  # false once archived
+    nickname: str | None = None
+    deleted: bool = False  # price.deleted: removed for good
+
+
+State = (
+    Subscription
+    | Invoice
+    | Customer
+    | CheckoutSession
+    | EntitlementSummary
+    | Link
+    | Product
+    | Price
+)
 
 
 @dataclass(frozen=True)
@@ -152,6 +193,8 @@ _CLASSES: dict[str, type[State]] = {
     CHECKOUT_SESSION: CheckoutSession,
     ENTITLEMENT_SUMMARY: EntitlementSummary,
     LINK: Link,
+    PRODUCT: Product,
+    PRICE: Price,
 }
 
 

@@ -27,6 +27,8 @@ from billing_ledger.ledger.canonical import (
     MAX_LOOKUP_KEYS,
     MAX_PREVIOUS,
     MAX_TEXT,
+    PRICE,
+    PRODUCT,
     SUBSCRIPTION,
     CheckoutSession,
     Customer,
@@ -34,6 +36,8 @@ from billing_ledger.ledger.canonical import (
     Invoice,
     Item,
     Link,
+    Price,
+    Product,
     Snapshot,
     State,
     Subscription,
@@ -223,6 +227,8 @@ def invoice_state(event_type: str, obj: Json) -> Invoice:
         finalized_at=_int(transitions, "finalized_at"),
         marked_uncollectible_at=_int(transitions, "marked_uncollectible_at"),
         deleted=event_type == "invoice.deleted" or obj.get("deleted") is True,
+        number=_str(obj, "number"),
+        invoice_pdf=_str(obj, "invoice_pdf"),
     )
 
 
@@ -291,6 +297,41 @@ def link_state(event_type: str, obj: Json) -> Link:
     return Link(user_id=user_id, customer_id=_required_id(obj, "customer"))
 
 
+# -- the catalog: products and prices ----------------------------------------------------
+
+
+def product_state(event_type: str, obj: Json) -> Product:
+    """Read a product; `product.deleted` bodies may still say `active: true`."""
+    return Product(
+        id=_required_id(obj),
+        name=_str(obj, "name"),
+        description=_str(obj, "description"),
+        active=obj.get("active") is not False,
+        deleted=event_type == "product.deleted" or obj.get("deleted") is True,
+    )
+
+
+def price_state(event_type: str, obj: Json) -> Price:
+    """Read a price (or a legacy plan, whose id is the price id and whose amount is `amount`)."""
+    recurring = _dict(obj, "recurring")
+    interval = _str(recurring, "interval") or _str(obj, "interval")
+    kind = _str(obj, "type") or ("recurring" if interval else None)
+    amount = _int(obj, "unit_amount")
+    return Price(
+        id=_required_id(obj),
+        product_id=_id_of(obj.get("product")),
+        unit_amount=amount if amount is not None else _int(obj, "amount"),
+        currency=_str(obj, "currency"),
+        type=kind,
+        interval=interval,
+        interval_count=_int(recurring, "interval_count") or _int(obj, "interval_count"),
+        lookup_key=_text(obj.get("lookup_key"), MAX_ID),
+        active=obj.get("active") is not False,
+        nickname=_str(obj, "nickname"),
+        deleted=event_type in ("price.deleted", "plan.deleted") or obj.get("deleted") is True,
+    )
+
+
 # -- dispatch ---------------------------------------------------------------------------
 
 Reader = Callable[[str, Json], State]
@@ -300,6 +341,8 @@ _INVOICE = (INVOICE, invoice_state)
 _CUSTOMER = (CUSTOMER, customer_state)
 _CHECKOUT = (CHECKOUT_SESSION, checkout_state)
 _SUMMARY = (ENTITLEMENT_SUMMARY, summary_state)
+_PRODUCT = (PRODUCT, product_state)
+_PRICE = (PRICE, price_state)
 
 READERS: dict[str, tuple[str, Reader]] = {
     "customer.subscription.created": _SUBSCRIPTION,
@@ -330,6 +373,16 @@ READERS: dict[str, tuple[str, Reader]] = {
     "checkout.session.expired": _CHECKOUT,
     "entitlements.active_entitlement_summary.updated": _SUMMARY,
     CUSTOMER_LINK: (LINK, link_state),
+    "product.created": _PRODUCT,
+    "product.updated": _PRODUCT,
+    "product.deleted": _PRODUCT,
+    "price.created": _PRICE,
+    "price.updated": _PRICE,
+    "price.deleted": _PRICE,
+    # Plans are the prices of API versions before 2018 (a plan's id is its price's id).
+    "plan.created": _PRICE,
+    "plan.updated": _PRICE,
+    "plan.deleted": _PRICE,
 }
 
 # What a recorded re-fetch (`ledger.observation`) may hold, keyed by the object's `object`.
@@ -338,6 +391,9 @@ OBSERVED: dict[str, tuple[str, Reader]] = {
     "invoice": _INVOICE,
     "customer": _CUSTOMER,
     "entitlements.active_entitlement_summary": _SUMMARY,
+    "product": _PRODUCT,
+    "price": _PRICE,
+    "plan": _PRICE,
 }
 
 

@@ -16,6 +16,8 @@ from billing_ledger.ledger.canonical import (
     Customer,
     EntitlementSummary,
     Invoice,
+    Price,
+    Product,
     Snapshot,
     State,
     Subscription,
@@ -33,6 +35,12 @@ _TYPE_RANK = {
     "invoice.deleted": 2,
     "customer.created": 0,
     "customer.deleted": 2,
+    "product.created": 0,
+    "product.deleted": 2,
+    "price.created": 0,
+    "price.deleted": 2,
+    "plan.created": 0,
+    "plan.deleted": 2,
     # The async outcome of a delayed payment follows the session's completion.
     "checkout.session.async_payment_succeeded": 2,
     "checkout.session.async_payment_failed": 2,
@@ -54,6 +62,8 @@ _WITNESS_FIELDS: dict[type, tuple[str, ...]] = {
         "trial_end",
     ),
     Invoice: ("status", "paid", "attempt_count", "amount_paid", "amount_remaining"),
+    Product: ("active", "name", "description"),
+    Price: ("active", "lookup_key", "nickname"),
 }
 
 
@@ -120,12 +130,19 @@ def _invoice_before(previous: Mapping[str, Any]) -> dict[str, Any]:
     return {k: previous[k] for k in _WITNESS_FIELDS[Invoice] if k in previous}
 
 
+def _catalog_before(fields: tuple[str, ...]) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    """A product's or price's witness fields (an archive flips `active`: 6.3 (c))."""
+    return lambda previous: {k: previous[k] for k in fields if k in previous}
+
+
 # What another snapshot's previous_attributes say this object was, in the state's terms.
 _BEFORE: dict[type, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     Subscription: _subscription_before,
     Invoice: _invoice_before,
     Customer: _metadata_user,
     EntitlementSummary: _summary_before,
+    Product: _catalog_before(_WITNESS_FIELDS[Product]),
+    Price: _catalog_before(_WITNESS_FIELDS[Price]),
 }
 
 
@@ -137,13 +154,16 @@ def _now(state: State, name: str) -> Any:
     return getattr(state, name)
 
 
+_DELETABLE = (Customer, Product, Price)  # a tuple: `A | B` builds a union on each call
+
+
 def is_terminal(state: State) -> bool:
     """A state no later snapshot may replace (terminal absorption)."""
     if isinstance(state, Subscription):
         return state.status in TERMINAL_SUBSCRIPTION
     if isinstance(state, Invoice):
         return state.status in TERMINAL_INVOICE or state.deleted
-    if isinstance(state, Customer):
+    if isinstance(state, _DELETABLE):
         return state.deleted
     return False
 

@@ -28,6 +28,8 @@ class InvoiceView:
     # S31: a delayed payment (ACH) failed after the subscription went active; Stripe voids
     # the invoice and keeps the subscription active, so operations must hear of it.
     payment_reversed_after_activation: bool = False
+    number: str | None = None  # what the pages show (not in the contract's invoice object)
+    invoice_pdf: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The CONTRACT.md invoice object, plus attempts and the S31 flag."""
@@ -79,6 +81,8 @@ def _view(
         hosted_invoice_url=inv.hosted_invoice_url,
         attempts=attempts(snaps, at),
         payment_reversed_after_activation=_reversed_after_activation(inv, snaps, objects, at),
+        number=inv.number,
+        invoice_pdf=inv.invoice_pdf,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,20 @@ DAY = 86400
 
 _TOP_KEYS = {"access", "plans"}
 _ACCESS_KEYS = {"grant_statuses", "past_due_grace_days", "period_end_leeway_days"}
-_PLAN_KEYS = {"id", "default", "prices", "lookup_keys", "products", "features"}
+_PLAN_KEYS = {
+    "id",
+    "default",
+    "prices",
+    "lookup_keys",
+    "products",
+    "features",
+    "name",
+    "description",
+    "mode",
+}
+SUBSCRIPTION_MODE = "subscription"
+ONE_TIME_MODE = "one_time"  # bought once through Checkout in payment mode
+_MODES = (SUBSCRIPTION_MODE, ONE_TIME_MODE)
 _MATCHERS = ("prices", "lookup_keys", "products")
 # past_due has its own rule (the grace window); the other statuses never grant (policy P2).
 GRANTABLE_STATUSES = ("active", "trialing")
@@ -39,6 +52,19 @@ class Plan:
     lookup_keys: tuple[str, ...] = ()
     products: tuple[str, ...] = ()
     features: tuple[str, ...] = ()
+    name: str | None = None  # the display name; `display_name` falls back to the id
+    description: str | None = None
+    mode: str = SUBSCRIPTION_MODE
+
+    @property
+    def display_name(self) -> str:
+        """The name to show: the plans file's, else the id capitalised."""
+        return self.name or self.id.capitalize()
+
+    @property
+    def one_time(self) -> bool:
+        """Whether the plan is bought once (Checkout in payment mode), not subscribed to."""
+        return self.mode == ONE_TIME_MODE
 
 
 @dataclass(frozen=True)
@@ -49,6 +75,15 @@ class Plans:
     grant_statuses: tuple[str, ...] = GRANTABLE_STATUSES
     past_due_grace_days: int = 7
     period_end_leeway_days: int = 2
+    # Each known price's (lookup key, product) from the catalog (projections/catalog.py):
+    # an item that names only its price id still matches a plan by lookup key or product.
+    catalog_prices: Mapping[str, tuple[str | None, str | None]] = field(
+        default_factory=dict, compare=False, hash=False
+    )
+
+    def with_catalog(self, prices: Mapping[str, tuple[str | None, str | None]]) -> Plans:
+        """These plans matching through the catalog's prices too."""
+        return replace(self, catalog_prices=dict(prices))
 
     @property
     def grace_seconds(self) -> int:
@@ -61,13 +96,20 @@ class Plans:
         return self.period_end_leeway_days * DAY
 
     def plan_for_item(self, item: Item) -> Plan | None:
-        """The plan an item selects: by price id, then lookup key, then product."""
-        for value, field in (
+        """The plan an item selects: by price id, then lookup key, then product.
+
+        What the item does not say of its price (an unexpanded price is an id alone), the
+        catalog's price events do."""
+        lookup_key, product = item.lookup_key, item.product_id
+        known = self.catalog_prices.get(item.price_id) if item.price_id else None
+        if known is not None:
+            lookup_key, product = lookup_key or known[0], product or known[1]
+        for value, matcher in (
             (item.price_id, "prices"),
-            (item.lookup_key, "lookup_keys"),
-            (item.product_id, "products"),
+            (lookup_key, "lookup_keys"),
+            (product, "products"),
         ):
-            plan = self._claimed_by(field, value)
+            plan = self._claimed_by(matcher, value)
             if plan is not None:
                 return plan
         return None
@@ -182,15 +224,37 @@ def _plan(entry: Any, index: int, source: str) -> Plan:
         raise PlansError(
             source, where, "matches no price, lookup key or product and is not default"
         )
-    return Plan(id=plan_id, features=features, default=default, **matchers)
+    mode = entry.get("mode", SUBSCRIPTION_MODE)
+    if mode not in _MODES:
+        raise PlansError(
+            source, f"{where}.mode", f"must be one of {', '.join(_MODES)}, got {mode!r}"
+        )
+    if mode == ONE_TIME_MODE and default:
+        raise PlansError(source, f"{where}.mode", "a default plan is not bought")
+    return Plan(
+        id=plan_id,
+        features=features,
+        default=default,
+        name=_optional_text(entry, "name", where, source),
+        description=_optional_text(entry, "description", where, source),
+        mode=mode,
+        **matchers,
+    )
+
+
+def _optional_text(entry: Mapping[str, Any], key: str, where: str, source: str) -> str | None:
+    value = entry.get(key)
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise PlansError(source, f"{where}.{key}", f"must be a non-empty string, got {value!r}")
+    return value
 
 
 def _no_double_claims(plans: Iterable[Plan], source: str) -> None:
     """A price, lookup key or product selecting two plans would make matching arbitrary."""
-    for field in _MATCHERS:
+    for matcher in _MATCHERS:
         owner: dict[str, str] = {}
         for plan in plans:
-            for value in getattr(plan, field):
+            for value in getattr(plan, matcher):
                 if owner.setdefault(value, plan.id) != plan.id:
                     claim = f"{value!r} is claimed by plans {owner[value]!r} and {plan.id!r}"
-                    raise PlansError(source, field, claim)
+                    raise PlansError(source, matcher, claim)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,8 +28,11 @@ from billing_ledger.ledger.canonical import (
     Customer,
     Subscription,
 )
+from billing_ledger.projections import catalog as catalog_fold
 from billing_ledger.projections.answers import Answers
 from billing_ledger.projections.cache import CacheStats
+from billing_ledger.projections.cards import CardFact
+from billing_ledger.projections.catalog import Catalog
 from billing_ledger.projections.fold import TERMINAL_SUBSCRIPTION, by_object, state_at
 from billing_ledger.projections.history import Change, changes
 from billing_ledger.projections.invoices import InvoiceView, user_invoices
@@ -228,10 +231,47 @@ class Reads:
     def __init__(self, views: Views, runner: Any, plans: Plans, store: Any = None) -> None:
         self.views = views
         self.runner = runner
+        self.base_plans = plans  # the plans file; `plans` also matches through the catalog
         self.plans = plans
         self.store = store
         self.answers = Answers(plans)
         self.watch = PositionWatch(views.position)
+        self._catalog: tuple[tuple[Any, ...], Catalog] | None = None
+
+    # -- the catalog --
+
+    def catalog(self, position: int | None = None) -> Catalog:
+        """The catalog as the views hold it at `position` (default: now), without any Stripe
+        call: each plan with its prices (projections/catalog.py). Blocking (a small query
+        when the views moved since the last call): from async code, use `catalog_now`."""
+        if position is None:
+            position = self.runner.position if self.runner is not None else None
+        states = self.views.catalog_states(position)
+        known = self._catalog
+        if known is not None and known[0] is states:
+            return known[1]
+        built = catalog_fold.build(states, self.base_plans)
+        self._catalog = (states, built)
+        # Plan matching by lookup key or product reads the catalog's prices too.
+        self.plans = self.base_plans.with_catalog(built.index())
+        self.answers = Answers(self.plans)
+        return built
+
+    async def catalog_now(self, position: int | None = None) -> Catalog:
+        """`catalog`, off the event loop when it must read the database."""
+        if position is None:
+            position = await self.position()
+        if self._catalog is not None and self.views.catalog_position() == position:
+            return self._catalog[1]
+        found: Catalog = await run_in_threadpool(self.catalog, position)
+        return found
+
+    # -- the pages' card on file --
+
+    async def card_facts(self, customers: Sequence[str]) -> list[CardFact]:
+        """What the customers' payment method events said of their cards (projections/cards)."""
+        found: list[CardFact] = await run_in_threadpool(self.views.card_facts, customers)
+        return found
 
     # -- positions --
 
@@ -270,6 +310,7 @@ class Reads:
         position = await (
             self.wait(min_position, timeout) if min_position is not None else self.position()
         )
+        await self.catalog_now(position)  # the plans match through the catalog at `position`
         entry = self.views.present_cache.get(user_id, position)
         if entry is not None and at >= entry.since:
             return UserRead(inputs=entry.inputs, at=at, position=position)
@@ -310,6 +351,7 @@ class Reads:
         position = await (
             self.wait(min_position, timeout) if min_position is not None else self.position()
         )
+        await self.catalog_now(position)
         inputs = await self.history_inputs(user_id, position)
         found: list[Change] = await run_in_threadpool(changes, inputs, self.plans, at)
         return found

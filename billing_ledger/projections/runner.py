@@ -27,6 +27,7 @@ from billing_ledger.ledger.logfmt import fields
 from billing_ledger.ledger.normalise import normalise
 from billing_ledger.ledger.records import Recorded
 from billing_ledger.ledger.store import TABLE, EventStore, StorageError
+from billing_ledger.projections.cards import CARD_EVENTS, CardFact, card_facts
 from billing_ledger.projections.leader import Leader
 from billing_ledger.projections.views import PositionMovedError, Skipped, Views
 
@@ -82,6 +83,11 @@ class _Prepared:
     error: ProjectionError | None = None  # unused since failing events are skipped
     positions: list[int] = field(default_factory=list)  # of each snapshot's event
     skipped: list[Skipped] = field(default_factory=list)
+    cards: list[tuple[int, CardFact]] = field(default_factory=list)  # (position, fact)
+
+    def cards_in(self, after: int, position: int) -> list[CardFact]:
+        """The card facts of the events in (after, position]."""
+        return [fact for at, fact in self.cards if after < at <= position]
 
 
 class Runner:
@@ -289,7 +295,8 @@ class Runner:
 
     def _apply_or_isolate(self, prepared: _Prepared, after: int) -> None:
         try:
-            self._apply(prepared.snapshots, after, prepared.last, prepared.skipped)
+            cards = [fact for _, fact in prepared.cards]
+            self._apply(prepared.snapshots, after, prepared.last, prepared.skipped, cards)
         except PositionMovedError:
             raise
         except Exception as e:
@@ -308,10 +315,15 @@ class Runner:
             self._isolate(prepared, after)
 
     def _apply(
-        self, snapshots: list[Snapshot], after: int, position: int, skipped: Sequence[Skipped]
+        self,
+        snapshots: list[Snapshot],
+        after: int,
+        position: int,
+        skipped: Sequence[Skipped],
+        cards: Sequence[CardFact] = (),
     ) -> None:
-        """One transaction: rows, skips and position; then log it."""
-        self.views.apply(snapshots, after, position, skipped)
+        """One transaction: rows, card facts, skips and position; then log it."""
+        self.views.apply(snapshots, after, position, skipped, cards)
         self.applied += len(snapshots)
         for skip in skipped:
             log.warning(
@@ -344,8 +356,9 @@ class Runner:
         done = after
         for snapshot, position in zip(prepared.snapshots, prepared.positions, strict=True):
             earlier = [s for s in prepared.skipped if done < s.position <= position]
+            cards = prepared.cards_in(done, position)
             try:
-                self._apply([snapshot], done, position, earlier)
+                self._apply([snapshot], done, position, earlier, cards)
             except PositionMovedError:
                 raise
             except Exception as e:
@@ -356,7 +369,7 @@ class Runner:
             done = position
         if prepared.last > done:
             rest = [s for s in prepared.skipped if s.position > done]
-            self._apply([], done, prepared.last, rest)
+            self._apply([], done, prepared.last, rest, prepared.cards_in(done, prepared.last))
 
     def _release_workers(self) -> None:
         with self._apply_lock:
@@ -374,6 +387,7 @@ class Runner:
         for event in events:
             try:
                 snapshot = self._snapshot(event)
+                prepared.cards.extend((event.position, f) for f in self._cards(event))
             except Exception as e:  # normalising is pure: this event would fail every time
                 reason = _reason(e)
                 prepared.skipped.append(Skipped(event.event_id, event.position, event.type, reason))
@@ -392,6 +406,12 @@ class Runner:
             self._flag(event)
             return None
         return normalise(event)
+
+    def _cards(self, event: Recorded) -> tuple[CardFact, ...]:
+        """The payment-method facts of an event the projections use (projections/cards.py)."""
+        if event.type not in CARD_EVENTS or event.version > 1 or event.thin:
+            return ()
+        return card_facts(event) if event.livemode == self.livemode else ()
 
     def _flag(self, event: Recorded) -> None:
         """Log an event of the other mode once: it is stored, flagged, never projected."""

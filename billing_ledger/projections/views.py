@@ -26,7 +26,9 @@ from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 from billing_ledger.ledger.canonical import Snapshot, snapshot_from_json, snapshot_to_json
 from billing_ledger.ledger.store import Database, StorageError, guard
 from billing_ledger.projections import cache as read_cache
+from billing_ledger.projections import catalog as catalog_fold
 from billing_ledger.projections.cache import BatchLog, CacheStats, Entry, ReadCache, estimate
+from billing_ledger.projections.cards import CardFact, fact_from_json
 from billing_ledger.projections.current import latest, present
 from billing_ledger.projections.links import LinkRow, customer_of, links_of
 from billing_ledger.projections.policy import UserInputs
@@ -40,10 +42,17 @@ TRACKING = "billing_tracking"  # our own table: other projections keep theirs
 # "now" loads a handful of rows per object instead of its whole history.
 CURRENT = "billing_current"
 SKIPPED = "billing_skipped"  # events the projection refused, committed with the position
+CARDS = "billing_cards"  # payment-method facts (projections/cards.py), for the billing page
 SKIPPED_LISTED = 100  # the newest skips `skipped()` lists (all are counted)
+# Each product's and price's chosen snapshot (projections/catalog.py), rewritten with its
+# snapshots like the present: GET /v1/catalog and /pricing read a few rows, never Stripe.
+CATALOG = "billing_catalog"
+# A row of the tracking table: the position of the last batch that touched the catalog, so
+# a reader loads the catalog again only when it moved.
+CATALOG_VERSION = ":catalog"
 # The tables a swap replaces, in the one order that reads, batches and the swap take their
 # locks in (PostgreSQL): then none of them can wait for another in a cycle.
-SWAPPED = (LINKS, SNAPSHOTS, CURRENT, TRACKING, SKIPPED)
+SWAPPED = (LINKS, SNAPSHOTS, CARDS, CURRENT, TRACKING, SKIPPED, CATALOG)
 CACHE_SIZE = read_cache.CACHE_SIZE
 CACHE_SNAPSHOTS = read_cache.CACHE_SNAPSHOTS
 KEYS_PER_STATEMENT = 200  # objects named in one statement (SQLite's parameter limit)
@@ -153,13 +162,16 @@ class Views:
         self.name = name
         self.suffix = suffix
         self.names = {
-            base: base + suffix for base in (SNAPSHOTS, LINKS, TRACKING, SKIPPED, CURRENT)
+            base: base + suffix
+            for base in (SNAPSHOTS, LINKS, TRACKING, SKIPPED, CURRENT, CARDS, CATALOG)
         }
         self.snapshots = db.table(self.names[SNAPSHOTS])
         self.links = db.table(self.names[LINKS])
         self.tracking = db.table(self.names[TRACKING])
         self.skips = db.table(self.names[SKIPPED])
         self.current = db.table(self.names[CURRENT])
+        self.cards = db.table(self.names[CARDS])
+        self.catalog_table = db.table(self.names[CATALOG])
         self.tracker: _SQLiteTracking | PostgresTrackingRecorder
         if db.dialect == "sqlite":
             self.tracker = _SQLiteTracking(db.sqlite, self.names[TRACKING])
@@ -177,6 +189,8 @@ class Views:
         # (position when read, what skipped_at answers): /healthz asks on every call.
         self._skips: tuple[int | None, dict[str, Any]] = (None, _skips_json([], 0))
         self._generation: int | None = None  # of the tables last read (None: none read yet)
+        # (position checked at, catalog version, chosen snapshots): see `catalog_states`.
+        self._catalog: tuple[int, int, tuple[Snapshot, ...]] | None = None
 
     def shadow(self, suffix: str) -> Views:
         """The same projection under other table names (for replay)."""
@@ -195,7 +209,8 @@ class Views:
     def drop(self) -> None:
         """Drop the tables (replay's shadow, or a rebuild from nothing)."""
         with self.db.transaction() as cursor:
-            for table in (self.snapshots, self.links, self.tracking, self.skips, self.current):
+            tables = (self.snapshots, self.links, self.tracking, self.skips, self.current)
+            for table in (*tables, self.cards, self.catalog_table):
                 cursor.execute(f"DROP TABLE IF EXISTS {table}")
 
     def position(self) -> int:
@@ -211,9 +226,10 @@ class Views:
         after: int,
         position: int,
         skipped: Sequence[Skipped] = (),
+        cards: Sequence[CardFact] = (),
     ) -> None:
-        """Commit a batch's rows, its skipped events and the position (`after`, `position`]
-        in one transaction."""
+        """Commit a batch's rows, its card facts, its skipped events and the position
+        (`after`, `position`] in one transaction."""
         rows = [snapshot_row(s) for s in snapshots]
         links = sorted({link_tuple(link) for s in snapshots for link in links_of(s)})
         with self.db.transaction() as cursor:
@@ -222,6 +238,8 @@ class Views:
                 # both, and the runner applies them again. No need to wait for the flush.
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
             self._insert(cursor, rows, links)
+            if cards:
+                cursor.executemany(self._sql.insert_cards, [self._card_row(c) for c in cards])
             tracked = self._tracked(cursor, lock=True)
             # A gap (tracked < after) or a batch already covered: another runner, or a
             # swap by replay, moved the position. Roll back and read again from there.
@@ -232,6 +250,7 @@ class Views:
                 cursor.executemany(self._sql.insert_skipped, [_skip_row(s) for s in skipped])
             # After the position's row lock: one writer at a time rewrites the present.
             self._rewrite_present(cursor, {(s.kind, s.object_id) for s in snapshots}, snapshots)
+            self._rewrite_catalog(cursor, snapshots, position)
             self._track(cursor, Tracking(self.name, position))
         customers = {row[2] for row in rows} | {link[1] for link in links}
         self.batches.remember(after, position, customers, {link[0] for link in links})
@@ -266,6 +285,65 @@ class Views:
             rows = self._present_rows([_values(r) for r in cursor.fetchall()], known)
             if rows:
                 cursor.executemany(self._sql.insert_current, rows)
+
+    def _rewrite_catalog(self, cursor: Any, batch: Sequence[Snapshot], position: int) -> None:
+        """Choose again, from all their snapshots, the products and prices this batch touched;
+        note the catalog's version (the position) in the tracking table."""
+        objects = {(s.kind, s.object_id) for s in batch if s.kind in catalog_fold.CATALOG_KINDS}
+        if not objects:
+            return
+        keys = sorted((self._text(kind), self._text(oid)) for kind, oid in objects)
+        for start in range(0, len(keys), KEYS_PER_STATEMENT):
+            where, params = self._sql.objects_in(keys[start : start + KEYS_PER_STATEMENT])
+            cursor.execute(f"DELETE FROM {self.catalog_table} WHERE {where}", params)
+            cursor.execute(self._sql.history_of_objects + where, params)
+            history = [snapshot_from_json(_values(r)[4]) for r in cursor.fetchall()]
+            rows = [
+                (*map(self._text, (s.kind, s.object_id, s.event_id)), snapshot_to_json(s).decode())
+                for s in catalog_fold.chosen(history)
+            ]
+            cursor.executemany(self._sql.insert_catalog, rows)
+        version = {"application_name": self.name + CATALOG_VERSION, "notification_id": position}
+        cursor.execute(self.tracker.insert_tracking_statement, version)
+        cursor.fetchall()
+
+    # -- the catalog ------------------------------------------------------------------------
+
+    def catalog_version(self) -> int:
+        """The position of the last batch that changed the catalog (0: none yet)."""
+        with self._reading() as cursor:
+            return self._catalog_version(cursor)
+
+    def _catalog_version(self, cursor: Any) -> int:
+        cursor.execute(
+            self._sql.tracked, (self.name + CATALOG_VERSION, self.name + CATALOG_VERSION)
+        )
+        found = [_values(r)[1] for r in cursor.fetchall()]
+        return int(found[0]) if found else 0
+
+    def catalog_states(self, position: int | None = None) -> tuple[Snapshot, ...]:
+        """Each product's and price's chosen snapshot, sorted by (kind, id).
+
+        Read from the database only when the views moved past `position` since the last
+        read (one small query then), and loaded again only when the catalog changed. The
+        same tuple object is returned while nothing changed."""
+        known = self._catalog
+        if known is not None and position is not None and known[0] == position:
+            return known[2]
+        with self._reading() as cursor:
+            version = self._catalog_version(cursor)
+            if known is not None and known[1] == version:
+                states = known[2]
+            else:
+                cursor.execute(f"SELECT json FROM {self.catalog_table}")
+                found = (snapshot_from_json(_values(r)[0]) for r in cursor.fetchall())
+                states = tuple(sorted(found, key=lambda s: (s.kind, s.object_id)))
+        self._catalog = (position if position is not None else -1, version, states)
+        return states
+
+    def catalog_position(self) -> int | None:
+        """The position the cached catalog was last checked at (None: not read yet)."""
+        return self._catalog[0] if self._catalog is not None else None
 
     def _present_rows(
         self, found: list[tuple[Any, ...]], known: dict[tuple[str, str, str], Snapshot]
@@ -305,6 +383,28 @@ class Views:
                 self._rewrite_present(cursor, {(self._plain(k), self._plain(o)) for k, o in chunk})
         if objects:
             log.info("projection %s: computed the present of %d objects", self.name, len(objects))
+
+    # -- payment-method facts (projections/cards.py) ------------------------------------
+
+    def _card_row(self, fact: CardFact) -> tuple[Any, ...]:
+        keys = (fact.event_id, fact.kind, fact.object_id, fact.customer_id, fact.payment_method)
+        escaped = tuple(None if k is None else self._text(k) for k in keys)
+        return (*escaped, fact.created, fact.to_json().decode())
+
+    def card_facts(self, customers: Sequence[str]) -> list[CardFact]:
+        """Every payment-method fact of these customers, and of the payment methods they name."""
+        if not customers:
+            return []
+        keys = [self._text(c) for c in customers[:KEYS_PER_STATEMENT]]
+        with self._reading() as cursor:
+            cursor.execute(self._sql.cards_of(len(keys)), self._sql.twice(keys))
+            return [fact_from_json(_values(r)[0]) for r in cursor.fetchall()]
+
+    def card_rows(self) -> tuple[tuple[Any, ...], ...]:
+        """Every fact row, sorted: two views built from the same events compare equal."""
+        with self.db.transaction(commit=False) as cursor:
+            cursor.execute(f"SELECT event_id, kind, object_id, json FROM {self.cards}")
+            return tuple(sorted(self._link(r) for r in cursor.fetchall()))
 
     def _plain(self, value: str) -> str:
         """A key as read from the database, unescaped."""
@@ -349,6 +449,7 @@ class Views:
         self.cache.clear()
         self.present_cache.clear()
         self.batches.clear()
+        self._catalog = None
         self._generation = generation
         self._recent = (-1.0, 0)
 
@@ -788,6 +889,8 @@ class _Statements:
         text, integer = ("TEXT", "INTEGER") if self.sqlite else ("text", "bigint")
         boolean = "INTEGER" if self.sqlite else "boolean"
         snap, links, current = views.names[SNAPSHOTS], views.names[LINKS], views.names[CURRENT]
+        cards = views.names[CARDS]
+        catalog = views.names[CATALOG]
         self.create = [
             f"CREATE TABLE IF NOT EXISTS {views.snapshots} (kind {text} NOT NULL, "
             f"object_id {text} NOT NULL, customer_id {text}, event_id {text} NOT NULL, "
@@ -810,7 +913,23 @@ class _Statements:
             f"event_id {text} NOT NULL, latest {integer} NOT NULL, json {text} NOT NULL, "
             f'CONSTRAINT "{current}_pkey" PRIMARY KEY (kind, object_id, customer_id, event_id))',
             f'CREATE INDEX IF NOT EXISTS "{current}_customer" ON {views.current} (customer_id)',
+            f"CREATE TABLE IF NOT EXISTS {views.cards} (event_id {text} NOT NULL, "
+            f"kind {text} NOT NULL, object_id {text} NOT NULL, customer_id {text}, "
+            f"payment_method {text}, created {integer} NOT NULL, json {text} NOT NULL, "
+            f'CONSTRAINT "{cards}_pkey" PRIMARY KEY (event_id, kind, object_id))',
+            f'CREATE INDEX IF NOT EXISTS "{cards}_customer" ON {views.cards} (customer_id)',
+            f"CREATE TABLE IF NOT EXISTS {views.catalog_table} (kind {text} NOT NULL, "
+            f"object_id {text} NOT NULL, event_id {text} NOT NULL, json {text} NOT NULL, "
+            f'CONSTRAINT "{catalog}_pkey" PRIMARY KEY (kind, object_id))',
         ]
+        self.insert_cards = (
+            f"INSERT INTO {views.cards} (event_id, kind, object_id, customer_id, payment_method, "
+            f"created, json) VALUES ({', '.join([p] * 7)}) ON CONFLICT DO NOTHING"
+        )
+        self.insert_catalog = (
+            f"INSERT INTO {views.catalog_table} (kind, object_id, event_id, json) "
+            f"VALUES ({', '.join([p] * 4)})"
+        )
         self.insert_current = (
             f"INSERT INTO {views.current} (kind, object_id, customer_id, event_id, latest, json) "
             f"VALUES ({', '.join([p] * 6)})"
@@ -893,6 +1012,16 @@ class _Statements:
             f"FROM {views.snapshots} WHERE {customer_in}"
         )
 
+    def cards_of(self, count: int) -> str:
+        """The card facts of `count` customers, and the facts of the payment methods they name
+        (a detached payment method's last event may not name its customer)."""
+        cards, customers = self.views.cards, self._any("customer_id", count)
+        named = f"SELECT payment_method FROM {cards} WHERE {customers}"
+        return (
+            f"SELECT json FROM {cards} WHERE {customers} OR (kind = 'payment_method' AND "
+            f"object_id IN ({named} AND payment_method IS NOT NULL))"
+        )
+
     def users_of_customers(self, count: int) -> str:
         """The user of every link to one of `count` customers."""
         return f"SELECT user_id FROM {self.views.links} WHERE {self._any('customer_id', count)}"
@@ -926,14 +1055,18 @@ class _Statements:
     def rename_indexes(self, shadow: Views) -> list[str]:
         """Give the promoted tables' indexes the live names (index names are per schema)."""
         live, db = self.views, self.views.db
-        pairs = [
-            (f"{shadow.names[SNAPSHOTS]}{end}", f"{live.names[SNAPSHOTS]}{end}")
-            for end in ("_pkey", "_customer", "_object")
-        ] + [
-            (f"{shadow.names[base]}{end}", f"{live.names[base]}{end}")
-            for base in (LINKS, CURRENT)
-            for end in ("_pkey", "_customer")
-        ]
+        pairs = (
+            [
+                (f"{shadow.names[SNAPSHOTS]}{end}", f"{live.names[SNAPSHOTS]}{end}")
+                for end in ("_pkey", "_customer", "_object")
+            ]
+            + [
+                (f"{shadow.names[base]}{end}", f"{live.names[base]}{end}")
+                for base in (LINKS, CURRENT, CARDS)
+                for end in ("_pkey", "_customer")
+            ]
+            + [(f"{shadow.names[CATALOG]}_pkey", f"{live.names[CATALOG]}_pkey")]
+        )
         if not self.sqlite:
             schema = db.url.schema
             return [f'ALTER INDEX "{schema}"."{old}" RENAME TO "{new}"' for old, new in pairs]

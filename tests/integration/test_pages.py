@@ -283,15 +283,18 @@ def test_checkout_session_creation_refuses_a_plan_that_is_not_for_sale(
 
 
 def test_user_facing_billing_error_copy_on_pages_when_billing_is_not_configured(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with client_for(settings_for(sqlite_url(tmp_path), demo_signin=True)) as (client, _):
         sign_in(client, "u_1")
         pricing = client.get("/pricing")
-        assert "Price shown at checkout" in pricing.text  # plans listed, amounts unknown
         answer = client.post("/pricing/checkout", data={"csrf": token(pricing), "plan": "pro"})
     assert answer.status_code == 503
-    assert "Billing is not configured" in answer.text and "Traceback" not in answer.text
+    assert "Payments are not available right now" in answer.text
+    assert "Nothing was charged" in answer.text
+    for internal in ("STRIPE_API_KEY", "not configured", "Traceback", "not_configured"):
+        assert internal not in answer.text, internal
+    assert "STRIPE_API_KEY is not set" in caplog.text  # the cause goes to the log
 
 
 def test_user_facing_billing_error_copy_on_the_billing_page_when_stripe_fails(
@@ -378,3 +381,131 @@ def test_billing_page_state_escapes_what_users_control(app: tuple[TestClient, De
     page = client.get("/billing?success=true&session_id=%22%3E%3Cscript%3E")
     assert "<script>" not in page.text
     assert "&lt;script&gt;alert(1)&lt;script&gt;" in page.text
+
+
+# -- what the billing page states -------------------------------------------------------
+
+
+def billing_as(client: TestClient, deps: Deps, life: Lifecycle) -> str:
+    """The user's /billing once the projections applied the lifecycle."""
+    caught_up(deps, life)
+    sign_in(client, life.user)
+    return client.get("/billing").text
+
+
+def test_billing_page_shows_the_card_on_file_from_the_customers_default_payment_method(
+    app: tuple[TestClient, Deps],
+) -> None:
+    client, deps = app
+    life = lifecycle(client, new_user())
+    life.subscribe()
+    card = {"brand": "visa", "last4": "4242", "exp_month": 12, "exp_year": 2030}
+    pm = {"id": "pm_" + life.user, "object": "payment_method", "type": "card", "card": card}
+    assert life.send("payment_method.attached", pm | {"customer": life.customer}).is_success
+    settings = {"default_payment_method": pm["id"]}
+    customer = {"id": life.customer, "object": "customer", "invoice_settings": settings}
+    assert life.send("customer.updated", customer | {"metadata": {"app_user_id": life.user}})
+    page = billing_as(client, deps, life)
+    assert "Visa ending in 4242" in page and "expires 12/2030" in page
+    detached = life.send(
+        "payment_method.detached", pm | {"customer": None}, {"customer": life.customer}
+    )
+    assert detached.is_success
+    caught_up(deps, life)
+    assert "No card on file yet" in client.get("/billing").text
+
+
+def test_billing_page_shows_invoice_number_and_pdf_and_no_renewal_while_past_due(
+    app: tuple[TestClient, Deps],
+) -> None:
+    client, deps = app
+    life = lifecycle(client, new_user())
+    life.subscribe()
+    pdf = "https://pay.stripe.com/invoice/acct_1/test_1/pdf"
+    failed = life.invoice("in_r_" + life.user, "open", attempt_count=1, amount_due=2000)
+    failed |= {"number": "ACME-0002", "invoice_pdf": pdf}
+    assert life.send("invoice.payment_failed", failed).is_success
+    assert life.subscription_updated({"status": "active"}, status="past_due").is_success
+    page = billing_as(client, deps, life)
+    assert 'id="payment-failed"' in page and "Payment overdue" in page
+    assert 'id="renewal"' not in page and "Next renewal" not in page
+    assert "ACME-0002" in page and f'href="{pdf}"' in page and "Download PDF" in page
+    assert 'id="access-until"' in page
+
+
+def test_billing_page_says_ends_on_and_no_renewal_when_cancellation_is_scheduled(
+    app: tuple[TestClient, Deps],
+) -> None:
+    client, deps = app
+    life = lifecycle(client, new_user())
+    life.subscribe()
+    scheduled = life.subscription_updated(
+        {"cancel_at_period_end": False}, cancel_at_period_end=True, cancel_at=life.period[1]
+    )
+    assert scheduled.is_success
+    page = billing_as(client, deps, life)
+    assert 'id="cancellation-banner"' in page and "Ends on" in page
+    assert "Next renewal" not in page
+
+
+def test_pages_show_no_internal_ids_or_reasons_to_the_user(app: tuple[TestClient, Deps]) -> None:
+    client, deps = app
+    life = lifecycle(client, new_user())
+    sign_in(client, life.user)
+    denied = client.get("/protected-feature")
+    assert denied.status_code == 403 and "Why:" not in denied.text
+    assert "no plan grants" not in denied.text and "It comes with the Pro plan" in denied.text
+    life.subscribe()
+    caught_up(deps, life)
+    allowed = client.get("/protected-feature")
+    assert allowed.status_code == 200 and "your Pro plan" in allowed.text
+    for page in (allowed, client.get("/billing")):
+        visible = re.sub(r"<[^>]+>", " ", page.text)
+        for internal in (life.sub, life.customer, "sub_", "cus_", "price_", "plan pro via"):
+            assert internal not in visible, internal
+
+
+# -- /pricing from the catalog ----------------------------------------------------------
+
+
+def send_catalog(life: Lifecycle, *, yearly: bool = False) -> None:
+    """product.created and price.created for Pro (€19.00 a month, €190.00 a year)."""
+    product = {"id": "prod_pro", "object": "product", "name": "Pro", "active": True,
+               "description": "For teams that ship every day"}  # fmt: skip
+    assert life.send("product.created", product).is_success
+    prices = [("price_pro", 1900, "month", "pro_monthly")]
+    if yearly:
+        prices.append(("price_pro_year", 19000, "year", "pro_yearly"))
+    for price_id, amount, interval, key in prices:
+        price = {"id": price_id, "object": "price", "product": "prod_pro", "active": True,
+                 "unit_amount": amount, "currency": "eur", "type": "recurring",
+                 "recurring": {"interval": interval, "interval_count": 1}, "lookup_key": key}  # fmt: skip
+        assert life.send("price.created", price).is_success
+
+
+def test_pricing_shows_the_catalogs_amount_with_no_stripe_key_and_no_stripe_call(
+    tmp_path: Path,
+) -> None:
+    with client_for(settings_for(sqlite_url(tmp_path), demo_signin=True)) as (client, deps):
+        life = lifecycle(client, new_user())
+        send_catalog(life)
+        caught_up(deps, life)
+        page = client.get("/pricing").text
+    card = page[page.index('id="plan-pro"') :]
+    card = card[: card.index("</section>")]
+    assert "€19.00" in card and "/ month" in card and "For teams that ship every day" in card
+
+
+def test_pricing_page_makes_no_stripe_call_and_offers_a_monthly_yearly_switch(
+    app: tuple[TestClient, Deps], fake_stripe: FakeStripe
+) -> None:
+    client, deps = app
+    life = lifecycle(client, new_user())
+    send_catalog(life, yearly=True)
+    caught_up(deps, life)
+    monthly = client.get("/pricing").text
+    yearly = client.get("/pricing?interval=year").text
+    assert fake_stripe.state.requests == []  # the catalog is the ledger's, not Stripe's
+    assert 'id="interval-switch"' in monthly and "€19.00" in monthly
+    assert "€190.00" in yearly and "/ year" in yearly
+    assert 'id="addons"' in monthly and "Most popular" in monthly

@@ -67,7 +67,9 @@ def test_a_cancellation_whose_event_never_arrived_is_corrected_by_reconcile(
     world.cancel(sub)  # customer.subscription.deleted: never delivered
     lines = reconcile(config)
     assert features_now(config) == ("core",)
-    assert lines[0].startswith("reconcile: observed 1 customers, 1 subscriptions; 1 differ")
+    assert lines[0].startswith(
+        "reconcile: observed 1 customers, 1 prices, 1 products, 1 subscriptions; 1 differ"
+    )
     drift = next(line for line in lines if sub in line)
     assert "status active -> canceled" in drift and "ended_at null -> " in drift
     assert "  u_1: core, pro -> core (-pro)" in lines
@@ -146,7 +148,8 @@ def with_entitlements(upstream: str, lookup_keys: list[str]) -> Iterator[str]:
     def answer(path: str, headers: Mapping[str, str]) -> tuple[int, bytes]:
         if not path.startswith("/v1/entitlements/active_entitlements"):
             auth = {"Authorization": headers["Authorization"]}
-            return 200, httpx.get(upstream + path, headers=auth).content
+            found = httpx.get(upstream + path, headers=auth)
+            return found.status_code, found.content
         customer = parse_qs(urlsplit(path).query)["customer"][0]
         return 200, orjson.dumps(
             {

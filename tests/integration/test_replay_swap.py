@@ -294,7 +294,8 @@ def test_replay_beside_an_idle_transaction_exits_2_in_one_line_naming_the_sessio
             idle.close()
         assert capsys.readouterr().err == (
             "billing-ledger replay: could not swap in 6 attempts: the live tables "
-            "(billing_links, billing_snapshots, billing_current, billing_tracking, billing_skipped) "
+            "(billing_links, billing_snapshots, billing_cards, billing_current, billing_tracking, "
+            "billing_skipped, billing_catalog) "
             "stayed locked for 0.5 s, "
             f"held by pid {pid} (idle in transaction); nothing was changed\n"
         )

@@ -300,10 +300,12 @@ class CommitsWhileApplying(Views):
         self.more = more
         self.appended: int | None = None  # the head once the extra events are committed
 
-    def apply(self, snapshots: Any, after: int, position: int, skipped: Any = ()) -> None:
+    def apply(
+        self, snapshots: Any, after: int, position: int, skipped: Any = (), cards: Any = ()
+    ) -> None:
         if self.appended is None:
             self.appended = append(self.store, self.more)
-        super().apply(snapshots, after, position, skipped)
+        super().apply(snapshots, after, position, skipped, cards)
 
 
 @pytest.mark.parametrize("listen", [False, True])

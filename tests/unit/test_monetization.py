@@ -12,7 +12,7 @@ from billing_ledger.http.billing import (
     link_event_id,
     preferred_customer,
 )
-from billing_ledger.http.pages import day, money, per_interval
+from billing_ledger.http.pages import PriceTag, day, money
 from billing_ledger.http.signin import safe_next, valid_user_id
 from billing_ledger.http.stripe_client import customer_idempotency_key, is_live_key, search_query
 from billing_ledger.ledger.canonical import Link
@@ -125,16 +125,14 @@ def test_checkout_session_creation_livemode_follows_the_api_key() -> None:
 
 def test_billing_page_state_formats_amounts_dates_and_intervals() -> None:
     assert money(2000, "usd") == "$20.00" and money(123456, "eur") == "€1,234.56"
-    assert money(500, "jpy") == "500 JPY" and money(None, "usd") == "—"
+    assert money(500, "jpy") == "¥500" and money(None, "usd") == "—"
+    assert money(1900, "eur", "de_DE") == "19,00\xa0€"  # formatted for the locale (babel)
     assert day(T) == "1 Jan 2026" and day(None) == "—"
-    price = {
-        "unit_amount": 900,
-        "currency": "usd",
-        "recurring": {"interval": "month", "interval_count": 1},
-    }
-    assert per_interval(price) == "$9.00 / month"
-    quarterly = {**price, "recurring": {"interval": "month", "interval_count": 3}}
-    assert per_interval(quarterly) == "$9.00 every 3 months"
+    price = PriceTag("price_1", 900, "usd", "recurring", "month", 1)
+    assert price.text("en") == "$9.00 / month"
+    quarterly = PriceTag("price_1", 900, "usd", "recurring", "month", 3)
+    assert quarterly.text("en") == "$9.00 every 3 months"
+    assert PriceTag("price_2", 19900, "eur", "one_time", None).text("en") == "€199.00 once"
 
 
 @pytest.mark.parametrize(
