@@ -17,7 +17,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from billing_ledger.http.pages import day
+from billing_ledger.http.pages.render import day
 from tests.support.browser import screenshot
 from tests.support.fake_stripe import API_KEY, CARD_DECLINED, FakeStripe
 from tests.support.lifecycle import Lifecycle, httpx_poster

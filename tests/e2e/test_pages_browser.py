@@ -16,7 +16,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from billing_ledger.http.pages import day
+from billing_ledger.http.pages.render import day
 from tests.support.browser import screenshot
 from tests.support.lifecycle import Lifecycle, httpx_poster
 from tests.support.server import Server, free_port

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.testclient import TestClient
 
 from billing_ledger.bootstrap import Deps
-from billing_ledger.http.pages import MAX_CONFIRM_ATTEMPTS
+from billing_ledger.http.pages.render import MAX_CONFIRM_ATTEMPTS
 from billing_ledger.http.signin import use_current_user
 from tests.support.app import client_for, settings_for
 from tests.support.databases import sqlite_url

@@ -12,7 +12,7 @@ from billing_ledger.http.billing import (
     link_event_id,
     preferred_customer,
 )
-from billing_ledger.http.pages import PriceTag, day, money
+from billing_ledger.http.pages.render import PriceTag, day, money
 from billing_ledger.http.signin import safe_next, valid_user_id
 from billing_ledger.http.stripe_client import customer_idempotency_key, is_live_key, search_query
 from billing_ledger.ledger.canonical import Link
