@@ -247,6 +247,15 @@ def parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--at", default=None, help="evaluate at this time: ISO 8601 or Unix seconds (default now)"
     )
+    shape = explain.add_mutually_exclusive_group()
+    shape.add_argument(
+        "--json",
+        action="store_true",
+        help="print the timeline as GET /v1/users/USER_ID/timeline answers it",
+    )
+    shape.add_argument(
+        "--csv", action="store_true", help="print the timeline's entries and upcoming as CSV"
+    )
     verify = _command(sub, "verify", "recompute the hash chain of every stored event (reads only)")
     verify.add_argument(
         "--signatures",
