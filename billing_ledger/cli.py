@@ -143,6 +143,7 @@ ENVIRONMENT = {
     "LEDGER_DEMO_SIGNIN": "true: the demo sign-in on a loopback listener (default false)",
     "LEDGER_NOTIFY_URL": "where each access change is POSTed (default: none)",
     "LEDGER_NOTIFY_SECRET": "signs those POSTs (Ledger-Signature)",
+    "LEDGER_ADMIN_TOKEN": "the operator console's token (default: LEDGER_API_TOKEN)",
 }
 _STORE = ("LEDGER_DATABASE_URL", "LEDGER_PLANS", "LEDGER_LIVEMODE")
 READS = {

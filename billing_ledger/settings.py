@@ -46,6 +46,8 @@ class Settings:
     # Where every change of the feed is POSTed, signed with notify_secret (billing_ledger.notify).
     notify_url: str | None = None
     notify_secret: str | None = field(default=None, repr=False)
+    # The operator console's token (/admin); the /v1 token serves when unset.
+    admin_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -70,6 +72,7 @@ class Settings:
             session_secret=env.get("LEDGER_SESSION_SECRET") or None,
             notify_url=env.get("LEDGER_NOTIFY_URL", "").strip() or None,
             notify_secret=env.get("LEDGER_NOTIFY_SECRET", "").strip() or None,
+            admin_token=env.get("LEDGER_ADMIN_TOKEN", "").strip() or None,
             writer_max_batch=max(
                 1, _integer(env, "LEDGER_WRITER_MAX_BATCH", defaults.writer_max_batch)
             ),

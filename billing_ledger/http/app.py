@@ -53,7 +53,7 @@ def routes() -> list[BaseRoute]:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
-    for module in ("reads", "changes", "sessions", "pages", "openapi"):
+    for module in ("reads", "changes", "sessions", "pages", "openapi", "admin"):
         found += _optional_routes(module)
     return [*found, UNROUTABLE_USER_READ]
 
@@ -129,6 +129,7 @@ def create_app(deps: Deps, *, listen_host: str | None = None) -> Starlette:
         ],
     )
     app.state.demo_sign_in = demo_sign_in_allowed(deps.settings, listen_host)
+    app.state.listen_host = listen_host  # the console without a token: loopback only
     return app
 
 

@@ -97,6 +97,7 @@ class Entry:
     detail: str
     features_before: tuple[str, ...] = ()
     features_after: tuple[str, ...] = ()
+    status: str | None = None  # a subscription's status from here on (the picture's band)
 
     def to_json(self) -> dict[str, Any]:
         """The CONTRACT.md timeline entry."""
@@ -168,10 +169,18 @@ class _Moment:
     attempts: dict[tuple[str, Attempt], Snapshot]  # the event recording each attempt
     found: list[Entry] = field(default_factory=list)
 
-    def add(self, kind: str, detail: str, object_id: str | None, event_id: str | None) -> None:
+    def add(
+        self,
+        kind: str,
+        detail: str,
+        object_id: str | None,
+        event_id: str | None,
+        status: str | None = None,
+    ) -> None:
         chosen = self.index.by_event.get(event_id) if event_id is not None else None
         event_type = chosen.event_type if chosen is not None else None
-        self.found.append(Entry(self.at, event_id, event_type, object_id, kind, detail))
+        entry = Entry(self.at, event_id, event_type, object_id, kind, detail, status=status)
+        self.found.append(entry)
 
 
 def _scheduled(sub: SubscriptionAccess) -> bool:
@@ -202,7 +211,7 @@ def _subscription_entries(
         detail = f"{new.id} {was} -> {new.status}"
         if kind == TRIAL_STARTED and new.trial_end is not None:
             detail += f", trial until {day(new.trial_end)}"
-        add(kind, detail, new.id, new.event_id)
+        add(kind, detail, new.id, new.event_id, new.status)
     if old is not None and (old.plan_ids, old.price_ids) != (new.plan_ids, new.price_ids):
         add(PLAN_CHANGED, f"{new.id} {_plans(old)} -> {_plans(new)}", new.id, new.event_id)
     if _scheduled(new) and (old is None or not _scheduled(old) or old.cancel_at != new.cancel_at):
