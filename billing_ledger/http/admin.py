@@ -33,6 +33,7 @@ from billing_ledger.ledger.user_ids import InvalidUserIdError, checked_user_id
 from billing_ledger.listen import is_loopback
 from billing_ledger.projections.policy import Entitlements, evaluate
 from billing_ledger.projections.timeline import Timeline, timeline
+from billing_ledger.replay.explain import console_path
 
 if TYPE_CHECKING:
     from billing_ledger.bootstrap import Deps
@@ -179,9 +180,7 @@ async def logout(request: Request) -> Response:
 # -- pages ------------------------------------------------------------------------------
 
 
-def user_path(user_id: str) -> str:
-    """The console's page of one user (what replay's dry run prints beside each user)."""
-    return f"/admin/users/{quote(user_id, safe='')}"
+user_path = console_path  # the console's page of one user, as replay prints it
 
 
 @_guarded

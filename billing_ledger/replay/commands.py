@@ -15,7 +15,7 @@ from billing_ledger.projections.plans import Plans, PlansError, load_plans
 from billing_ledger.projections.policy import RULES_VERSION, UserInputs
 from billing_ledger.replay import stripe_api
 from billing_ledger.replay.backfill import Backfill
-from billing_ledger.replay.explain import explain, timeline_csv, timeline_json
+from billing_ledger.replay.explain import console_path, explain, timeline_csv, timeline_json
 from billing_ledger.replay.integrity import announce
 from billing_ledger.replay.rebuild import (
     PlansFile,
@@ -189,7 +189,7 @@ def replay_lines(report: RebuildReport) -> Iterator[str]:
         yield f"rules: {report.rules_before} (recorded by the last replay, or none) -> {RULES_VERSION}"
     if report.users:
         yield "users whose features would change now:"
-        yield from (f"  {change.line()}" for change in report.users)
+        yield from (f"  {change.line()}  {console_path(change.user_id)}" for change in report.users)
     else:
         yield "users whose features would change now: none"
     if report.swapped:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 import orjson
 
@@ -25,6 +26,11 @@ from billing_ledger.projections.policy import (
     evaluate,
 )
 from billing_ledger.projections.timeline import Entry, Upcoming, timeline
+
+
+def console_path(user_id: str) -> str:
+    """The user's page in the operator console (http/admin.py serves it)."""
+    return f"/admin/users/{quote(user_id, safe='')}"
 
 
 def iso(t: int) -> str:
