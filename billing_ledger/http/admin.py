@@ -52,7 +52,7 @@ SECURITY_HEADERS = {
 
 
 def _iso(t: int | float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 @functools.cache

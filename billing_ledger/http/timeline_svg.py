@@ -108,18 +108,27 @@ def timeline_svg(found: Timeline, subscriptions: Iterable[SubscriptionAccess], p
         for start, end in _feature_spans(found, feature, found.at):
             title = f"{feature}: {day(start)} to {day(end)}"
             parts.append(_rect(axis.x(start), axis.x(end), y + 4, ROW - 8, FEATURE_COLOUR, title))
+        kept = _kept_until(found, feature, axis.end)
+        if kept is not None:
+            title = f"{feature} kept until {day(kept)} if no further event arrives"
+            parts.append(
+                _rect(axis.x(found.at), axis.x(kept), y + 4, ROW - 8, FEATURE_COLOUR, title,
+                      fill_opacity="0.3", class_="expected")
+            )  # fmt: skip
         y += ROW
     y += GAP
     for sid in subs:
         mine = [e for e in found.entries if e.object_id == sid]
         parts.append(_label(y, sid))
         parts += _windows(axis, mine, periods.get(sid), plans, y)
-        for start, end, status in _spans(mine, found.at):
+        spans = _spans(mine, found.at)
+        for start, end, status in spans:
             colour = STATUS_COLOURS.get(status, "#495057")
             title = f"{sid} {status}: {day(start)} to {day(end)}"
             parts.append(
                 _rect(axis.x(start), axis.x(end), y + 6, ROW - 12, colour, title, class_="band")
             )
+        parts += _ahead(axis, sid, spans, periods.get(sid), found.at, y)
         y += ROW
     y += GAP
     parts.append(_label(y, "events"))
@@ -139,7 +148,9 @@ def timeline_svg(found: Timeline, subscriptions: Iterable[SubscriptionAccess], p
         )
     y += ROW
     parts += _now_and_axis(axis, found.at, y)
-    height = y + 30
+    y += 34
+    parts += _legend(y)
+    height = y + 24
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
         f'viewBox="0 0 {WIDTH} {height}" role="img" '
@@ -186,18 +197,79 @@ def _windows(
     return found
 
 
+def _kept_until(found: Timeline, feature: str, end: int) -> int | None:
+    """How long the user keeps `feature` after `at` if no further event arrives (`end`:
+    past the picture's edge)."""
+    if feature not in found.features:
+        return None
+    for u in found.upcoming:
+        if u.features_after is not None and feature not in u.features_after:
+            return u.at
+    return end
+
+
+def _ahead(
+    axis: _Axis,
+    sid: str,
+    spans: list[tuple[int, int, str]],
+    sub: SubscriptionAccess | None,
+    now: int,
+    y: float,
+) -> list[str]:
+    """The current status, faded, from `at` to the period's end: what it is paid up to."""
+    if not spans or sub is None or sub.current_period_end is None:
+        return []
+    status = spans[-1][2]
+    end = sub.current_period_end
+    if status not in ("active", "trialing", "past_due") or end <= now:
+        return []
+    colour = STATUS_COLOURS.get(status, "#495057")
+    title = f"{sid} {status} until the period ends, {day(end)}"
+    return [
+        _rect(axis.x(now), axis.x(end), y + 6, ROW - 12, colour, title,
+              fill_opacity="0.3", class_="expected")
+    ]  # fmt: skip
+
+
+_LEGEND = (
+    ("active", STATUS_COLOURS["active"]),
+    ("trialing", STATUS_COLOURS["trialing"]),
+    ("past_due", STATUS_COLOURS["past_due"]),
+    ("canceled", STATUS_COLOURS["canceled"]),
+    ("grace window", GRACE_COLOUR),
+    ("period-end leeway", LEEWAY_COLOUR),
+)
+
+
+def _legend(y: float) -> list[str]:
+    parts: list[str] = []
+    x = float(LEFT)
+    for name, colour in _LEGEND:
+        parts.append(f'<rect x="{x}" y="{y}" width="14" height="10" fill="{colour}"/>')
+        parts.append(f'<text x="{x + 18}" y="{y + 9}" class="axis">{_text(name)}</text>')
+        x += 30 + 7 * len(name)
+    parts.append(
+        f'<line x1="{x}" y1="{y - 2}" x2="{x}" y2="{y + 12}" stroke="#c92a2a" '
+        'stroke-dasharray="4 3"/>'
+    )
+    parts.append(f'<text x="{x + 6}" y="{y + 9}" class="axis">upcoming rule</text>')
+    return parts
+
+
 def _now_and_axis(axis: _Axis, now: int, y: float) -> list[str]:
     x = axis.x(now)
     marks = [
         f'<line x1="{LEFT}" y1="{y + 4}" x2="{WIDTH - RIGHT}" y2="{y + 4}" stroke="#adb5bd"/>',
         f'<line x1="{x}" y1="20" x2="{x}" y2="{y + 4}" stroke="#1c2330" stroke-width="1" '
-        'class="now"><title>now</title></line>',
+        'class="now"><title>at</title></line>',
+        f'<text x="{x}" y="16" text-anchor="middle" class="axis">{_text(day(now))}</text>',
     ]
     steps = 6
     for i in range(steps + 1):
         t = axis.start + (axis.end - axis.start) * i // steps
+        anchor = "start" if i == 0 else "end" if i == steps else "middle"
         marks.append(
-            f'<text x="{axis.x(t)}" y="{y + 20}" text-anchor="middle" class="axis">'
+            f'<text x="{axis.x(t)}" y="{y + 20}" text-anchor="{anchor}" class="axis">'
             f"{_text(day(t))}</text>"
         )
     return marks
