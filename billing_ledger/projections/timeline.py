@@ -167,6 +167,7 @@ class _Moment:
     index: _Index
     previous_at: int | None  # the evaluation before this one
     attempts: dict[tuple[str, Attempt], Snapshot]  # the event recording each attempt
+    announced: set[tuple[str, int]]  # trials (subscription, trial_end) already near their end
     found: list[Entry] = field(default_factory=list)
 
     def add(
@@ -248,6 +249,9 @@ def _invoice_entries(moment: _Moment, old: Folded | None, new: Folded) -> None:
     fresh = [a for a in new.attempts if a not in seen]
     for attempt in fresh:
         carrier = moment.attempts.get((inv.id, attempt))
+        earlier = moment.previous_at is not None and carrier is not None
+        if earlier and carrier is not None and carrier.created <= (moment.previous_at or 0):
+            continue  # made before the customer was the user's: not the user's history
         event_id = carrier.event_id if carrier is not None else new.chosen.event_id
         if attempt.outcome == FAILED:
             detail = f"{inv.id} ({_amount(inv)}): payment attempt {attempt.number} failed"
@@ -274,11 +278,16 @@ def _customer_entries(moment: _Moment, old: Folded | None, new: Folded) -> None:
 def _link_entries(moment: _Moment, before: Entitlements | None, now: Entitlements) -> None:
     """Customers the user gained or lost, with the evidence of each."""
     known = set(before.customer_ids if before else ())
-    rows = sorted(moment.index.inputs.links, key=lambda r: (r.created, r.event_id))
     for cid in (c for c in now.customer_ids if c not in known):
-        row = next(r for r in reversed(rows) if r.customer_id == cid and r.created <= moment.at)
-        detail = f"{cid} linked to {row.user_id} via {row.via}"
-        moment.add(LINK, detail, cid, row.event_id)
+        rows = [r for r in moment.index.inputs.links if r.customer_id == cid]
+        row = max(
+            (r for r in rows if r.created <= moment.at),
+            key=lambda r: (r.created, r.event_id),
+            default=None,
+        )
+        via = f" via {row.via}" if row is not None else ""
+        event_id = row.event_id if row is not None else None
+        moment.add(LINK, f"{cid} linked to {now.user_id}{via}", cid, event_id)
     for cid in sorted(known - set(now.customer_ids)):
         carrier = next(
             (
@@ -304,32 +313,34 @@ def _rule_entries(moment: _Moment, before: Entitlements | None, now: Entitlement
             moment.add(RULE, f"{sub.until_rule} for {sub.id}", sub.id, None)
 
 
-def _trial_ending(sub: SubscriptionAccess | None, at: int | None) -> bool:
+def _trial_ending(sub: SubscriptionAccess, at: int) -> bool:
+    """The policy's trial_ending warning holds at `at` (policy._trial_ending)."""
     return (
-        sub is not None
-        and at is not None
-        and sub.status == "trialing"
+        sub.status == "trialing"
         and sub.trial_end is not None
         and sub.trial_end - at < TRIAL_ENDING_WINDOW
     )
 
 
-def _trial_entries(moment: _Moment, before: Entitlements | None, now: Entitlements) -> None:
-    """A trial that came within its ending window (Stripe's trial_will_end, or the rule)."""
-    earlier = {s.id: s for s in (before.subscriptions if before else ())}
+_TRIAL_NOTICE = "customer.subscription.trial_will_end"  # Stripe's, three days before the end
+
+
+def _trial_entries(moment: _Moment, now: Entitlements) -> None:
+    """A trial near its end, once per trial: Stripe's notice, or the warning beginning."""
+    notices = {
+        s.object_id: s.event_id
+        for s in moment.index.by_created.get(moment.at, ())
+        if s.event_type == _TRIAL_NOTICE
+    }
     for sub in now.subscriptions:
-        if not _trial_ending(sub, moment.at) or _trial_ending(
-            earlier.get(sub.id), moment.previous_at
-        ):
+        if sub.status != "trialing" or sub.trial_end is None:
             continue
-        assert sub.trial_end is not None
-        notices = (
-            s.event_id
-            for s in moment.index.by_created.get(moment.at, ())
-            if s.object_id == sub.id and s.event_type == "customer.subscription.trial_will_end"
-        )
-        detail = f"{sub.id}'s trial ends on {day(sub.trial_end)}"
-        moment.add(TRIAL_ENDING, detail, sub.id, next(notices, None))
+        if (sub.id, sub.trial_end) in moment.announced:
+            continue
+        if sub.id in notices or _trial_ending(sub, moment.at):
+            moment.announced.add((sub.id, sub.trial_end))
+            detail = f"{sub.id}'s trial ends on {day(sub.trial_end)}"
+            moment.add(TRIAL_ENDING, detail, sub.id, notices.get(sub.id))
 
 
 # Entries read off an object's new fold, by snapshot kind. One-time purchases add theirs
@@ -354,17 +365,18 @@ class _Walk:
         self.previous_at: int | None = None
         self.folds: dict[tuple[str, str], Folded] = {}
         self.features = plans.default_features()
+        self.announced: set[tuple[str, int]] = set()
 
     def step(self, at: int) -> list[Entry]:
         """Evaluate at `at` (no earlier than the last step); the entries of this moment."""
         now, moved = self.evaluate(at)
-        moment = _Moment(at, self.index, self.previous_at, self.attempts)
+        moment = _Moment(at, self.index, self.previous_at, self.attempts, self.announced)
         before = self.before
         _link_entries(moment, before, now)
         earlier = {s.id: s for s in (before.subscriptions if before else ())}
         for sub in now.subscriptions:
             _subscription_entries(moment, earlier.get(sub.id), sub)
-        _trial_entries(moment, before, now)
+        _trial_entries(moment, now)
         for folded in sorted(moved, key=lambda f: (f.chosen.kind, f.chosen.object_id)):
             key = (folded.chosen.kind, folded.chosen.object_id)
             old = self.folds.get(key)
@@ -429,13 +441,11 @@ def _until(inputs: UserInputs, until: int) -> UserInputs:
 
 
 def _trial_times(now: Entitlements, until: int) -> list[int]:
-    """When each trial enters its ending window: the warning starts then."""
+    """When each trial enters its ending window: the warning holds from then on."""
     return [
-        s.trial_end - TRIAL_ENDING_WINDOW
+        s.trial_end - TRIAL_ENDING_WINDOW + 1
         for s in now.subscriptions
-        if s.status == "trialing"
-        and s.trial_end is not None
-        and s.trial_end - TRIAL_ENDING_WINDOW <= until
+        if s.status == "trialing" and s.trial_end is not None
     ]
 
 

@@ -219,6 +219,8 @@ def _explain(args: argparse.Namespace, settings: Settings, out: Print) -> int:
     at = parse_time(args.at, "--at") if args.at else int(time.time())
     if not args.user_id.strip():
         raise BadInputError("USER_ID must not be empty")
+    if args.feature and (getattr(args, "json", False) or getattr(args, "csv", False)):
+        raise BadInputError("--feature shapes the words only: --json and --csv print it all")
     known_feature(args.feature, settings)  # before opening anything
     with _deps(settings, "explain") as deps:
         # The views may lag when no runner is serving: answer from every stored event.

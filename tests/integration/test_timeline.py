@@ -125,3 +125,14 @@ def test_the_timeline_needs_the_token_and_a_readable_at(served: tuple[Ledger, Se
     ledger.get(f"/v1/users/{USER}/timeline", status=400, at="next week")
     unseen = ledger.get("/v1/users/u_nobody/timeline")
     assert unseen == {"entries": [], "upcoming": []}
+
+
+def test_explain_refuses_a_feature_with_json_in_one_line(
+    served: tuple[Ledger, Settings], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, settings = served
+    args = argparse.Namespace(user_id=USER, feature="pro", at=None, json=True, csv=False)
+    assert cmd_explain(args, settings) == 2
+    assert capsys.readouterr().err == (
+        "billing-ledger explain: --feature shapes the words only: --json and --csv print it all\n"
+    )

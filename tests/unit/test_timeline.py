@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from billing_ledger.demo import USER, lifecycle
 from billing_ledger.projections.history import changes
 from billing_ledger.projections.timeline import KINDS, timeline
-from tests.unit.builders import DAY, example_plans, inputs
+from tests.unit.builders import (
+    DAY,
+    checkout_session,
+    customer,
+    event,
+    example_plans,
+    inputs,
+    sub_event,
+    summary_event,
+)
 
 T = 1767225600
 M = 30 * DAY
@@ -68,3 +80,129 @@ def test_a_user_the_ledger_never_saw_has_an_empty_timeline() -> None:
 def test_every_kind_is_one_of_the_contracts() -> None:
     assert {kind for kind, _ in _kinds(T + 70 * DAY)} <= set(KINDS)
     assert len(KINDS) == 12
+
+
+def _entries(events: list[dict[str, object]], at: int) -> list[tuple[str, str | None, str]]:
+    found = timeline(inputs("u_1", events), example_plans(), at)
+    return [(e.kind, e.event_id, e.detail) for e in found.entries]
+
+
+def _checkout() -> dict[str, object]:
+    return event("checkout.session.completed", checkout_session(), id="evt_checkout", created=T)
+
+
+def test_a_trial_starts_nears_its_end_then_converts() -> None:
+    trial = (T, T + 14 * DAY)
+    events = [
+        _checkout(),
+        sub_event("created", "evt_trial", T, status="trialing", trial=trial),
+        sub_event(
+            "updated",
+            "evt_paid",
+            T + 14 * DAY,
+            {"status": "trialing"},
+            period=(T + 14 * DAY, T + 44 * DAY),
+        ),
+    ]
+    assert _entries(events, T + 20 * DAY)[1:] == [
+        ("trial_started", "evt_trial", "sub_1 unseen -> trialing, trial until 15 Jan 2026"),
+        ("trial_ending", None, "sub_1's trial ends on 15 Jan 2026"),
+        ("subscription_status", "evt_paid", "sub_1 trialing -> active"),
+    ]
+    ending = timeline(inputs("u_1", events), example_plans(), T + 12 * DAY).entries[-1]
+    assert ending.at == T + 11 * DAY + 1  # the warning holds under three days from the end
+
+
+def test_a_trial_ahead_is_upcoming() -> None:
+    events = [
+        _checkout(),
+        sub_event("created", "evt_trial", T, status="trialing", trial=(T, T + 14 * DAY)),
+    ]
+    found = timeline(inputs("u_1", events), example_plans(), T + DAY)
+    assert found.upcoming[0].to_json() == {
+        "at": T + 14 * DAY,
+        "kind": "trial_ending",
+        "detail": "sub_1's trial ends on 15 Jan 2026",
+    }
+    assert found.upcoming[1].kind == "rule"  # the period's end, after the trial's
+
+
+def test_stripes_trial_notice_is_the_trial_ending_entry_once() -> None:
+    trial = (T, T + 14 * DAY)
+    notice = sub_event("trial_will_end", "evt_notice", T + 11 * DAY, status="trialing", trial=trial)
+    events = [_checkout(), sub_event("created", "evt_trial", T, status="trialing", trial=trial)]
+    entries = _entries([*events, notice], T + 12 * DAY)
+    assert [e for e in entries if e[0] == "trial_ending"] == [
+        ("trial_ending", "evt_notice", "sub_1's trial ends on 15 Jan 2026")
+    ]
+
+
+def test_a_plan_change_and_a_withdrawn_cancellation_are_named() -> None:
+    events = [
+        _checkout(),
+        sub_event("created", "evt_created", T, prices=("price_basic",)),
+        sub_event("updated", "evt_upgrade", T + DAY, {"items": {}}, prices=("price_pro",)),
+        sub_event(
+            "updated",
+            "evt_cancel",
+            T + 2 * DAY,
+            {"cancel_at_period_end": False},
+            cancel_at_period_end=True,
+        ),
+        sub_event("updated", "evt_keep", T + 3 * DAY, {"cancel_at_period_end": True}),
+    ]
+    found = timeline(inputs("u_1", events), example_plans(), T + 4 * DAY)
+    assert [(e.kind, e.event_id, e.detail) for e in found.entries[2:]] == [
+        ("plan_changed", "evt_upgrade", "sub_1 basic -> pro"),
+        ("cancellation_scheduled", "evt_cancel", "sub_1 cancels on 31 Jan 2026"),
+        ("cancellation_unscheduled", "evt_keep", "sub_1 no longer cancels"),
+    ]
+    upgrade = found.entries[2]
+    assert (upgrade.features_before, upgrade.features_after) == (("core",), ("core", "pro"))
+
+
+def test_a_deleted_customer_and_a_moved_one_are_link_entries() -> None:
+    events = [
+        _checkout(),
+        sub_event("created", "evt_created", T),
+        event("customer.deleted", customer(deleted=True), id="evt_gone", created=T + DAY),
+    ]
+    found = timeline(inputs("u_1", events), example_plans(), T + 2 * DAY)
+    last = found.entries[-1]
+    assert (last.kind, last.event_id, last.object_id) == ("link", "evt_gone", "cus_1")
+    assert (last.features_before, last.features_after) == (("core", "pro"), ("core",))
+    moved = [
+        event("customer.created", customer(app_user_id="u_1"), id="evt_named", created=T),
+        sub_event("created", "evt_created", T),
+        event(
+            "customer.updated",
+            customer(app_user_id="u_2"),
+            id="evt_moved",
+            created=T + DAY,
+            previous={"metadata": {"app_user_id": "u_1"}},
+        ),
+    ]
+    entries = _entries(moved, T + 2 * DAY)
+    assert entries[-1] == ("link", "evt_moved", "cus_1 moved to u_2")
+
+
+def test_a_summary_that_changes_the_features_is_credited_with_its_own_entry() -> None:
+    events = [
+        _checkout(),
+        sub_event("created", "evt_created", T),
+        summary_event("evt_summary", T + DAY, "core"),
+    ]
+    found = timeline(inputs("u_1", events), example_plans(), T + 2 * DAY)
+    last = found.entries[-1]
+    assert (last.kind, last.event_id) == ("plan_changed", "evt_summary")
+    assert last.features_after == ("core",)
+
+
+@given(data=st.data())
+@settings(max_examples=30, deadline=None)
+def test_the_timeline_does_not_depend_on_the_order_events_arrive_in(data: st.DataObject) -> None:
+    events = lifecycle(T)
+    shuffled = data.draw(st.permutations(events))
+    for at in (PAST_DUE, AFTER_SCHEDULE, T + 70 * DAY):
+        expected = timeline(inputs(USER, events), example_plans(), at)
+        assert timeline(inputs(USER, shuffled), example_plans(), at) == expected
