@@ -128,10 +128,10 @@ def _guarded(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except (BadParameterError, InvalidUserIdError) as e:
-            return _render(request, "search", 400, error=str(e), users=[], title="error")
+            return _render(request, "error", 400, error=str(e), title="error")
         except StorageError:
             message = "the ledger's storage is unavailable"
-            return _render(request, "search", 503, error=message, users=[], title="error")
+            return _render(request, "error", 503, error=message, title="error")
 
     guarded.__name__ = handler.__name__
     guarded.__doc__ = handler.__doc__
@@ -314,7 +314,7 @@ async def event_page(request: Request) -> Response:
     versions = await run_in_threadpool(_deps(request).store.versions, event_id)
     if not versions:
         message = f"No event {event_id} is stored."
-        return _render(request, "search", 404, title="unknown event", error=message, users=[])
+        return _render(request, "error", 404, title="unknown event", error=message)
     first = versions[0]
     shown = [
         {

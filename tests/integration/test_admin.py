@@ -192,3 +192,13 @@ def test_the_event_page_shows_the_stored_body_and_its_alternates(
     assert orjson.dumps(original["id"]).decode() in page.text.replace("&#34;", '"')
     unknown = client.get("/admin/events/evt_nowhere")
     assert unknown.status_code == 404
+
+
+def test_a_bad_time_or_search_is_refused_in_words(console: tuple[TestClient, Ledger]) -> None:
+    client = _signed_in(console[0])
+    bad = client.get(f"/admin/users/{USER}", params={"at": "soon"})
+    assert bad.status_code == 400 and "at: expected Unix seconds or ISO 8601" in bad.text
+    long = client.get("/admin/search", params={"q": "x" * 300})
+    assert long.status_code == 400 and "search: expected 1 to 255 characters" in long.text
+    unknown = client.get("/admin/events/evt_nowhere")
+    assert "No event evt_nowhere is stored." in unknown.text
