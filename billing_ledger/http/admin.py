@@ -316,6 +316,7 @@ async def event_page(request: Request) -> Response:
         message = f"No event {event_id} is stored."
         return _render(request, "error", 404, title="unknown event", error=message)
     first = versions[0]
+    users = await run_in_threadpool(_event_users, _deps(request), first.payload())
     shown = [
         {
             "version": v.version,
@@ -335,7 +336,27 @@ async def event_page(request: Request) -> Response:
         "position": first.position,
         "source": first.source,
     }
-    return _render(request, "event", title=first.event_id, event=event, versions=shown)
+    linked = [{"id": u, "href": user_path(u)} for u in users]
+    return _render(
+        request, "event", title=first.event_id, event=event, versions=shown, users=linked
+    )
+
+
+def _event_users(deps: Deps, payload: dict[str, Any]) -> list[str]:
+    """The users of the customer the event's object belongs to (or is)."""
+    data = payload.get("data")
+    found = data.get("object") if isinstance(data, dict) else None
+    if not isinstance(found, dict):
+        return []
+    customer = found.get("customer")
+    if isinstance(customer, dict):  # an expanded customer
+        customer = customer.get("id")
+    if customer is None and found.get("object") == "customer":
+        customer = found.get("id")
+    if not isinstance(customer, str) or not customer or len(customer) > MAX_QUERY:
+        return []
+    users: list[str] = deps.views.users_of(customer)
+    return users
 
 
 ROUTES = [

@@ -189,6 +189,7 @@ def test_the_event_page_shows_the_stored_body_and_its_alternates(
     assert page.status_code == 200
     assert "Stored body (canonical)" in page.text and "Alternate 1" in page.text
     assert "2025-01-27.acacia" in page.text
+    assert f'<a href="/admin/users/{USER}">{USER}</a>' in page.text
     assert orjson.dumps(original["id"]).decode() in page.text.replace("&#34;", '"')
     unknown = client.get("/admin/events/evt_nowhere")
     assert unknown.status_code == 404
