@@ -495,10 +495,13 @@ def _upcoming(walk: _Walk, now: Entitlements, until: int) -> tuple[Upcoming, ...
         }
     )
     features = now.features
+    cancelling = {s.id for s in now.subscriptions if _scheduled(s)}
     for at, sid, rule in ends:
         then, _ = walk.evaluate(at)
         lost = sorted(set(features) - set(then.features))
         where, unless = _RULE_WORDS.get(rule, (f"when {rule}", ""))
+        if rule == RULE_PERIOD_END and sid in cancelling:
+            unless = "unless the cancellation is withdrawn"  # it will not renew by itself
         if lost:
             detail = f"loses {_names(lost)} {where}, {day(at)}"
         else:

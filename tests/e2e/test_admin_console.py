@@ -85,7 +85,7 @@ def test_the_console_finds_a_customers_user_and_draws_their_timeline(
     )
     assert page.get_by_role("cell", name="payment_failed", exact=True).count() == 1
     assert page.locator("a[href='/admin/events/evt_demo_04']").count() == 1
-    assert page.locator("td", has_text="unless renewed").count() == 1
+    assert page.locator("td", has_text="unless the cancellation is withdrawn").count() == 1
     screenshot(page, "admin-timeline")
     page.click("a[href='/admin/events/evt_demo_04']")
     page.wait_for_url(f"{ledger.url}/admin/events/evt_demo_04")

@@ -158,7 +158,7 @@ def test_explain_at_a_time_shows_the_state_then_and_the_changes_until_then(
     assert "upcoming, if no further event arrives:" in lines
     assert (
         f"  {iso(ENDED + 2 * DAY)}  {'rule':<24} loses pro at the period end (with leeway), "
-        "4 Mar 2026, unless renewed (sub_1)"
+        "4 Mar 2026, unless the cancellation is withdrawn (sub_1)"
     ) in lines
     assert (
         f"  sub_1 (cus_1, price_pro): active, grants {{core, pro}} until {iso(ENDED + 2 * DAY)}"

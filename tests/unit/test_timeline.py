@@ -159,6 +159,9 @@ def test_a_plan_change_and_a_withdrawn_cancellation_are_named() -> None:
     ]
     upgrade = found.entries[2]
     assert (upgrade.features_before, upgrade.features_after) == (("core",), ("core", "pro"))
+    assert [u.detail for u in found.upcoming] == [
+        "loses pro at the period end (with leeway), 2 Feb 2026, unless renewed (sub_1)"
+    ]
 
 
 def test_a_deleted_customer_and_a_moved_one_are_link_entries() -> None:
