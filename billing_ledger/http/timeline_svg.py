@@ -98,40 +98,76 @@ def _label(y: float, text: str) -> str:
 def timeline_svg(found: Timeline, subscriptions: Iterable[SubscriptionAccess], plans: Plans) -> str:
     """The picture of one user's timeline, as an SVG document."""
     axis = _axis(found)
-    features = sorted({f for e in found.entries for f in e.features_after} | set(found.features))
-    subs = sorted({e.object_id for e in found.entries if e.status is not None and e.object_id})
     periods = {s.id: s for s in subscriptions}
     parts: list[str] = []
     y = 30.0
-    for feature in features:
-        parts.append(_label(y, f"feature {feature}"))
-        for start, end in _feature_spans(found, feature, found.at):
-            title = f"{feature}: {day(start)} to {day(end)}"
-            parts.append(_rect(axis.x(start), axis.x(end), y + 4, ROW - 8, FEATURE_COLOUR, title))
-        kept = _kept_until(found, feature, axis.end)
-        if kept is not None:
-            title = f"{feature} kept until {day(kept)} if no further event arrives"
-            parts.append(
-                _rect(axis.x(found.at), axis.x(kept), y + 4, ROW - 8, FEATURE_COLOUR, title,
-                      fill_opacity="0.3", class_="expected")
-            )  # fmt: skip
+    for feature in sorted({f for e in found.entries for f in e.features_after} | {*found.features}):
+        parts += _feature_row(axis, found, feature, y)
         y += ROW
     y += GAP
-    for sid in subs:
-        mine = [e for e in found.entries if e.object_id == sid]
-        parts.append(_label(y, sid))
-        parts += _windows(axis, mine, periods.get(sid), plans, y)
-        spans = _spans(mine, found.at)
-        for start, end, status in spans:
-            colour = STATUS_COLOURS.get(status, "#495057")
-            title = f"{sid} {status}: {day(start)} to {day(end)}"
-            parts.append(
-                _rect(axis.x(start), axis.x(end), y + 6, ROW - 12, colour, title, class_="band")
-            )
-        parts += _ahead(axis, sid, spans, periods.get(sid), found.at, y)
+    for sid in sorted({e.object_id for e in found.entries if e.status and e.object_id}):
+        parts += _subscription_row(axis, found, sid, periods.get(sid), plans, y)
         y += ROW
     y += GAP
-    parts.append(_label(y, "events"))
+    parts += _event_row(axis, found, y)
+    y += ROW
+    parts += _now_and_axis(axis, found.at, y)
+    parts += _legend(y + 34)
+    return _document(found.user_id, parts, y + 58)
+
+
+def _document(user_id: str, parts: list[str], height: float) -> str:
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+        f'viewBox="0 0 {WIDTH} {height}" role="img" '
+        f'aria-label="{_text("timeline of " + user_id)}">'
+        "<style>.label{font:12px system-ui,sans-serif;fill:#1c2330}"
+        ".axis{font:11px system-ui,sans-serif;fill:#5d6878}</style>"
+        f'<rect width="{WIDTH}" height="{height}" fill="#ffffff"/>'
+        f'<text x="8" y="16" class="label">{_text(user_id)}</text>' + "".join(parts) + "</svg>"
+    )
+
+
+def _feature_row(axis: _Axis, found: Timeline, feature: str, y: float) -> list[str]:
+    """When the user held one feature, and, faded, how long they keep it."""
+    parts = [_label(y, f"feature {feature}")]
+    for start, end in _feature_spans(found, feature, found.at):
+        title = f"{feature}: {day(start)} to {day(end)}"
+        parts.append(_rect(axis.x(start), axis.x(end), y + 4, ROW - 8, FEATURE_COLOUR, title))
+    kept = _kept_until(found, feature, axis.end)
+    if kept is not None:
+        title = f"{feature} kept until {day(kept)} if no further event arrives"
+        parts.append(
+            _rect(axis.x(found.at), axis.x(kept), y + 4, ROW - 8, FEATURE_COLOUR, title,
+                  fill_opacity="0.3", class_="expected")
+        )  # fmt: skip
+    return parts
+
+
+def _subscription_row(
+    axis: _Axis,
+    found: Timeline,
+    sid: str,
+    sub: SubscriptionAccess | None,
+    plans: Plans,
+    y: float,
+) -> list[str]:
+    """One subscription's band, coloured by status, over its shaded windows."""
+    mine = [e for e in found.entries if e.object_id == sid]
+    parts = [_label(y, sid), *_windows(axis, mine, sub, plans, y)]
+    spans = _spans(mine, found.at)
+    for start, end, status in spans:
+        colour = STATUS_COLOURS.get(status, "#495057")
+        title = f"{sid} {status}: {day(start)} to {day(end)}"
+        parts.append(
+            _rect(axis.x(start), axis.x(end), y + 6, ROW - 12, colour, title, class_="band")
+        )
+    return parts + _ahead(axis, sid, spans, sub, found.at, y)
+
+
+def _event_row(axis: _Axis, found: Timeline, y: float) -> list[str]:
+    """A tick per entry (red: a failed payment or a rule), a dashed line per upcoming one."""
+    parts = [_label(y, "events")]
     for e in found.entries:
         x = axis.x(e.at)
         title = f"{day(e.at)} {e.kind}: {e.detail} [{e.event_id or 'rule'}]"
@@ -146,22 +182,7 @@ def timeline_svg(found: Timeline, subscriptions: Iterable[SubscriptionAccess], p
             f'<line x1="{x}" y1="20" x2="{x}" y2="{y + ROW}" stroke="#c92a2a" '
             f'stroke-dasharray="4 3" class="upcoming"><title>{_text(u.detail)}</title></line>'
         )
-    y += ROW
-    parts += _now_and_axis(axis, found.at, y)
-    y += 34
-    parts += _legend(y)
-    height = y + 24
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
-        f'viewBox="0 0 {WIDTH} {height}" role="img" '
-        f'aria-label="{_text("timeline of " + found.user_id)}">'
-        "<style>.label{font:12px system-ui,sans-serif;fill:#1c2330}"
-        ".axis{font:11px system-ui,sans-serif;fill:#5d6878}</style>"
-        f'<rect width="{WIDTH}" height="{height}" fill="#ffffff"/>'
-        f'<text x="8" y="16" class="label">{_text(found.user_id)}</text>'
-        + "".join(parts)
-        + "</svg>"
-    )
+    return parts
 
 
 def _windows(
