@@ -32,6 +32,7 @@ from billing_ledger.projections.fold import (
     attempt_of,
 )
 from billing_ledger.projections.history import (
+    _Cause,
     _cause,
     _evaluator,
     _event_times,
@@ -399,7 +400,7 @@ class _Walk:
         cause = None
         if after != was:
             cause = _cause(self.index, before, now, moved, moment.at)
-            credited = next((i for i, e in enumerate(found) if e.event_id == cause.event_id), None)
+            credited = next((i for i, e in enumerate(found) if _credits(e, cause)), None)
             if credited is None:
                 moment.add(
                     _cause_kind(cause.event_id),
@@ -418,6 +419,13 @@ class _Walk:
             )
             for i, e in enumerate(found)
         ]
+
+
+def _credits(entry: Entry, cause: _Cause) -> bool:
+    """Whether history's cause of a change of features is this entry's."""
+    if cause.event_id is None:  # a rule: the entry of the rule, not one merely without event
+        return entry.kind == RULE
+    return entry.event_id == cause.event_id
 
 
 def _cause_kind(event_id: str | None) -> str:
@@ -440,7 +448,7 @@ def _until(inputs: UserInputs, until: int) -> UserInputs:
     )
 
 
-def _trial_times(now: Entitlements, until: int) -> list[int]:
+def _trial_times(now: Entitlements) -> list[int]:
     """When each trial enters its ending window: the warning holds from then on."""
     return [
         s.trial_end - TRIAL_ENDING_WINDOW + 1
@@ -466,7 +474,7 @@ def timeline(inputs: UserInputs, plans: Plans, until: int) -> Timeline:
         entries += walk.step(at)
         now = walk.before
         assert now is not None
-        for t in [s.access_until for s in now.subscriptions] + _trial_times(now, until):
+        for t in [s.access_until for s in now.subscriptions] + _trial_times(now):
             if t is not None and at < t <= until:
                 heapq.heappush(pending, t)  # a grant ends, or a trial nears its end, then
     now = walk.before

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from billing_ledger.demo import USER, lifecycle
@@ -18,6 +18,7 @@ from tests.unit.builders import (
     sub_event,
     summary_event,
 )
+from tests.unit.test_order_independence import PLANS, USERS, ledgers
 
 T = 1767225600
 M = 30 * DAY
@@ -209,3 +210,25 @@ def test_the_timeline_does_not_depend_on_the_order_events_arrive_in(data: st.Dat
     for at in (PAST_DUE, AFTER_SCHEDULE, T + 70 * DAY):
         expected = timeline(inputs(USER, events), example_plans(), at)
         assert timeline(inputs(USER, shuffled), example_plans(), at) == expected
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_the_changes_of_features_are_historys_whatever_the_ledger_and_its_order(
+    data: st.DataObject,
+) -> None:
+    events = data.draw(ledgers())
+    shuffled = data.draw(st.permutations(events))
+    until = T + 2 * M
+    for user in USERS:
+        mine = inputs(user, events)
+        found = timeline(mine, PLANS, until)
+        moved = [
+            (e.at, e.event_id, e.features_before, e.features_after)
+            for e in found.entries
+            if e.features_before != e.features_after
+        ]
+        history = changes(mine, PLANS, until)
+        assert moved == [(c.at, c.event_id, c.features_before, c.features_after) for c in history]
+        assert all(e.kind in KINDS for e in found.entries)
+        assert timeline(inputs(user, shuffled), PLANS, until) == found
