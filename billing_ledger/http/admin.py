@@ -285,6 +285,7 @@ async def user_page(request: Request) -> Response:
         entries=entries,
         upcoming=upcoming,
         svg_href=svg,
+        unseen=not found.entries and not now.customer_ids,
     )
 
 

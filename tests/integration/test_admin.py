@@ -131,6 +131,9 @@ def test_search_finds_users_by_customer_and_subscription_and_opens_events(
     assert found.headers["location"] == "/admin/events/evt_demo_04"
     user = client.get("/admin/search", params={"q": USER}, follow_redirects=False)
     assert user.headers["location"] == f"/admin/users/{USER}"
+    stranger = client.get("/admin/search", params={"q": "u_stranger"})  # redirects there
+    assert "The ledger has never seen u_stranger" in stranger.text
+    assert "The ledger has never seen" not in client.get(f"/admin/users/{USER}").text
     nothing = client.get("/admin/search", params={"q": "evt_nowhere"})
     assert "Nothing stored matches evt_nowhere" in nothing.text
 
