@@ -141,6 +141,7 @@ ENVIRONMENT = {
     "LEDGER_DEMO_SIGNIN": "true: the demo sign-in on a loopback listener (default false)",
     "LEDGER_NOTIFY_URL": "where each access change is POSTed (default: none)",
     "LEDGER_NOTIFY_SECRET": "signs those POSTs (Ledger-Signature)",
+    "LEDGER_ADMIN_TOKEN": "the operator console's token (default: LEDGER_API_TOKEN)",
 }
 _STORE = ("LEDGER_DATABASE_URL", "LEDGER_PLANS", "LEDGER_LIVEMODE")
 READS = {
@@ -261,6 +262,18 @@ COMMAND_LINE: dict[str, tuple[str, tuple[tuple[tuple[str, ...], dict[str, Any]],
                 default=None,
                 help="evaluate at this time: ISO 8601 or Unix seconds (default now)",
             ),
+            _option(
+                "--json",
+                action="store_true",
+                exclusive="shape",
+                help="print the timeline as GET /v1/users/USER_ID/timeline answers it",
+            ),
+            _option(
+                "--csv",
+                action="store_true",
+                exclusive="shape",
+                help="print the timeline's entries and upcoming as CSV",
+            ),
         ),
     ),
     "verify": (
@@ -324,8 +337,14 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (text, options) in COMMAND_LINE.items():
         command = _command(sub, name, text)
+        groups: dict[str, Any] = {}
         for flags, spec in options:
-            command.add_argument(*flags, **spec)
+            # `exclusive`: options of one name that may not be given together.
+            exclusive = spec.get("exclusive")
+            if exclusive and exclusive not in groups:
+                groups[exclusive] = command.add_mutually_exclusive_group()
+            target = groups[exclusive] if exclusive else command
+            target.add_argument(*flags, **{k: v for k, v in spec.items() if k != "exclusive"})
     return top
 
 

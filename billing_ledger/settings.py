@@ -67,6 +67,8 @@ class Settings:
     brand_color: str = "#3b5bdb"
     # The plan /pricing recommends (default: the plan that grants the most).
     highlight_plan: str | None = None
+    # The operator console's token (/admin); the /v1 token serves when unset.
+    admin_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -95,6 +97,7 @@ class Settings:
             or defaults.brand_name,
             highlight_plan=env.get("LEDGER_HIGHLIGHT_PLAN", "").strip() or None,
             brand_color=_colour(env, "LEDGER_BRAND_COLOR", defaults.brand_color),
+            admin_token=env.get("LEDGER_ADMIN_TOKEN", "").strip() or None,
             writer_max_batch=max(
                 1, _integer(env, "LEDGER_WRITER_MAX_BATCH", defaults.writer_max_batch)
             ),

@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 
 from billing_ledger.bootstrap import Deps, build
 from billing_ledger.ledger.store import Database, DatabaseUrl, EventStore, guard
-from billing_ledger.projections.plans import PlansError, load_plans
-from billing_ledger.projections.policy import RULES_VERSION
+from billing_ledger.projections.plans import Plans, PlansError, load_plans
+from billing_ledger.projections.policy import RULES_VERSION, UserInputs
 from billing_ledger.replay import stripe_api
 from billing_ledger.replay.backfill import Backfill
-from billing_ledger.replay.explain import explain
+from billing_ledger.replay.explain import console_path, explain, timeline_csv, timeline_json
 from billing_ledger.replay.integrity import announce
 from billing_ledger.replay.rebuild import (
     PlansFile,
@@ -190,7 +190,7 @@ def replay_lines(report: RebuildReport) -> Iterator[str]:
         yield f"rules: {report.rules_before} (recorded by the last replay, or none) -> {RULES_VERSION}"
     if report.users:
         yield "users whose features would change now:"
-        yield from (f"  {change.line()}" for change in report.users)
+        yield from (f"  {change.line()}  {console_path(change.user_id)}" for change in report.users)
     else:
         yield "users whose features would change now: none"
     if report.swapped:
@@ -220,14 +220,25 @@ def _explain(args: argparse.Namespace, settings: Settings, out: Print) -> int:
     at = parse_time(args.at, "--at") if args.at else int(time.time())
     if not args.user_id.strip():
         raise BadInputError("USER_ID must not be empty")
+    if args.feature and (getattr(args, "json", False) or getattr(args, "csv", False)):
+        raise BadInputError("--feature shapes the words only: --json and --csv print it all")
     known_feature(args.feature, settings)  # before opening anything
     with _deps(settings, "explain") as deps:
         # The views may lag when no runner is serving: answer from every stored event.
         catch_up(deps.store, deps.views, livemode=settings.livemode)
         inputs = deps.views.load_inputs(args.user_id)
-        lines = explain(inputs, deps.plans, at, args.feature)
+        lines = _explained(args, inputs, deps.plans, at)
     out_lines(out, lines)
     return 0
+
+
+def _explained(args: argparse.Namespace, inputs: UserInputs, plans: Plans, at: int) -> list[str]:
+    """The words, or with --json the timeline read's body, or with --csv its rows."""
+    if getattr(args, "json", False):
+        return [timeline_json(inputs, plans, at).decode()]
+    if getattr(args, "csv", False):
+        return timeline_csv(inputs, plans, at).splitlines()
+    return explain(inputs, plans, at, args.feature)
 
 
 def known_feature(feature: str | None, settings: Settings) -> None:

@@ -14,7 +14,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from billing_ledger.http import changes, openapi, pages, reads, sessions
+from billing_ledger.http import admin, changes, openapi, pages, reads, sessions
 from billing_ledger.http.auth import BearerTokenMiddleware
 from billing_ledger.http.errors import EXCEPTION_HANDLERS
 from billing_ledger.http.health import healthz, metrics
@@ -57,6 +57,7 @@ def routes() -> list[BaseRoute]:
         *sessions.ROUTES,
         *pages.ROUTES,
         *openapi.ROUTES,
+        *admin.ROUTES,
         UNROUTABLE_USER_READ,
     ]
 
@@ -117,4 +118,5 @@ def create_app(deps: Services, *, listen_host: str | None = None) -> Starlette:
         ],
     )
     app.state.demo_sign_in = demo_sign_in_allowed(deps.settings, listen_host)
+    app.state.listen_host = listen_host  # the console without a token: loopback only
     return app

@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from billing_ledger.http.reads import LATEST_AT, MAX_ID_LENGTH
 from billing_ledger.http.sessions import MAX_REFERENCE, MAX_URL, MAX_USER_ID
+from billing_ledger.projections.timeline import KINDS
 
 Json = dict[str, Any]
 
@@ -201,6 +202,7 @@ def read_schemas() -> Json:
         "Access": obj({"allowed": {"type": "boolean"}, "reason": {"type": "string"}}),
         "Invoices": obj({"invoices": {"type": "array", "items": invoice_schema()}}),
         "History": obj({"changes": {"type": "array", "items": change_schema()}}),
+        "Timeline": timeline_schema(),
         "StoredEvent": obj(
             {
                 "event_id": {"type": "string"},
@@ -269,6 +271,30 @@ def catalog_schema() -> Json:
         }
     )
     return obj({"plans": {"type": "array", "items": plan}})
+
+
+def timeline_schema() -> Json:
+    """Every change of a user's billing state, and the rules' changes to come."""
+    kind = {"type": "string", "enum": list(KINDS)}
+    entry = obj(
+        {
+            "at": {"type": "integer"},
+            "event_id": NULLABLE_STR,
+            "event_type": NULLABLE_STR,
+            "object_id": NULLABLE_STR,
+            "kind": kind,
+            "detail": {"type": "string"},
+            "features_before": STRINGS,
+            "features_after": STRINGS,
+        }
+    )
+    upcoming = obj({"at": {"type": "integer"}, "kind": kind, "detail": {"type": "string"}})
+    return obj(
+        {
+            "entries": {"type": "array", "items": entry},
+            "upcoming": {"type": "array", "items": upcoming},
+        }
+    )
 
 
 def write_schemas() -> Json:
@@ -391,6 +417,7 @@ def paths() -> Json:
         ),
         f"{users}/invoices": user_read("The user's invoices, newest first", "Invoices"),
         f"{users}/history": user_read("Every change of the user's features", "History"),
+        f"{users}/timeline": user_read("Every change of the user's billing state", "Timeline"),
         "/v1/events/{event_id}": {
             "get": {
                 "summary": "One stored event",

@@ -22,6 +22,7 @@ from billing_ledger.http.errors import error
 from billing_ledger.ledger.store import StorageError
 from billing_ledger.ledger.user_ids import InvalidUserIdError, checked_user_id
 from billing_ledger.projections.queries import NotCaughtUpError, Reads, UserRead
+from billing_ledger.projections.timeline import timeline as user_timeline
 
 if TYPE_CHECKING:
     from billing_ledger.http.state import Services
@@ -193,6 +194,21 @@ async def history(request: Request) -> Response:
 
 
 @_answering
+async def timeline(request: Request) -> Response:
+    """Every change of the user's billing state up to `at`, and what the rules change next."""
+    user_id = checked_user_id(request.path_params["user_id"])
+    at = parse_at(request.query_params.get("at"))
+    wanted = parse_min_position(request.query_params.get("min_position"))
+    reads = _reads(request)
+    position = await (
+        reads.wait(wanted, MIN_POSITION_WAIT) if wanted is not None else reads.position()
+    )
+    inputs = await reads.history_inputs(user_id, position)
+    found = await run_in_threadpool(user_timeline, inputs, reads.plans, at)
+    return _json(found.to_json())
+
+
+@_answering
 async def stored_event(request: Request) -> Response:
     """One stored event: its envelope fields and the parsed first body."""
     event_id = _path_id(request, "event_id")
@@ -232,6 +248,7 @@ ROUTES = [
     Route("/v1/users/{user_id}/access/{feature}", feature_access, methods=["GET"]),
     Route("/v1/users/{user_id}/invoices", invoices, methods=["GET"]),
     Route("/v1/users/{user_id}/history", history, methods=["GET"]),
+    Route("/v1/users/{user_id}/timeline", timeline, methods=["GET"]),
     Route("/v1/events/{event_id}", stored_event, methods=["GET"]),
     Route("/v1/catalog", catalog, methods=["GET"]),
 ]

@@ -273,6 +273,16 @@ class Reads:
         found: list[CardFact] = await run_in_threadpool(self.views.card_facts, customers)
         return found
 
+    # -- the console's search --
+
+    def users_of(self, object_id: str) -> list[str]:
+        """The users a customer, subscription or invoice id leads to (blocking)."""
+        if object_id.startswith("cus_"):
+            found: list[str] = self.views.users_of(object_id)
+            return found
+        customers = self.views.customers_of_object(object_id)
+        return sorted(self.views.users_of_customers(customers)) if customers else []
+
     # -- positions --
 
     async def position(self) -> int:

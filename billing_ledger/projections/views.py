@@ -644,6 +644,16 @@ class Views:
             cursor.execute(self._sql.users_of_customer, (self._text(customer_id),))
             return sorted({self._link(r)[0] for r in cursor.fetchall()})
 
+    def customers_of_object(self, object_id: str) -> list[str]:
+        """The customers an object (a subscription, an invoice) belongs to, sorted."""
+        with self.db.transaction(commit=False) as cursor:
+            cursor.execute(
+                f"SELECT DISTINCT customer_id FROM {self.current} WHERE object_id = "
+                f"{self.db.param}",
+                (self._text(object_id),),
+            )
+            return sorted(r["customer_id"] for r in cursor.fetchall() if r["customer_id"])
+
     def rows(self) -> ViewRows:
         """Every row, sorted: two views built from the same events compare equal."""
         with self.db.transaction(commit=False) as cursor:  # links first, as every reader

@@ -79,27 +79,71 @@ def explain(
     config: Settings, user_id: str = "u_1", *, at: str | None = None, feature: str | None = None
 ) -> list[str]:
     lines: list[str] = []
-    args = argparse.Namespace(user_id=user_id, feature=feature, at=at)
+    args = argparse.Namespace(user_id=user_id, feature=feature, at=at, json=False, csv=False)
     assert cmd_explain(args, config, lines.append) == 0
     return lines
 
 
+def _entry(at: int, kind: str, detail: str, cause: str) -> str:
+    return f"  {iso(at)}  {kind:<24} {detail}  {cause}"
+
+
 def test_explain_names_every_change_of_a_lifecycle_and_its_cause(config: Settings) -> None:
     lines = explain(config, at=str(AFTER))
-    assert lines[:6] == [
+    updated = "(customer.subscription.updated)"
+    assert lines[:13] == [
         f"u_1 at {iso(AFTER)}: features {{core}}",
         "timeline, oldest first (events: GET /v1/events/{id}):",
-        f"  {iso(T)}  {{core}} -> {{core, pro}} (+pro)  "
-        "event evt_created (customer.subscription.created): sub_1 unseen -> active",
-        f"  {iso(PAST_DUE + 7 * DAY)}  {{core, pro}} -> {{core}} (-pro)  "
-        "rule: past_due grace ended for sub_1",
-        f"  {iso(RECOVERED)}  {{core}} -> {{core, pro}} (+pro)  "
-        "event evt_recovered (customer.subscription.updated): sub_1 past_due -> active",
-        f"  {iso(ENDED)}  {{core, pro}} -> {{core}} (-pro)  "
-        "event evt_deleted (customer.subscription.deleted): sub_1 active -> canceled",
-    ]
-    assert lines[6:] == [
+        _entry(
+            T,
+            "link",
+            "cus_1 linked to u_1 via checkout_session",
+            "event evt_checkout (checkout.session.completed)",
+        ),
+        _entry(
+            T,
+            "subscription_status",
+            "sub_1 unseen -> active; {core} -> {core, pro} (+pro)",
+            "event evt_created (customer.subscription.created)",
+        ),
+        _entry(
+            T + 1, "payment_succeeded", "in_1 (20.00 USD) paid", "event evt_paid (invoice.paid)"
+        ),
+        _entry(
+            PAST_DUE,
+            "subscription_status",
+            "sub_1 active -> past_due",
+            f"event evt_past_due {updated}",
+        ),
+        _entry(
+            PAST_DUE + 7 * DAY,
+            "rule",
+            "past_due grace ended for sub_1; {core, pro} -> {core} (-pro)",
+            "rule",
+        ),
+        _entry(
+            RECOVERED,
+            "subscription_status",
+            "sub_1 past_due -> active; {core} -> {core, pro} (+pro)",
+            f"event evt_recovered {updated}",
+        ),
+        _entry(
+            SCHEDULED,
+            "cancellation_scheduled",
+            "sub_1 cancels on 2 Mar 2026",
+            f"event evt_scheduled {updated}",
+        ),
+        _entry(
+            ENDED,
+            "subscription_status",
+            "sub_1 active -> canceled; {core, pro} -> {core} (-pro)",
+            "event evt_deleted (customer.subscription.deleted)",
+        ),
+        "upcoming, if no further event arrives:",
+        "  nothing: no rule changes anything",
         "customers: cus_1",
+    ]
+    assert lines[13:] == [
         "  sub_1 (cus_1, price_pro): canceled, grants nothing: sub_1 is canceled",
         "core: allowed: plan free (default)",
     ]
@@ -110,7 +154,12 @@ def test_explain_at_a_time_shows_the_state_then_and_the_changes_until_then(
 ) -> None:
     lines = explain(config, at=iso(SCHEDULED + DAY))
     assert lines[0] == f"u_1 at {iso(SCHEDULED + DAY)}: features {{core, pro}}"
-    assert len([line for line in lines if line.startswith("  20")]) == 3
+    assert len([line for line in lines if "(+pro)" in line or "(-pro)" in line]) == 3
+    assert "upcoming, if no further event arrives:" in lines
+    assert (
+        f"  {iso(ENDED + 2 * DAY)}  {'rule':<24} loses pro at the period end (with leeway), "
+        "4 Mar 2026, unless the cancellation is withdrawn (sub_1)"
+    ) in lines
     assert (
         f"  sub_1 (cus_1, price_pro): active, grants {{core, pro}} until {iso(ENDED + 2 * DAY)}"
         in lines

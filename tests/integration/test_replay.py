@@ -183,7 +183,7 @@ def test_a_damaged_projection_is_repaired_and_the_user_regains_what_they_lost(
             cursor.execute(f"DELETE FROM {deps.views.snapshots} WHERE event_id = 'evt_ok_2'")
     lines = replay(config)
     assert "users whose features would change now:" in lines
-    assert "  u_2: core -> core, pro (+pro)" in lines
+    assert "  u_2: core -> core, pro (+pro)  /admin/users/u_2" in lines
     assert live_rows(config)[0] == expected
 
 
@@ -204,8 +204,8 @@ def test_a_dry_run_with_a_new_plans_file_names_whose_features_would_change(
     assert any(line.startswith("plans: ") and "(LEDGER_PLANS)" in line for line in lines)
     changed = lines[lines.index("users whose features would change now:") + 1 :][:-1]
     assert changed == [
-        "  u_1: core, pro -> beta, core, pro (+beta)",
-        "  u_2: core, pro -> beta, core, pro (+beta)",
+        "  u_1: core, pro -> beta, core, pro (+beta)  /admin/users/u_1",
+        "  u_2: core, pro -> beta, core, pro (+beta)  /admin/users/u_2",
     ]
 
 

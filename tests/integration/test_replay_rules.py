@@ -132,8 +132,10 @@ def test_a_dry_run_after_the_upgrade_names_exactly_the_users_the_fixed_rules_cha
         "u_moved_from",
         "u_plan",
     }
-    assert "  u_failed: core, pro (warnings: (none) -> payment_failed)" in lines
-    assert "  u_moved_from: core, pro -> core (-pro)" in lines
+    assert (
+        "  u_failed: core, pro (warnings: (none) -> payment_failed)  /admin/users/u_failed" in lines
+    )
+    assert "  u_moved_from: core, pro -> core (-pro)  /admin/users/u_moved_from" in lines
     swapped = replay(config)  # records rules 2
     assert named(swapped) == named(lines)
     again = replay(config, dry_run=True)
