@@ -179,6 +179,19 @@ def subscription_schema() -> Json:
             "cancel_at_period_end": {"type": "boolean"},
             "grants_access": {"type": "boolean"},
             "access_until": NULLABLE_INT,
+            "quantity": NULLABLE_INT,
+        }
+    )
+
+
+def purchase_schema() -> Json:
+    """A one-time purchase as the entitlements read shows it."""
+    return obj(
+        {
+            "id": {"type": "string"},
+            "price_ids": STRINGS,
+            "status": {"type": "string", "enum": ["paid", "refunded", "disputed"]},
+            "grants_access": {"type": "boolean"},
         }
     )
 
@@ -193,6 +206,7 @@ def read_schemas() -> Json:
                 "plans": STRINGS,
                 "customer_ids": STRINGS,
                 "subscriptions": {"type": "array", "items": subscription_schema()},
+                "purchases": {"type": "array", "items": purchase_schema()},
                 "warnings": STRINGS,
                 "position": {"type": "integer", "minimum": 0},
                 "at": {"type": "integer", "minimum": 0},

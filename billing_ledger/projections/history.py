@@ -16,11 +16,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from billing_ledger.ledger.canonical import (
+    CHARGE,
     CHECKOUT_SESSION,
     CUSTOMER,
+    DISPUTE,
     ENTITLEMENT_SUMMARY,
     INVOICE,
     LINK,
+    SALE,
     SUBSCRIPTION,
     Customer,
     EntitlementSummary,
@@ -166,6 +169,8 @@ class _Book:
     invoices: dict[str, dict[str, Folded]] = field(default_factory=lambda: defaultdict(dict))
     counted: dict[str, str] = field(default_factory=dict)  # invoice id -> its subscription
     latest: dict[str, tuple[tuple[int, str], Folded]] = field(default_factory=dict)
+    # One-time purchases' objects by kind, then id (policy.Folds.sessions and the rest).
+    paying: dict[str, dict[str, Folded]] = field(default_factory=lambda: defaultdict(dict))
 
     def put(self, key: ObjectKey, folded: Folded) -> None:
         """Record an object's new fold."""
@@ -179,6 +184,8 @@ class _Book:
             self.customer = folded
         elif kind == INVOICE:
             self._put_invoice(oid, folded)
+        elif kind in _PAYING:
+            self.paying[kind][oid] = folded
 
     def _put_invoice(self, oid: str, folded: Folded) -> None:
         rank = invoice_rank(folded)
@@ -209,6 +216,9 @@ class _Book:
             self.latest.pop(sid, None)
 
 
+_PAYING = (CHECKOUT_SESSION, SALE, CHARGE, DISPUTE)
+
+
 def _folds(books: Iterable[_Book]) -> Folds:
     """The policy's reading of these customers' books, as `policy.folds_of` would give it."""
     subscriptions: list[Folded] = []
@@ -216,7 +226,10 @@ def _folds(books: Iterable[_Book]) -> Folds:
     customers: dict[str, Folded] = {}
     latest: dict[str, tuple[tuple[int, str], Folded]] = {}
     ambiguous: set[str] = set()
+    paying: dict[str, dict[str, Folded]] = {kind: {} for kind in _PAYING}
     for book in books:
+        for kind, found in book.paying.items():
+            paying[kind].update(found)
         subscriptions += book.subscriptions.values()
         if book.summary is not None:
             summaries[book.summary.chosen.object_id] = book.summary
@@ -232,6 +245,10 @@ def _folds(books: Iterable[_Book]) -> Folds:
         customers=customers,
         latest_invoices={sid: f for sid, (_, f) in latest.items()},
         ambiguous=frozenset(ambiguous),
+        sessions=paying[CHECKOUT_SESSION],
+        sales=paying[SALE],
+        charges=paying[CHARGE],
+        disputes=paying[DISPUTE],
     )
 
 
@@ -336,6 +353,28 @@ def _subscription_cause(
     return None
 
 
+def _purchase_cause(
+    index: _Index, before: Entitlements | None, after: Entitlements, at: int
+) -> _Cause | None:
+    """A one-time purchase paid, refunded or lost in a dispute by an event created at `at`."""
+    earlier = {p.id: p for p in (before.purchases if before else ())}
+    for bought in after.purchases:
+        old = earlier.get(bought.id)
+        if old is not None and (old.status, old.grants_access) == (
+            bought.status,
+            bought.grants_access,
+        ):
+            continue
+        chosen = index.by_event.get(bought.event_id)
+        if chosen is not None and chosen.created == at:
+            what = ", ".join(bought.plan_ids) or "no plan"
+            reason = f"purchase {bought.id} {bought.status} ({what})"
+            if bought.charge_id is not None:
+                reason += f", charge {bought.charge_id}"
+            return _Cause(bought.event_id, chosen.event_type, reason)
+    return None
+
+
 def _link_cause(
     index: _Index, before: Entitlements | None, after: Entitlements, at: int
 ) -> _Cause | None:
@@ -408,6 +447,7 @@ def _cause(
 ) -> _Cause:
     return (
         _subscription_cause(index, before, after, at)
+        or _purchase_cause(index, before, after, at)
         or _link_cause(index, before, after, at)
         or _move_cause(index, before, after, at)
         or _rule_cause(before, at)

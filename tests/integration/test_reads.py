@@ -24,6 +24,7 @@ ENTITLEMENT_FIELDS = {
     "plans",
     "customer_ids",
     "subscriptions",
+    "purchases",
     "warnings",
     "position",
     "at",
@@ -38,6 +39,7 @@ SUBSCRIPTION_FIELDS = {
     "cancel_at_period_end",
     "grants_access",
     "access_until",
+    "quantity",
 }
 INVOICE_FIELDS = {
     "id",
