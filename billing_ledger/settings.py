@@ -46,6 +46,10 @@ class Settings:
     # Where every change of the feed is POSTed, signed with notify_secret (billing_ledger.notify).
     notify_url: str | None = None
     notify_secret: str | None = field(default=None, repr=False)
+    # Checkout's defaults for every plan; a plan's own allow_promotion_codes or
+    # automatic_tax in the plans file wins.
+    checkout_promotion_codes: bool = False
+    checkout_automatic_tax: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -70,6 +74,8 @@ class Settings:
             session_secret=env.get("LEDGER_SESSION_SECRET") or None,
             notify_url=env.get("LEDGER_NOTIFY_URL", "").strip() or None,
             notify_secret=env.get("LEDGER_NOTIFY_SECRET", "").strip() or None,
+            checkout_promotion_codes=_boolean(env, "LEDGER_CHECKOUT_PROMOTION_CODES", False),
+            checkout_automatic_tax=_boolean(env, "LEDGER_CHECKOUT_AUTOMATIC_TAX", False),
             writer_max_batch=max(
                 1, _integer(env, "LEDGER_WRITER_MAX_BATCH", defaults.writer_max_batch)
             ),

@@ -35,6 +35,7 @@ OPEN: list[Json] = []  # the webhook (its signature is its credential), health, 
 # The stable error codes each status may carry (CONTRACT.md plus the handlers' own).
 ERROR_CODES: dict[int, tuple[str, ...]] = {
     400: (
+        "invalid_quantity",
         *("invalid_signature", "malformed_event", "invalid_parameter", "invalid_request"),
         *("unknown_price", "invalid_price", "invalid_user_id", "client_disconnected"),
     ),
