@@ -643,6 +643,16 @@ class Views:
                 found.update(self._link(r)[0] for r in cursor.fetchall())
         return found
 
+    def customers_of_charges(self, charges: Sequence[str]) -> set[str]:
+        """The customers these charges belong to (a dispute's, through its charge)."""
+        found: set[str] = set()
+        for start in range(0, len(charges), KEYS_PER_STATEMENT):
+            keys = [self._text(c) for c in charges[start : start + KEYS_PER_STATEMENT]]
+            with self.db.transaction(commit=False) as cursor:
+                cursor.execute(self._sql.customers_of_charges(len(keys)), self._sql.once(keys))
+                found.update(self._plain(_values(r)[0]) for r in cursor.fetchall())
+        return found
+
     def users_of(self, customer_id: str) -> list[str]:
         """The users linked to one customer (by any route), sorted."""
         with self.db.transaction(commit=False) as cursor:
@@ -1010,6 +1020,13 @@ class _Statements:
     def users_of_customers(self, count: int) -> str:
         """The user of every link to one of `count` customers."""
         return f"SELECT user_id FROM {self.views.links} WHERE {self._any('customer_id', count)}"
+
+    def customers_of_charges(self, count: int) -> str:
+        """The customers of `count` charges."""
+        return (
+            f"SELECT DISTINCT customer_id FROM {self.views.snapshots} WHERE kind = 'charge' "
+            f"AND customer_id IS NOT NULL AND {self._any('object_id', count)}"
+        )
 
     def attach_disputes(self, count: int) -> str:
         """Set the customer of unattached dispute rows of `count` charges from the charge's

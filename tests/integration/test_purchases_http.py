@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,3 +119,27 @@ def test_a_subscription_reports_its_quantity(ledger: Ledger) -> None:
         event("customer.subscription.created", sub, id="evt_sub", created=T),
     )
     assert ledger.subscription("sub_1", at=T + DAY)["quantity"] == 7
+
+
+def feed_until(ledger: Ledger, count: int) -> list[Json]:
+    """u_1's rows of the change feed once there are `count` (long-polls, 20 s at most)."""
+    found: list[Json] = []
+    after, deadline = 0, time.monotonic() + 20
+    while len(found) < count:
+        assert time.monotonic() < deadline, f"the feed shows only {found}"
+        page = ledger.get("/v1/changes", after=after, wait=1)
+        found += [c for c in page["changes"] if c["user_id"] == "u_1"]
+        after = page["next"]
+    return found
+
+
+def test_the_change_feed_shows_a_lost_dispute_that_names_only_its_charge(ledger: Ledger) -> None:
+    buy(ledger)
+    assert [c["event_id"] for c in feed_until(ledger, 1)] == ["evt_cs"]
+    lost = dispute(status="lost")
+    ledger.deliver(event("charge.dispute.closed", lost, id="evt_dp", created=T + DAY))
+    found = feed_until(ledger, 2)
+    assert [(c["event_id"], c["features_after"]) for c in found] == [
+        ("evt_cs", PRO),
+        ("evt_dp", ["core"]),
+    ]
