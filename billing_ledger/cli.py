@@ -143,6 +143,8 @@ ENVIRONMENT = {
     "LEDGER_DEMO_SIGNIN": "true: the demo sign-in on a loopback listener (default false)",
     "LEDGER_NOTIFY_URL": "where each access change is POSTed (default: none)",
     "LEDGER_NOTIFY_SECRET": "signs those POSTs (Ledger-Signature)",
+    "LEDGER_CHECKOUT_PROMOTION_CODES": "true: Checkout takes promotion codes (default false)",
+    "LEDGER_CHECKOUT_AUTOMATIC_TAX": "true: Checkout computes tax (default false)",
 }
 _STORE = ("LEDGER_DATABASE_URL", "LEDGER_PLANS", "LEDGER_LIVEMODE")
 READS = {
@@ -162,7 +164,7 @@ READS = {
 def _environment(names: Sequence[str]) -> str:
     if not names:
         return "environment: none read (a fresh embedded database in a temporary folder)"
-    return "environment:\n" + "\n".join(f"  {n:<26}{ENVIRONMENT[n]}" for n in names)
+    return "environment:\n" + "\n".join(f"  {n:<33}{ENVIRONMENT[n]}" for n in names)
 
 
 def _version() -> str:

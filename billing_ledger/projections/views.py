@@ -262,6 +262,10 @@ class Views:
             self._track(cursor, Tracking(self.name, position))
         customers = {row[2] for row in rows} | {link[1] for link in links} | set(disputes.values())
         self.batches.remember(after, position, customers, {link[0] for link in links})
+        known = self._catalog
+        if known is not None and known[0] == tracked and not _touches_catalog(snapshots):
+            # The catalog read at `tracked` is still the catalog at `position`: no query.
+            self._catalog = (position, known[1], known[2])
 
     def _track(self, cursor: Any, tracking: Tracking) -> None:
         """Record the position in this transaction with the tracking recorder's own statement
@@ -309,9 +313,9 @@ class Views:
     def _rewrite_catalog(self, cursor: Any, batch: Sequence[Snapshot], position: int) -> None:
         """Choose again, from all their snapshots, the products and prices this batch touched;
         note the catalog's version (the position) in the tracking table."""
-        objects = {(s.kind, s.object_id) for s in batch if s.kind in catalog_fold.CATALOG_KINDS}
-        if not objects:
+        if not _touches_catalog(batch):
             return
+        objects = {(s.kind, s.object_id) for s in batch if s.kind in catalog_fold.CATALOG_KINDS}
         keys = sorted((self._text(kind), self._text(oid)) for kind, oid in objects)
         for start in range(0, len(keys), KEYS_PER_STATEMENT):
             where, params = self._sql.objects_in(keys[start : start + KEYS_PER_STATEMENT])
@@ -788,6 +792,10 @@ _HOLDERS = (
     "AND a.xact_start < now() - make_interval(secs => %s) ORDER BY l.pid"
 )
 _READ_BEGIN = f"BEGIN; SET LOCAL lock_timeout = {round(READ_LOCK_TIMEOUT * 1000)}"
+
+
+def _touches_catalog(snapshots: Sequence[Snapshot]) -> bool:
+    return any(s.kind in catalog_fold.CATALOG_KINDS for s in snapshots)
 
 
 def _skips_json(listed: list[Skipped], total: int) -> dict[str, Any]:
