@@ -58,6 +58,7 @@ from billing_ledger.projections.policy import (
     invoice_rank,
     link_spans,
 )
+from billing_ledger.projections.purchases import PurchaseAccess
 
 
 @dataclass(frozen=True)
@@ -522,6 +523,13 @@ def _subscription_line(sub: SubscriptionAccess) -> str:
     return f"  {sub.id} ({sub.customer_id}): {sub.status}, grants nothing: {sub.denied}"
 
 
+def _purchase_line(bought: PurchaseAccess) -> str:
+    plans = ", ".join(bought.plan_ids) or "no plan"
+    if bought.grants_access:
+        return f"  {bought.id} ({bought.customer_id}): purchase of {plans}, paid, grants for good"
+    return f"  {bought.id} ({bought.customer_id}): purchase of {plans}, grants nothing: {bought.denied}"
+
+
 def explain(inputs: UserInputs, plans: Plans, at: int, feature: str | None = None) -> list[str]:
     """Human lines for `billing-ledger explain`: each change, its cause, the state at `at`."""
     now = evaluate(inputs, plans, at)
@@ -533,6 +541,7 @@ def explain(inputs: UserInputs, plans: Plans, at: int, feature: str | None = Non
         lines.append(f"{_iso(c.at)}  {_diff(c):<16} {c.reason}  [{cause}]")
     lines.append(f"customers: {', '.join(now.customer_ids) or '(none)'}")
     lines.extend(_subscription_line(s) for s in now.subscriptions)
+    lines.extend(_purchase_line(p) for p in now.purchases)
     if now.warnings:
         lines.append(f"warnings: {', '.join(now.warnings)}")
     if feature is not None:
