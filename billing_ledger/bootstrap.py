@@ -110,7 +110,12 @@ def _wire_feed(deps: Deps, run_projections: bool) -> None:
     if not run_projections:
         return
     deps.feed = FeedProjector(
-        deps.store, deps.views, deps.plans, deps.settings.livemode, wake=deps.runner.wait_for
+        deps.store,
+        deps.views,
+        deps.plans,
+        deps.settings.livemode,
+        wake=deps.runner.wait_for,
+        plans_now=deps.reads.current_plans,
     )
     if deps.settings.notify_url:
         from billing_ledger.notify import Notifier

@@ -353,10 +353,13 @@ class FeedProjector:
         livemode: bool,
         clock: Callable[[], float] = time.time,
         wake: Callable[[int, float], bool] | None = None,
+        plans_now: Callable[[], Plans] | None = None,
     ) -> None:
         self.store = store
         self.views = views
         self.plans = plans
+        # The plans matching through the catalog as the reads do (Reads.current_plans).
+        self.plans_now = plans_now
         self.livemode = livemode
         self.tables = FeedTables(store.db)
         self.clock = clock
@@ -427,7 +430,8 @@ class FeedProjector:
         last = self.tables.last_features(users)
         never = (self.plans.default_features(), 0)
         inputs = self.views.load_inputs_of(users)
-        return [observe(u, inputs[u], self.plans, *last.get(u, never), now) for u in users]
+        plans = self.plans_now() if self.plans_now is not None else self.plans
+        return [observe(u, inputs[u], plans, *last.get(u, never), now) for u in users]
 
     def _run(self) -> None:
         while not self._stopping.is_set():
