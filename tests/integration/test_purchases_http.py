@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from billing_ledger import trigger
 from tests.support.app import client_for, settings_for
 from tests.support.ledger import Ledger, reads_of
 from tests.unit.builders import (
@@ -143,3 +144,15 @@ def test_the_change_feed_shows_a_lost_dispute_that_names_only_its_charge(ledger:
         ("evt_cs", PRO),
         ("evt_dp", ["core"]),
     ]
+
+
+def test_the_trigger_lifecycles_one_time_and_refund_grant_then_end_the_plan(
+    ledger: Ledger,
+) -> None:
+    now = int(time.time())
+    ledger.deliver(*trigger.events("one-time", "u_trig", now - 100))
+    assert ledger.features("u_trig") == PRO
+    assert ledger.entitlements("u_trig")["purchases"][0]["price_ids"] == ["price_lifetime"]
+    ledger.deliver(*trigger.events("refund", "u_trig", now - 50))
+    assert ledger.features("u_trig") == ["core"]
+    assert ledger.entitlements("u_trig")["purchases"][0]["status"] == "refunded"
