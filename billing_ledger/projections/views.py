@@ -246,7 +246,6 @@ class Views:
                 # both, and the runner applies them again. No need to wait for the flush.
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
             self._insert(cursor, rows, links)
-            disputes = self._attach_disputes(cursor, snapshots)
             tracked = self._tracked(cursor, lock=True)
             # A gap (tracked < after) or a batch already covered: another runner, or a
             # swap by replay, moved the position. Roll back and read again from there.
@@ -256,6 +255,7 @@ class Views:
             if skipped:
                 cursor.executemany(self._sql.insert_skipped, [_skip_row(s) for s in skipped])
             # After the position's row lock: one writer at a time rewrites the present.
+            disputes = self._attach_disputes(cursor, snapshots)
             touched = {(s.kind, s.object_id) for s in snapshots} | {(DISPUTE, c) for c in disputes}
             self._rewrite_present(cursor, touched, snapshots)
             self._rewrite_catalog(cursor, snapshots, position)
