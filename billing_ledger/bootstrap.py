@@ -139,7 +139,12 @@ def _wire_feed(deps: Deps) -> None:
     if not isinstance(deps.runner, Runner):
         return
     deps.feed = FeedProjector(
-        deps.store, deps.views, deps.plans, deps.settings.livemode, wake=deps.runner.wait_for
+        deps.store,
+        deps.views,
+        deps.plans,
+        deps.settings.livemode,
+        wake=deps.runner.wait_for,
+        plans_now=deps.reads.current_plans,
     )
     if deps.settings.notify_url:
         from billing_ledger.notify import Notifier

@@ -142,6 +142,8 @@ ENVIRONMENT = {
     "LEDGER_NOTIFY_URL": "where each access change is POSTed (default: none)",
     "LEDGER_NOTIFY_SECRET": "signs those POSTs (Ledger-Signature)",
     "LEDGER_ADMIN_TOKEN": "the operator console's token (default: LEDGER_API_TOKEN)",
+    "LEDGER_CHECKOUT_PROMOTION_CODES": "true: Checkout takes promotion codes (default false)",
+    "LEDGER_CHECKOUT_AUTOMATIC_TAX": "true: Checkout computes tax (default false)",
 }
 _STORE = ("LEDGER_DATABASE_URL", "LEDGER_PLANS", "LEDGER_LIVEMODE")
 READS = {
@@ -161,7 +163,7 @@ READS = {
 def _environment(names: Sequence[str]) -> str:
     if not names:
         return "environment: none read (a fresh embedded database in a temporary folder)"
-    return "environment:\n" + "\n".join(f"  {n:<26}{ENVIRONMENT[n]}" for n in names)
+    return "environment:\n" + "\n".join(f"  {n:<33}{ENVIRONMENT[n]}" for n in names)
 
 
 def _version() -> str:

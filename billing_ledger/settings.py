@@ -69,6 +69,10 @@ class Settings:
     highlight_plan: str | None = None
     # The operator console's token (/admin); the /v1 token serves when unset.
     admin_token: str | None = field(default=None, repr=False)
+    # Checkout's defaults for every plan; a plan's own allow_promotion_codes or
+    # automatic_tax in the plans file wins.
+    checkout_promotion_codes: bool = False
+    checkout_automatic_tax: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -98,6 +102,8 @@ class Settings:
             highlight_plan=env.get("LEDGER_HIGHLIGHT_PLAN", "").strip() or None,
             brand_color=_colour(env, "LEDGER_BRAND_COLOR", defaults.brand_color),
             admin_token=env.get("LEDGER_ADMIN_TOKEN", "").strip() or None,
+            checkout_promotion_codes=_boolean(env, "LEDGER_CHECKOUT_PROMOTION_CODES", False),
+            checkout_automatic_tax=_boolean(env, "LEDGER_CHECKOUT_AUTOMATIC_TAX", False),
             writer_max_batch=max(
                 1, _integer(env, "LEDGER_WRITER_MAX_BATCH", defaults.writer_max_batch)
             ),

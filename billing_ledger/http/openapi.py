@@ -36,6 +36,7 @@ OPEN: list[Json] = []  # the webhook (its signature is its credential), health, 
 # The stable error codes each status may carry (CONTRACT.md plus the handlers' own).
 ERROR_CODES: dict[int, tuple[str, ...]] = {
     400: (
+        "invalid_quantity",
         *("invalid_signature", "malformed_event", "invalid_parameter", "invalid_request"),
         *("unknown_price", "invalid_price", "invalid_user_id", "client_disconnected"),
     ),
@@ -180,6 +181,19 @@ def subscription_schema() -> Json:
             "cancel_at_period_end": {"type": "boolean"},
             "grants_access": {"type": "boolean"},
             "access_until": NULLABLE_INT,
+            "quantity": NULLABLE_INT,
+        }
+    )
+
+
+def purchase_schema() -> Json:
+    """A one-time purchase as the entitlements read shows it."""
+    return obj(
+        {
+            "id": {"type": "string"},
+            "price_ids": STRINGS,
+            "status": {"type": "string", "enum": ["paid", "refunded", "disputed"]},
+            "grants_access": {"type": "boolean"},
         }
     )
 
@@ -194,6 +208,7 @@ def read_schemas() -> Json:
                 "plans": STRINGS,
                 "customer_ids": STRINGS,
                 "subscriptions": {"type": "array", "items": subscription_schema()},
+                "purchases": {"type": "array", "items": purchase_schema()},
                 "warnings": STRINGS,
                 "position": {"type": "integer", "minimum": 0},
                 "at": {"type": "integer", "minimum": 0},

@@ -40,6 +40,7 @@ SUBSCRIPTION_FIELDS = (
     "cancel_at_period_end",
     "grants_access",
     "access_until",
+    "quantity",
 )
 INVOICE_FIELDS = (
     "id",
@@ -159,6 +160,7 @@ async def entitlements(request: Request) -> Response:
             "subscriptions": [
                 _pick(s.to_json(), SUBSCRIPTION_FIELDS) for s in result.subscriptions
             ],
+            "purchases": [p.to_json() for p in result.purchases],
             "warnings": list(result.warnings),
             "position": read.position,
             "at": read.at,

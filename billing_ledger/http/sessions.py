@@ -18,6 +18,7 @@ from starlette.routing import Route
 from billing_ledger.http.billing import (
     CheckoutRequest,
     InvalidPriceError,
+    InvalidQuantityError,
     create_checkout,
     create_portal,
 )
@@ -51,6 +52,7 @@ STATUS: dict[type[BillingError], int] = {
     CardDeclinedError: 402,  # Payment Required: what Stripe itself answers for a card error
     UnknownPriceError: 400,
     InvalidPriceError: 400,
+    InvalidQuantityError: 400,
     UnknownCustomerError: 404,
     StripeCallError: 502,
 }
@@ -139,7 +141,8 @@ def return_url_field(body: Mapping[str, Any], default: str) -> str:
 
 
 async def checkout_session(request: Request) -> Response:
-    """Open a Checkout Session in subscription mode for the user."""
+    """Open a Checkout Session for the user: subscription mode, or payment mode for a
+    one_time plan's price; it records what the session sells and grants nothing."""
     deps: Services = request.state.deps
     if not deps.settings.stripe_api_key:
         return error(503, "not_configured", "STRIPE_API_KEY is not set")

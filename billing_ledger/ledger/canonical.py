@@ -21,6 +21,9 @@ ENTITLEMENT_SUMMARY = "entitlement_summary"
 LINK = "link"  # a user-to-customer link this service recorded itself (ledger.customer_link)
 PRODUCT = "product"
 PRICE = "price"
+CHARGE = "charge"
+DISPUTE = "dispute"  # keyed by its charge: Stripe lets a charge be disputed once
+SALE = "checkout_sale"  # what a Checkout Session this service created sells (our own event)
 
 # What a snapshot may keep of a payload, whatever a sender signed (normalise.py applies
 # these before any fold sees it; nothing else of a payload is copied into a snapshot).
@@ -113,6 +116,8 @@ class CheckoutSession:
     mode: str | None
     status: str | None
     payment_status: str | None
+    payment_intent_id: str | None = None  # payment mode: the payment its charge belongs to
+    price_id: str | None = None  # metadata.price, which this service puts on its sessions
 
 
 @dataclass(frozen=True)
@@ -160,6 +165,40 @@ class Price:
     deleted: bool = False  # price.deleted: removed for good
 
 
+@dataclass(frozen=True)
+class Charge:
+    """A charge: how much of it was refunded."""
+
+    id: str
+    customer_id: str | None
+    payment_intent_id: str | None
+    amount: int
+    amount_refunded: int
+    refunded: bool  # Stripe's own "fully refunded"
+
+
+@dataclass(frozen=True)
+class Dispute:
+    """A dispute of one charge; `lost` takes the money back for good."""
+
+    charge_id: str
+    id: str
+    payment_intent_id: str | None
+    status: str
+    customer_id: str | None = None  # the charge's, once the views know it (not in the body)
+
+
+@dataclass(frozen=True)
+class Sale:
+    """What one Checkout Session created by this service sells, to whom."""
+
+    session_id: str
+    customer_id: str | None
+    user_id: str | None
+    price_ids: tuple[str, ...]
+    mode: str | None
+
+
 State = (
     Subscription
     | Invoice
@@ -169,6 +208,9 @@ State = (
     | Link
     | Product
     | Price
+    | Charge
+    | Dispute
+    | Sale
 )
 
 
@@ -195,6 +237,9 @@ _CLASSES: dict[str, type[State]] = {
     LINK: Link,
     PRODUCT: Product,
     PRICE: Price,
+    CHARGE: Charge,
+    DISPUTE: Dispute,
+    SALE: Sale,
 }
 
 
@@ -211,5 +256,7 @@ def snapshot_from_json(raw: bytes | str) -> Snapshot:
         state_data["items"] = tuple(Item(**i) for i in state_data["items"])
     if data["kind"] == ENTITLEMENT_SUMMARY:
         state_data["lookup_keys"] = tuple(state_data["lookup_keys"])
+    if data["kind"] == SALE:
+        state_data["price_ids"] = tuple(state_data["price_ids"])
     data["state"] = _CLASSES[data["kind"]](**state_data)
     return Snapshot(**data)

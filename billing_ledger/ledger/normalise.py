@@ -15,8 +15,10 @@ from typing import Any
 import orjson
 
 from billing_ledger.ledger.canonical import (
+    CHARGE,
     CHECKOUT_SESSION,
     CUSTOMER,
+    DISPUTE,
     ENTITLEMENT_SUMMARY,
     INVOICE,
     LINK,
@@ -29,20 +31,24 @@ from billing_ledger.ledger.canonical import (
     MAX_TEXT,
     PRICE,
     PRODUCT,
+    SALE,
     SUBSCRIPTION,
+    Charge,
     CheckoutSession,
     Customer,
+    Dispute,
     EntitlementSummary,
     Invoice,
     Item,
     Link,
     Price,
     Product,
+    Sale,
     Snapshot,
     State,
     Subscription,
 )
-from billing_ledger.ledger.own_events import CUSTOMER_LINK, OBSERVATION
+from billing_ledger.ledger.own_events import CHECKOUT_SALE, CUSTOMER_LINK, OBSERVATION
 from billing_ledger.ledger.records import Recorded
 
 THIN_EVENT_OBJECT = "v2.core.event"
@@ -264,6 +270,8 @@ def checkout_state(event_type: str, obj: Json) -> CheckoutSession:
         mode=_str(obj, "mode"),
         status=_str(obj, "status") or _CHECKOUT_STATUS_BY_TYPE.get(event_type),
         payment_status=_str(obj, "payment_status"),
+        payment_intent_id=_id_of(obj.get("payment_intent")),
+        price_id=_text(_dict(obj, "metadata").get("price"), MAX_ID),
     )
 
 
@@ -295,6 +303,47 @@ def link_state(event_type: str, obj: Json) -> Link:
     if user_id is None:
         raise _Malformed("customer link has no user_id")
     return Link(user_id=user_id, customer_id=_required_id(obj, "customer"))
+
+
+# -- one-time purchases: charges, disputes, our own sale records ---------------------------
+
+
+def charge_state(event_type: str, obj: Json) -> Charge:
+    """Read a charge (its refunds as the amount refunded so far)."""
+    return Charge(
+        id=_required_id(obj),
+        customer_id=_id_of(obj.get("customer")),
+        payment_intent_id=_id_of(obj.get("payment_intent")),
+        amount=_int(obj, "amount") or 0,
+        amount_refunded=_int(obj, "amount_refunded") or 0,
+        refunded=obj.get("refunded") is True,
+    )
+
+
+def dispute_state(event_type: str, obj: Json) -> Dispute:
+    """Read a dispute; its charge is its key (a charge is disputed at most once)."""
+    status = _str(obj, "status")
+    if status is None:
+        raise _Malformed("dispute has no status")
+    return Dispute(
+        charge_id=_required_id(obj, "charge"),
+        id=_required_id(obj),
+        payment_intent_id=_id_of(obj.get("payment_intent")),
+        status=status,
+    )
+
+
+def sale_state(event_type: str, obj: Json) -> Sale:
+    """Read what a Checkout Session this service created sells."""
+    prices = obj.get("prices")
+    listed = [p for p in prices if _text(p, MAX_ID)] if isinstance(prices, list) else []
+    return Sale(
+        session_id=_required_id(obj, "session"),
+        customer_id=_id_of(obj.get("customer")),
+        user_id=_text(obj.get("user_id"), MAX_ID),
+        price_ids=tuple(sorted(set(listed))[:MAX_ITEMS]),
+        mode=_str(obj, "mode"),
+    )
 
 
 # -- the catalog: products and prices ----------------------------------------------------
@@ -343,6 +392,8 @@ _CHECKOUT = (CHECKOUT_SESSION, checkout_state)
 _SUMMARY = (ENTITLEMENT_SUMMARY, summary_state)
 _PRODUCT = (PRODUCT, product_state)
 _PRICE = (PRICE, price_state)
+_CHARGE = (CHARGE, charge_state)
+_DISPUTE = (DISPUTE, dispute_state)
 
 READERS: dict[str, tuple[str, Reader]] = {
     "customer.subscription.created": _SUBSCRIPTION,
@@ -383,6 +434,16 @@ READERS: dict[str, tuple[str, Reader]] = {
     "plan.created": _PRICE,
     "plan.updated": _PRICE,
     "plan.deleted": _PRICE,
+    "charge.succeeded": _CHARGE,
+    "charge.captured": _CHARGE,
+    "charge.updated": _CHARGE,
+    "charge.refunded": _CHARGE,
+    "charge.dispute.created": _DISPUTE,
+    "charge.dispute.updated": _DISPUTE,
+    "charge.dispute.closed": _DISPUTE,
+    "charge.dispute.funds_withdrawn": _DISPUTE,
+    "charge.dispute.funds_reinstated": _DISPUTE,
+    CHECKOUT_SALE: (SALE, sale_state),
 }
 
 # What a recorded re-fetch (`ledger.observation`) may hold, keyed by the object's `object`.
@@ -458,8 +519,18 @@ def _encoded_size(value: Any, depth: int, budget: int) -> int | None:
 _KEYED_BY_CUSTOMER = (EntitlementSummary, Link)  # a tuple: `A | B` builds a union each call
 
 
+def _object_id(state: State) -> str:
+    if isinstance(state, _KEYED_BY_CUSTOMER):
+        return state.customer_id
+    if isinstance(state, Dispute):
+        return state.charge_id
+    if isinstance(state, Sale):
+        return state.session_id
+    return state.id
+
+
 def _snapshot(event: Recorded, kind: str, state: State, created: int, **extra: Any) -> Snapshot:
-    object_id = state.customer_id if isinstance(state, _KEYED_BY_CUSTOMER) else state.id
+    object_id = _object_id(state)
     return Snapshot(
         kind=kind,
         object_id=object_id,

@@ -21,6 +21,7 @@ from billing_ledger.ledger.records import Incoming, Recorded, decode_state
 from billing_ledger.ledger.store import EventStore, guard
 
 CUSTOMER_LINK = "ledger.customer_link"  # a user's customer, learned by Checkout or the portal
+CHECKOUT_SALE = "ledger.checkout_sale"  # what a Checkout Session this service created sells
 OBSERVATION = "ledger.observation"
 BACKFILL_CURSOR = "ledger.backfill_cursor"
 BACKFILL_GAP = "ledger.backfill_gap"
@@ -28,6 +29,7 @@ REPLAY = "ledger.replay"
 
 _PREFIX = {
     CUSTOMER_LINK: "lgr_link_",
+    CHECKOUT_SALE: "lgr_sale_",
     OBSERVATION: "lgr_obs_",
     BACKFILL_CURSOR: "lgr_bfc_",
     BACKFILL_GAP: "lgr_gap_",
@@ -81,6 +83,29 @@ def link_event(user_id: str, customer_id: str, livemode: bool, now: float) -> In
     obj = {"object": CUSTOMER_LINK, "user_id": user_id, "customer": customer_id}
     key = link_event_id(user_id, customer_id, livemode).removeprefix(_PREFIX[CUSTOMER_LINK])
     return own_event(CUSTOMER_LINK, obj, created=int(now), livemode=livemode, key=key)
+
+
+def sale_event(
+    session_id: str,
+    user_id: str,
+    customer_id: str,
+    price_id: str,
+    mode: str,
+    livemode: bool,
+    now: float,
+) -> Incoming:
+    """A `ledger.checkout_sale`: what one Checkout Session this service created sells (one
+    event a session, whatever retries)."""
+    obj = {
+        "object": CHECKOUT_SALE,
+        "session": session_id,
+        "customer": customer_id,
+        "user_id": user_id,
+        "prices": [price_id],
+        "mode": mode,
+    }
+    key = hashlib.sha256(session_id.encode()).hexdigest()[:24]
+    return own_event(CHECKOUT_SALE, obj, created=int(now), livemode=livemode, key=key)
 
 
 def observation(obj: Mapping[str, Any], observed_at: int, api_version: str) -> Incoming:

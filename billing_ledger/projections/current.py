@@ -15,6 +15,7 @@ from billing_ledger.ledger.canonical import Snapshot
 from billing_ledger.projections.fold import Attempt, attempts, ordered, past_due_since
 from billing_ledger.projections.links import customer_of
 from billing_ledger.projections.policy import rule_witnesses
+from billing_ledger.projections.purchases import attached
 
 
 def _seconds_kept(order: Sequence[Snapshot]) -> int:
@@ -63,7 +64,7 @@ def present_of_all(snapshots: Iterable[Snapshot]) -> tuple[list[Snapshot], int]:
     """Every object's present, object by object and customer by customer, and the latest
     `created` among all the snapshots (what the views' present table holds for them)."""
     groups: dict[tuple[str, str, str], list[Snapshot]] = {}
-    for s in snapshots:
+    for s in attached(snapshots):  # a dispute belongs to its charge's customer
         customer = customer_of(s)
         if customer is not None:
             groups.setdefault((s.kind, s.object_id, customer), []).append(s)

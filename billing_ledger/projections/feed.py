@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from billing_ledger.ledger.canonical import DISPUTE
 from billing_ledger.ledger.normalise import normalise
 from billing_ledger.ledger.records import Recorded
 from billing_ledger.ledger.store import Database, EventStore
@@ -125,10 +126,12 @@ def observe(
     return _Observed(user_id, after, next_check(entitlements, now), tuple(found), last_at)
 
 
-def touched(events: Iterable[Recorded], livemode: bool) -> tuple[set[str], set[str]]:
-    """(users, customers) the events name, as the billing projection would read them."""
+def touched(events: Iterable[Recorded], livemode: bool) -> tuple[set[str], set[str], set[str]]:
+    """(users, customers, disputed charges) the events name, as the billing projection would
+    read them (a dispute names only its charge, whose customer the views know)."""
     users: set[str] = set()
     customers: set[str] = set()
+    charges: set[str] = set()
     for event in events:
         if event.version > 1 or event.thin or event.livemode != livemode:
             continue
@@ -145,7 +148,9 @@ def touched(events: Iterable[Recorded], livemode: bool) -> tuple[set[str], set[s
         customer = customer_of(snapshot)
         if customer is not None:
             customers.add(customer)
-    return users, customers
+        elif snapshot.kind == DISPUTE:
+            charges.add(snapshot.object_id)
+    return users, customers, charges
 
 
 def _rows(cursor: Any) -> list[tuple[Any, ...]]:
@@ -348,10 +353,13 @@ class FeedProjector:
         livemode: bool,
         clock: Callable[[], float] = time.time,
         wake: Callable[[int, float], bool] | None = None,
+        plans_now: Callable[[], Plans] | None = None,
     ) -> None:
         self.store = store
         self.views = views
         self.plans = plans
+        # The plans matching through the catalog as the reads do (Reads.current_plans).
+        self.plans_now = plans_now
         self.livemode = livemode
         self.tables = FeedTables(store.db)
         self.clock = clock
@@ -412,7 +420,8 @@ class FeedProjector:
         return (events[-1].position if full else applied), events
 
     def _users(self, events: Sequence[Recorded], now: int) -> list[str]:
-        users, customers = touched(events, self.livemode)
+        users, customers, charges = touched(events, self.livemode)
+        customers |= self.views.customers_of_charges(sorted(charges))
         users.update(self.views.users_of_customers(sorted(customers)))
         users.update(self.tables.due(now))
         return sorted(u for u in users if "\x00" not in u)
@@ -421,7 +430,8 @@ class FeedProjector:
         last = self.tables.last_features(users)
         never = (self.plans.default_features(), 0)
         inputs = self.views.load_inputs_of(users)
-        return [observe(u, inputs[u], self.plans, *last.get(u, never), now) for u in users]
+        plans = self.plans_now() if self.plans_now is not None else self.plans
+        return [observe(u, inputs[u], plans, *last.get(u, never), now) for u in users]
 
     def _run(self) -> None:
         while not self._stopping.is_set():

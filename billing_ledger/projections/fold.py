@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from billing_ledger.ledger.canonical import (
+    Charge,
     Customer,
+    Dispute,
     EntitlementSummary,
     Invoice,
     Price,
@@ -26,6 +28,7 @@ from billing_ledger.ledger.canonical import (
 
 TERMINAL_SUBSCRIPTION = frozenset({"canceled", "incomplete_expired"})
 TERMINAL_INVOICE = frozenset({"paid", "void"})
+CLOSED_DISPUTE = frozenset({"won", "lost"})  # a closed dispute is decided for good
 
 # Within one second, *.created comes before *.updated before *.deleted (default 1).
 _TYPE_RANK = {
@@ -41,6 +44,10 @@ _TYPE_RANK = {
     "price.deleted": 2,
     "plan.created": 0,
     "plan.deleted": 2,
+    "charge.succeeded": 0,
+    "charge.refunded": 2,
+    "charge.dispute.created": 0,
+    "charge.dispute.closed": 2,
     # The async outcome of a delayed payment follows the session's completion.
     "checkout.session.async_payment_succeeded": 2,
     "checkout.session.async_payment_failed": 2,
@@ -64,6 +71,8 @@ _WITNESS_FIELDS: dict[type, tuple[str, ...]] = {
     Invoice: ("status", "paid", "attempt_count", "amount_paid", "amount_remaining"),
     Product: ("active", "name", "description"),
     Price: ("active", "lookup_key", "nickname"),
+    Charge: ("amount_refunded", "refunded"),
+    Dispute: ("status",),
 }
 
 
@@ -131,7 +140,7 @@ def _invoice_before(previous: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _catalog_before(fields: tuple[str, ...]) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
-    """A product's or price's witness fields (an archive flips `active`: 6.3 (c))."""
+    """Witness fields read as they are (a price's archive flips `active`: 6.3 (c))."""
     return lambda previous: {k: previous[k] for k in fields if k in previous}
 
 
@@ -143,6 +152,8 @@ _BEFORE: dict[type, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     EntitlementSummary: _summary_before,
     Product: _catalog_before(_WITNESS_FIELDS[Product]),
     Price: _catalog_before(_WITNESS_FIELDS[Price]),
+    Charge: _catalog_before(_WITNESS_FIELDS[Charge]),
+    Dispute: _catalog_before(_WITNESS_FIELDS[Dispute]),
 }
 
 
@@ -165,6 +176,8 @@ def is_terminal(state: State) -> bool:
         return state.status in TERMINAL_INVOICE or state.deleted
     if isinstance(state, _DELETABLE):
         return state.deleted
+    if isinstance(state, Dispute):
+        return state.status in CLOSED_DISPUTE
     return False
 
 
@@ -175,6 +188,8 @@ def _status_rank(state: State) -> tuple[int, ...]:
         transitions = (state.finalized_at, state.marked_uncollectible_at, state.paid_at)
         done = sum(t is not None for t in (*transitions, state.voided_at))
         return (_INVOICE_RANK.get(state.status or "", 0), done, state.attempt_count)
+    if isinstance(state, Charge):
+        return (state.amount_refunded,)  # refunds only ever add up
     return (0,)
 
 

@@ -16,11 +16,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from billing_ledger.ledger.canonical import (
+    CHARGE,
     CHECKOUT_SESSION,
     CUSTOMER,
+    DISPUTE,
     ENTITLEMENT_SUMMARY,
     INVOICE,
     LINK,
+    SALE,
     SUBSCRIPTION,
     Customer,
     EntitlementSummary,
@@ -55,6 +58,7 @@ from billing_ledger.projections.policy import (
     invoice_rank,
     link_spans,
 )
+from billing_ledger.projections.purchases import PurchaseAccess
 
 
 @dataclass(frozen=True)
@@ -166,6 +170,8 @@ class _Book:
     invoices: dict[str, dict[str, Folded]] = field(default_factory=lambda: defaultdict(dict))
     counted: dict[str, str] = field(default_factory=dict)  # invoice id -> its subscription
     latest: dict[str, tuple[tuple[int, str], Folded]] = field(default_factory=dict)
+    # One-time purchases' objects by kind, then id (policy.Folds.sessions and the rest).
+    paying: dict[str, dict[str, Folded]] = field(default_factory=lambda: defaultdict(dict))
 
     def put(self, key: ObjectKey, folded: Folded) -> None:
         """Record an object's new fold."""
@@ -179,6 +185,8 @@ class _Book:
             self.customer = folded
         elif kind == INVOICE:
             self._put_invoice(oid, folded)
+        elif kind in _PAYING:
+            self.paying[kind][oid] = folded
 
     def _put_invoice(self, oid: str, folded: Folded) -> None:
         rank = invoice_rank(folded)
@@ -209,6 +217,9 @@ class _Book:
             self.latest.pop(sid, None)
 
 
+_PAYING = (CHECKOUT_SESSION, SALE, CHARGE, DISPUTE)
+
+
 def _folds(books: Iterable[_Book]) -> Folds:
     """The policy's reading of these customers' books, as `policy.folds_of` would give it."""
     subscriptions: list[Folded] = []
@@ -216,7 +227,10 @@ def _folds(books: Iterable[_Book]) -> Folds:
     customers: dict[str, Folded] = {}
     latest: dict[str, tuple[tuple[int, str], Folded]] = {}
     ambiguous: set[str] = set()
+    paying: dict[str, dict[str, Folded]] = {kind: {} for kind in _PAYING}
     for book in books:
+        for kind, found in book.paying.items():
+            paying[kind].update(found)
         subscriptions += book.subscriptions.values()
         if book.summary is not None:
             summaries[book.summary.chosen.object_id] = book.summary
@@ -232,6 +246,10 @@ def _folds(books: Iterable[_Book]) -> Folds:
         customers=customers,
         latest_invoices={sid: f for sid, (_, f) in latest.items()},
         ambiguous=frozenset(ambiguous),
+        sessions=paying[CHECKOUT_SESSION],
+        sales=paying[SALE],
+        charges=paying[CHARGE],
+        disputes=paying[DISPUTE],
     )
 
 
@@ -336,6 +354,28 @@ def _subscription_cause(
     return None
 
 
+def _purchase_cause(
+    index: _Index, before: Entitlements | None, after: Entitlements, at: int
+) -> _Cause | None:
+    """A one-time purchase paid, refunded or lost in a dispute by an event created at `at`."""
+    earlier = {p.id: p for p in (before.purchases if before else ())}
+    for bought in after.purchases:
+        old = earlier.get(bought.id)
+        if old is not None and (old.status, old.grants_access) == (
+            bought.status,
+            bought.grants_access,
+        ):
+            continue
+        chosen = index.by_event.get(bought.event_id)
+        if chosen is not None and chosen.created == at:
+            what = ", ".join(bought.plan_ids) or "no plan"
+            reason = f"purchase {bought.id} {bought.status} ({what})"
+            if bought.charge_id is not None:
+                reason += f", charge {bought.charge_id}"
+            return _Cause(bought.event_id, chosen.event_type, reason)
+    return None
+
+
 def _link_cause(
     index: _Index, before: Entitlements | None, after: Entitlements, at: int
 ) -> _Cause | None:
@@ -408,6 +448,7 @@ def _cause(
 ) -> _Cause:
     return (
         _subscription_cause(index, before, after, at)
+        or _purchase_cause(index, before, after, at)
         or _link_cause(index, before, after, at)
         or _move_cause(index, before, after, at)
         or _rule_cause(before, at)
@@ -482,6 +523,13 @@ def _subscription_line(sub: SubscriptionAccess) -> str:
     return f"  {sub.id} ({sub.customer_id}): {sub.status}, grants nothing: {sub.denied}"
 
 
+def _purchase_line(bought: PurchaseAccess) -> str:
+    plans = ", ".join(bought.plan_ids) or "no plan"
+    if bought.grants_access:
+        return f"  {bought.id} ({bought.customer_id}): purchase of {plans}, paid, grants for good"
+    return f"  {bought.id} ({bought.customer_id}): purchase of {plans}, grants nothing: {bought.denied}"
+
+
 def explain(inputs: UserInputs, plans: Plans, at: int, feature: str | None = None) -> list[str]:
     """Human lines for `billing-ledger explain`: each change, its cause, the state at `at`."""
     now = evaluate(inputs, plans, at)
@@ -493,6 +541,7 @@ def explain(inputs: UserInputs, plans: Plans, at: int, feature: str | None = Non
         lines.append(f"{_iso(c.at)}  {_diff(c):<16} {c.reason}  [{cause}]")
     lines.append(f"customers: {', '.join(now.customer_ids) or '(none)'}")
     lines.extend(_subscription_line(s) for s in now.subscriptions)
+    lines.extend(_purchase_line(p) for p in now.purchases)
     if now.warnings:
         lines.append(f"warnings: {', '.join(now.warnings)}")
     if feature is not None:

@@ -9,11 +9,14 @@ from dataclasses import dataclass
 from billing_ledger.ledger.canonical import (
     CUSTOMER,
     SUBSCRIPTION,
+    Charge,
     CheckoutSession,
     Customer,
+    Dispute,
     EntitlementSummary,
     Invoice,
     Link,
+    Sale,
     Snapshot,
     Subscription,
 )
@@ -65,7 +68,7 @@ def links_of(snapshot: Snapshot) -> list[LinkRow]:
 
 
 # A tuple, not `A | B | ...`: that builds a union object on every call of a hot path.
-_OWNED = (Subscription, Invoice, CheckoutSession, EntitlementSummary, Link)
+_OWNED = (Subscription, Invoice, CheckoutSession, EntitlementSummary, Link, Charge, Dispute, Sale)
 
 
 def customer_of(snapshot: Snapshot) -> str | None:

@@ -24,7 +24,12 @@ _PLAN_KEYS = {
     "name",
     "description",
     "mode",
+    "allow_promotion_codes",
+    "automatic_tax",
+    "seats",
+    "max_seats",
 }
+MAX_SEATS = 99  # Checkout's adjustable quantity allows up to 999,999; a sane default
 SUBSCRIPTION_MODE = "subscription"
 ONE_TIME_MODE = "one_time"  # bought once through Checkout in payment mode
 _MODES = (SUBSCRIPTION_MODE, ONE_TIME_MODE)
@@ -55,6 +60,12 @@ class Plan:
     name: str | None = None  # the display name; `display_name` falls back to the id
     description: str | None = None
     mode: str = SUBSCRIPTION_MODE
+    # Checkout options (None: the settings decide): promotion codes, Stripe Tax, and for a
+    # seat plan a quantity the buyer may change at Checkout, up to max_seats.
+    allow_promotion_codes: bool | None = None
+    automatic_tax: bool | None = None
+    seats: bool = False
+    max_seats: int = MAX_SEATS
 
     @property
     def display_name(self) -> str:
@@ -231,6 +242,14 @@ def _plan(entry: Any, index: int, source: str) -> Plan:
         )
     if mode == ONE_TIME_MODE and default:
         raise PlansError(source, f"{where}.mode", "a default plan is not bought")
+    seats = _flag(entry, "seats", where, source) or False
+    max_seats = entry.get("max_seats", MAX_SEATS)
+    if (
+        isinstance(max_seats, bool)
+        or not isinstance(max_seats, int)
+        or not 1 <= max_seats <= 999_999
+    ):
+        raise PlansError(source, f"{where}.max_seats", f"must be 1 to 999999, got {max_seats!r}")
     return Plan(
         id=plan_id,
         features=features,
@@ -238,8 +257,19 @@ def _plan(entry: Any, index: int, source: str) -> Plan:
         name=_optional_text(entry, "name", where, source),
         description=_optional_text(entry, "description", where, source),
         mode=mode,
+        allow_promotion_codes=_flag(entry, "allow_promotion_codes", where, source),
+        automatic_tax=_flag(entry, "automatic_tax", where, source),
+        seats=seats,
+        max_seats=max_seats,
         **matchers,
     )
+
+
+def _flag(entry: Mapping[str, Any], key: str, where: str, source: str) -> bool | None:
+    value = entry.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise PlansError(source, f"{where}.{key}", f"must be true or false, got {value!r}")
+    return value
 
 
 def _optional_text(entry: Mapping[str, Any], key: str, where: str, source: str) -> str | None:

@@ -13,9 +13,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from billing_ledger.ledger.canonical import (
+    CHARGE,
+    CHECKOUT_SESSION,
     CUSTOMER,
+    DISPUTE,
     ENTITLEMENT_SUMMARY,
     INVOICE,
+    SALE,
     SUBSCRIPTION,
     Customer,
     EntitlementSummary,
@@ -38,6 +42,7 @@ from billing_ledger.projections.fold import (
 )
 from billing_ledger.projections.links import LinkRow, Span, customer_of, links_of, spans
 from billing_ledger.projections.plans import DAY, Plan, Plans
+from billing_ledger.projections.purchases import PurchaseAccess, attached, payings, purchase
 
 TRIAL_ENDING_WINDOW = 3 * DAY
 
@@ -79,7 +84,7 @@ class UserInputs:
 
 def gather(user_id: str, snapshots: Iterable[Snapshot]) -> UserInputs:
     """Pick out one user's inputs from a pile of snapshots (tests, explain, replay)."""
-    pile = tuple(snapshots)
+    pile = tuple(attached(snapshots))
     links = tuple(
         sorted(
             (row for s in pile for row in links_of(s) if row.user_id == user_id),
@@ -111,6 +116,7 @@ class SubscriptionAccess:
     denied: str | None = None  # why it grants nothing, when it does not
     until_rule: str | None = None  # which rule sets access_until
     stopped_granting: int | None = None  # when it last entered a state granting nothing
+    quantity: int | None = None  # the items' quantity (seats), the largest of several
 
     def to_json(self) -> dict[str, Any]:
         """The CONTRACT.md subscription object."""
@@ -126,6 +132,7 @@ class SubscriptionAccess:
             "access_until": self.access_until,
             "trial_end": self.trial_end,
             "past_due_since": self.past_due_since,
+            "quantity": self.quantity,
         }
 
 
@@ -144,6 +151,7 @@ class Entitlements:
     # Objects only a re-fetch can settle: a same-second tie of differing states (S17) or a
     # truncated entitlement summary (S56). The live pipeline records an observation.
     needs_refetch: tuple[str, ...] = ()
+    purchases: tuple[PurchaseAccess, ...] = ()  # one-time purchases (projections/purchases)
 
     def to_json(self) -> dict[str, Any]:
         """The CONTRACT.md entitlements body, minus `position` and `at` (added by http/)."""
@@ -153,6 +161,7 @@ class Entitlements:
             "plans": list(self.plans),
             "customer_ids": list(self.customer_ids),
             "subscriptions": [s.to_json() for s in self.subscriptions],
+            "purchases": [p.to_json() for p in self.purchases],
             "warnings": list(self.warnings),
             "reasons": dict(sorted(self.reasons.items())),
         }
@@ -272,6 +281,7 @@ def _access(
         denied=denied,
         until_rule=ends[0][1] if granted and ends else None,
         stopped_granting=_stopped_granting(folded, sub, plans, at),
+        quantity=max((i.quantity for i in sub.items if i.quantity is not None), default=None),
     )
 
 
@@ -314,6 +324,11 @@ class Folds:
     customers: Mapping[str, Folded]  # customer id -> the customer
     latest_invoices: Mapping[str, Folded]  # subscription id -> its latest invoice
     ambiguous: frozenset[str]  # object ids only a re-fetch can settle (S17)
+    # One-time purchases' objects, by id (a dispute by its charge's id).
+    sessions: Mapping[str, Folded] = field(default_factory=dict)
+    sales: Mapping[str, Folded] = field(default_factory=dict)
+    charges: Mapping[str, Folded] = field(default_factory=dict)
+    disputes: Mapping[str, Folded] = field(default_factory=dict)
 
 
 def folds_of(objects: Objects) -> Folds:
@@ -327,6 +342,10 @@ def folds_of(objects: Objects) -> Folds:
         customers=by_kind.get(CUSTOMER, {}),
         latest_invoices=_latest_invoices(by_kind.get(INVOICE, {}).values()),
         ambiguous=frozenset(oid for (_, oid), f in objects.items() if f.ambiguous),
+        sessions=by_kind.get(CHECKOUT_SESSION, {}),
+        sales=by_kind.get(SALE, {}),
+        charges=by_kind.get(CHARGE, {}),
+        disputes=by_kind.get(DISPUTE, {}),
     )
 
 
@@ -413,8 +432,34 @@ def _grant_customer(
             grants.grant(plan.features, f"plan {plan.id} via {s.id} ({s.status})")
 
 
-def _held_plans(plans: Plans, subs: Iterable[SubscriptionAccess], features: set[str]) -> list[str]:
+def _purchases(folds: Folds, plans: Plans, deleted: frozenset[str]) -> list[PurchaseAccess]:
+    """The user's paid one-time purchases, each with what its payment became."""
+    found = payings(
+        (f.chosen for f in folds.sessions.values()),
+        {oid: f.chosen for oid, f in folds.sales.items()},
+        (f.chosen for f in folds.charges.values()),
+        {oid: f.chosen for oid, f in folds.disputes.items()},
+    )
+    return [purchase(p, plans, deleted) for p in found]
+
+
+def _grant_purchases(grants: _Grants, bought: Iterable[PurchaseAccess], plans: Plans) -> None:
+    for p in bought:
+        if not p.grants_access:
+            grants.deny(p.features, p.denied or f"{p.id} is {p.status}")
+            continue
+        for plan in (found for found in map(plans.by_id, p.plan_ids) if found is not None):
+            grants.grant(plan.features, f"plan {plan.id} via {p.id} (paid)")
+
+
+def _held_plans(
+    plans: Plans,
+    subs: Iterable[SubscriptionAccess],
+    features: set[str],
+    bought: Iterable[PurchaseAccess] = (),
+) -> list[str]:
     held = {p.id for p in plans.default_plans()}
+    held.update(pid for p in bought if p.grants_access for pid in p.plan_ids)
     for s in subs:
         for plan in (p for p in map(plans.by_id, s.plan_ids) if p is not None):
             if s.grants_access and set(plan.features) <= features:
@@ -575,19 +620,22 @@ def decide(
     for cid in customers:
         mine = [s for s in subs if s.customer_id == cid]
         _grant_customer(grants, mine, _summary(folds, cid), plans, rules)
+    bought = _purchases(folds, plans, deleted)
+    _grant_purchases(grants, bought, plans)
     for plan in plans.default_plans():
         grants.grant(plan.features, f"plan {plan.id} (default)")
     features = set(grants.reasons)
     return Entitlements(
         user_id=user_id,
         features=tuple(sorted(features)),
-        plans=tuple(_held_plans(plans, subs, features)),
+        plans=tuple(_held_plans(plans, subs, features, bought)),
         customer_ids=customers,
         subscriptions=tuple(subs),
         warnings=_warnings(subs, folds.latest_invoices, deleted, at, rules),
         reasons=dict(sorted(grants.reasons.items())),
         denials={f: r for f, r in sorted(grants.denials.items()) if f not in features},
         needs_refetch=_needs_refetch(folds, customers),
+        purchases=tuple(bought),
     )
 
 

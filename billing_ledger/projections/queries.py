@@ -257,6 +257,11 @@ class Reads:
         self.answers = Answers(self.plans)
         return built
 
+    def current_plans(self) -> Plans:
+        """The plans as the reads match them now (through the catalog); blocking."""
+        self.catalog()
+        return self.plans
+
     async def catalog_now(self, position: int | None = None) -> Catalog:
         """`catalog`, off the event loop when it must read the database."""
         if position is None:

@@ -23,7 +23,13 @@ from eventsourcing.persistence import Tracking
 from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 
-from billing_ledger.ledger.canonical import Snapshot, snapshot_from_json, snapshot_to_json
+from billing_ledger.ledger.canonical import (
+    CHARGE,
+    DISPUTE,
+    Snapshot,
+    snapshot_from_json,
+    snapshot_to_json,
+)
 from billing_ledger.ledger.store import Database, StorageError, guard
 from billing_ledger.projections import cache as read_cache
 from billing_ledger.projections import catalog as catalog_fold
@@ -32,6 +38,7 @@ from billing_ledger.projections.cards import CardFact, fact_from_json
 from billing_ledger.projections.current import latest, present
 from billing_ledger.projections.links import LinkRow, customer_of, links_of
 from billing_ledger.projections.policy import UserInputs
+from billing_ledger.projections.purchases import with_customer
 
 log = logging.getLogger("billing_ledger.projections")
 
@@ -249,11 +256,17 @@ class Views:
             if skipped:
                 cursor.executemany(self._sql.insert_skipped, [_skip_row(s) for s in skipped])
             # After the position's row lock: one writer at a time rewrites the present.
-            self._rewrite_present(cursor, {(s.kind, s.object_id) for s in snapshots}, snapshots)
+            disputes = self._attach_disputes(cursor, snapshots)
+            touched = {(s.kind, s.object_id) for s in snapshots} | {(DISPUTE, c) for c in disputes}
+            self._rewrite_present(cursor, touched, snapshots)
             self._rewrite_catalog(cursor, snapshots, position)
             self._track(cursor, Tracking(self.name, position))
-        customers = {row[2] for row in rows} | {link[1] for link in links}
+        customers = {row[2] for row in rows} | {link[1] for link in links} | set(disputes.values())
         self.batches.remember(after, position, customers, {link[0] for link in links})
+        known = self._catalog
+        if known is not None and known[0] == tracked and not _touches_catalog(snapshots):
+            # The catalog read at `tracked` is still the catalog at `position`: no query.
+            self._catalog = (position, known[1], known[2])
 
     def _track(self, cursor: Any, tracking: Tracking) -> None:
         """Record the position in this transaction with the tracking recorder's own statement
@@ -286,12 +299,24 @@ class Views:
             if rows:
                 cursor.executemany(self._sql.insert_current, rows)
 
+    def _attach_disputes(self, cursor: Any, batch: Sequence[Snapshot]) -> dict[str, str]:
+        """Give each dispute row its charge's customer (a dispute names only its charge), once
+        both are stored, whichever came first; {charge id: customer} of those attached now."""
+        charges = sorted({s.object_id for s in batch if s.kind in (CHARGE, DISPUTE)})
+        attached: dict[str, str] = {}
+        for start in range(0, len(charges), KEYS_PER_STATEMENT):
+            keys = [self._text(c) for c in charges[start : start + KEYS_PER_STATEMENT]]
+            cursor.execute(self._sql.attach_disputes(len(keys)), self._sql.once(keys))
+            for charge, customer in (_values(r) for r in cursor.fetchall()):
+                attached[self._plain(charge)] = self._plain(customer)
+        return attached
+
     def _rewrite_catalog(self, cursor: Any, batch: Sequence[Snapshot], position: int) -> None:
         """Choose again, from all their snapshots, the products and prices this batch touched;
         note the catalog's version (the position) in the tracking table."""
-        objects = {(s.kind, s.object_id) for s in batch if s.kind in catalog_fold.CATALOG_KINDS}
-        if not objects:
+        if not _touches_catalog(batch):
             return
+        objects = {(s.kind, s.object_id) for s in batch if s.kind in catalog_fold.CATALOG_KINDS}
         keys = sorted((self._text(kind), self._text(oid)) for kind, oid in objects)
         for start in range(0, len(keys), KEYS_PER_STATEMENT):
             where, params = self._sql.objects_in(keys[start : start + KEYS_PER_STATEMENT])
@@ -557,11 +582,18 @@ class Views:
     ) -> tuple[UserInputs, int]:
         links = tuple(LinkRow(*t) for t in sorted(self._link(r[1:6]) for r in link_rows))
         snapshots = sorted(
-            (snapshot_from_json(r[6]) for r in snapshot_rows),
+            (self._snapshot_of(r) for r in snapshot_rows),
             key=lambda s: (s.kind, s.object_id, s.created, s.event_id),
         )
         inputs = UserInputs(user_id=user_id, links=links, snapshots=tuple(snapshots))
         return inputs, estimate(inputs, sum(len(r[6]) for r in snapshot_rows))
+
+    def _snapshot_of(self, row: tuple[Any, ...]) -> Snapshot:
+        """A user-input row's snapshot; a dispute gets the customer its row was attached to."""
+        found = snapshot_from_json(row[6])
+        if found.kind == DISPUTE and row[2] is not None:
+            return with_customer(found, self._plain(row[2]))
+        return found
 
     @property
     def cache_size(self) -> int:
@@ -636,6 +668,16 @@ class Views:
             with self.db.transaction(commit=False) as cursor:
                 cursor.execute(self._sql.users_of_customers(len(keys)), self._sql.once(keys))
                 found.update(self._link(r)[0] for r in cursor.fetchall())
+        return found
+
+    def customers_of_charges(self, charges: Sequence[str]) -> set[str]:
+        """The customers these charges belong to (a dispute's, through its charge)."""
+        found: set[str] = set()
+        for start in range(0, len(charges), KEYS_PER_STATEMENT):
+            keys = [self._text(c) for c in charges[start : start + KEYS_PER_STATEMENT]]
+            with self.db.transaction(commit=False) as cursor:
+                cursor.execute(self._sql.customers_of_charges(len(keys)), self._sql.once(keys))
+                found.update(self._plain(_values(r)[0]) for r in cursor.fetchall())
         return found
 
     def users_of(self, customer_id: str) -> list[str]:
@@ -783,6 +825,10 @@ _HOLDERS = (
     "AND a.xact_start < now() - make_interval(secs => %s) ORDER BY l.pid"
 )
 _READ_BEGIN = f"BEGIN; SET LOCAL lock_timeout = {round(READ_LOCK_TIMEOUT * 1000)}"
+
+
+def _touches_catalog(snapshots: Sequence[Snapshot]) -> bool:
+    return any(s.kind in catalog_fold.CATALOG_KINDS for s in snapshots)
 
 
 def _skips_json(listed: list[Skipped], total: int) -> dict[str, Any]:
@@ -1035,6 +1081,27 @@ class _Statements:
     def users_of_customers(self, count: int) -> str:
         """The user of every link to one of `count` customers."""
         return f"SELECT user_id FROM {self.views.links} WHERE {self._any('customer_id', count)}"
+
+    def customers_of_charges(self, count: int) -> str:
+        """The customers of `count` charges."""
+        return (
+            f"SELECT DISTINCT customer_id FROM {self.views.snapshots} WHERE kind = 'charge' "
+            f"AND customer_id IS NOT NULL AND {self._any('object_id', count)}"
+        )
+
+    def attach_disputes(self, count: int) -> str:
+        """Set the customer of unattached dispute rows of `count` charges from the charge's
+        rows; returns (charge id, customer) of each row it set."""
+        snap = self.views.snapshots
+        owner = (
+            f"SELECT MAX(c.customer_id) FROM {snap} c "
+            "WHERE c.kind = 'charge' AND c.object_id = d.object_id"
+        )
+        return (
+            f"UPDATE {snap} AS d SET customer_id = ({owner}) WHERE d.kind = 'dispute' "
+            f"AND d.customer_id IS NULL AND {self._any('d.object_id', count)} "
+            f"AND ({owner}) IS NOT NULL RETURNING object_id, customer_id"
+        )
 
     def objects_in(self, keys: Sequence[tuple[str, str]]) -> tuple[str, list[Any]]:
         """A condition naming these (kind, object_id) pairs, and its parameters."""

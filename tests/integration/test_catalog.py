@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -135,3 +136,29 @@ def test_a_rebuild_gives_the_same_catalog(ledger: Ledger) -> None:
     assert rows(fresh.names[CATALOG]) == rows(ledger.deps.views.names[CATALOG])
     ledger.deps.views.promote(fresh)
     assert ledger.get("/v1/catalog") == before
+
+
+def test_the_change_feed_matches_plans_through_the_catalog_as_the_reads_do(ledger: Ledger) -> None:
+    ledger.deliver(
+        event(
+            "price.created",
+            price("price_new", lookup_key="pro_monthly", product="prod_x"),
+            id="evt_c9",
+            created=T,
+        )
+    )
+    sub = subscription(prices=("price_new",), period=(int(time.time()) - DAY, int(time.time()) + M))
+    sub["items"]["data"][0]["price"] = "price_new"
+    ledger.deliver(
+        event("checkout.session.completed", checkout_session(), id="evt_1", created=T + 1),
+        event("customer.subscription.created", sub, id="evt_2", created=T + 1),
+    )
+    assert ledger.features() == ["core", "pro"]
+    found: list[Json] = []
+    after, deadline = 0, time.monotonic() + 20
+    while not found:  # long-polls: each waits up to 1 s for a change
+        assert time.monotonic() < deadline, "the feed shows no change for u_1"
+        page = ledger.get("/v1/changes", after=after, wait=1)
+        found += [c for c in page["changes"] if c["user_id"] == "u_1"]
+        after = page["next"]
+    assert found[-1]["features_after"] == ["core", "pro"]

@@ -24,6 +24,7 @@ ENTITLEMENT_FIELDS = {
     "plans",
     "customer_ids",
     "subscriptions",
+    "purchases",
     "warnings",
     "position",
     "at",
@@ -38,6 +39,7 @@ SUBSCRIPTION_FIELDS = {
     "cancel_at_period_end",
     "grants_access",
     "access_until",
+    "quantity",
 }
 INVOICE_FIELDS = {
     "id",
@@ -94,7 +96,9 @@ def test_entitlements_have_exactly_the_contract_fields(ledger: Ledger) -> None:
         "cancel_at_period_end": False,
         "grants_access": True,
         "access_until": T + M + LEEWAY,
+        "quantity": 1,
     }
+    assert body["purchases"] == []
 
 
 def test_a_user_never_seen_gets_the_default_plans(ledger: Ledger) -> None:

@@ -89,6 +89,7 @@ def test_checkout_session_creation_sends_subscription_mode_with_the_user_everywh
         "line_items[0][quantity]": "2",
         "subscription_data[metadata][app_user_id]": user,
         "metadata[app_user_id]": user,
+        "metadata[price]": "price_pro",
         "success_url": f"{APP_URL}/billing?success=true&session_id={{CHECKOUT_SESSION_ID}}",
         "cancel_url": f"{APP_URL}/pricing?canceled=true",
     }

@@ -77,6 +77,11 @@ CATALOGUE = [
         "recurring": None,
     },
     {**recurring_price("price_retired", "retired_monthly", "prod_pro", 1500), "active": False},
+    {
+        **recurring_price("price_lifetime", "lifetime_once", "prod_lifetime", 9900),
+        "type": "one_time",
+        "recurring": None,
+    },
 ]
 
 
@@ -321,6 +326,33 @@ class FakeStripe:
                     "You must provide at least one recurring price in `subscription` mode.",
                     param=f"line_items[{index}][price]",
                 )
+            if p["mode"] == "payment" and price["type"] == "recurring":
+                return stripe_error(
+                    400,
+                    "invalid_request_error",
+                    "You specified `payment` mode but passed a recurring price.",
+                    param=f"line_items[{index}][price]",
+                )
+        if (
+            p.get("automatic_tax[enabled]") == "true"
+            and p.get("customer")
+            and (p.get("customer_update[address]") != "auto")
+        ):
+            # Stripe's rule: an existing customer without an address needs Checkout to ask.
+            return stripe_error(
+                400,
+                "invalid_request_error",
+                "Automatic tax calculation in Checkout requires a valid address on the "
+                "Customer. Set `customer_update[address]` to 'auto'.",
+                param="automatic_tax[enabled]",
+            )
+        if p.get("mode") == "payment" and p.get("subscription_data[metadata][app_user_id]"):
+            return stripe_error(
+                400,
+                "invalid_request_error",
+                "You can not pass `subscription_data` in `payment` mode.",
+                param="subscription_data",
+            )
         customer = p.get("customer")
         if customer and not await self._customer_exists(customer, seen):
             return stripe_error(
@@ -386,9 +418,11 @@ class FakeStripe:
         """Pay: the session completes and the browser goes to the success URL (no webhooks:
         the test sends those, as Stripe does, independently of the redirect)."""
         session = self.state.sessions[request.path_params["id"]]
-        session.update(
-            status="complete", payment_status="paid", subscription=f"sub_{secrets.token_hex(8)}"
-        )
+        session.update(status="complete", payment_status="paid")
+        if session["mode"] == "payment":  # a one-time payment: a PaymentIntent, no subscription
+            session["payment_intent"] = f"pi_{secrets.token_hex(8)}"
+        else:
+            session["subscription"] = f"sub_{secrets.token_hex(8)}"
         target = session["success_url"].replace("{CHECKOUT_SESSION_ID}", session["id"])
         return RedirectResponse(target, status_code=303)
 

@@ -328,3 +328,117 @@ def observation(obj: Json, *, id: str, observed_at: int) -> Json:
     envelope = event("ledger.observation", obj, id=id, created=observed_at)
     envelope["observed_at"] = observed_at
     return envelope
+
+
+# -- one-time purchases -----------------------------------------------------------------
+
+LIFETIME = """
+[[plans]]
+id = "lifetime"
+name = "Lifetime"
+description = "Pay once, keep Pro"
+mode = "one_time"
+prices = ["price_lifetime"]
+features = ["core", "pro"]
+"""
+
+
+def lifetime_plans() -> Plans:
+    """The example plans and a one-time "lifetime" plan (price_lifetime: core, pro)."""
+    import tomllib
+
+    from billing_ledger.projections.plans import parse_plans
+
+    data = tomllib.loads(EXAMPLE_PLANS.read_text() + LIFETIME)
+    return parse_plans(data)
+
+
+def payment_session(
+    *,
+    id: str = "cs_pay_1",
+    customer: str | None = "cus_1",
+    client_reference_id: str | None = "u_1",
+    payment_intent: str | None = "pi_1",
+    price: str | None = "price_lifetime",
+    status: str = "complete",
+    payment_status: str = "paid",
+) -> Json:
+    """A Checkout Session in payment mode, as the service creates it (metadata.price)."""
+    return {
+        "id": id,
+        "object": "checkout.session",
+        "client_reference_id": client_reference_id,
+        "customer": customer,
+        "livemode": False,
+        "metadata": {"app_user_id": client_reference_id, "price": price} if price else {},
+        "mode": "payment",
+        "payment_intent": payment_intent,
+        "payment_status": payment_status,
+        "status": status,
+        "subscription": None,
+        "amount_total": 9900,
+        "currency": "eur",
+    }
+
+
+def charge(
+    *,
+    id: str = "ch_1",
+    customer: str | None = "cus_1",
+    payment_intent: str | None = "pi_1",
+    amount: int = 9900,
+    amount_refunded: int = 0,
+) -> Json:
+    """A Charge of a payment (refunds as amount_refunded)."""
+    return {
+        "id": id,
+        "object": "charge",
+        "amount": amount,
+        "amount_captured": amount,
+        "amount_refunded": amount_refunded,
+        "currency": "eur",
+        "customer": customer,
+        "livemode": False,
+        "paid": True,
+        "payment_intent": payment_intent,
+        "refunded": amount_refunded >= amount,
+        "status": "succeeded",
+    }
+
+
+def dispute(
+    *, id: str = "dp_1", charge: str = "ch_1", payment_intent: str | None = "pi_1", status: str
+) -> Json:
+    """A Dispute of a charge (it names its charge, never a customer)."""
+    return {
+        "id": id,
+        "object": "dispute",
+        "amount": 9900,
+        "charge": charge,
+        "currency": "eur",
+        "livemode": False,
+        "payment_intent": payment_intent,
+        "reason": "fraudulent",
+        "status": status,
+    }
+
+
+def sale(
+    *,
+    session: str = "cs_pay_1",
+    customer: str = "cus_1",
+    user_id: str = "u_1",
+    prices: Iterable[str] = ("price_lifetime",),
+    id: str,
+    created: int,
+) -> Json:
+    """A ledger.checkout_sale event of our own: what a session the service created sells."""
+    obj = {
+        "object": "ledger.checkout_sale",
+        "session": session,
+        "customer": customer,
+        "user_id": user_id,
+        "prices": list(prices),
+        "mode": "payment",
+    }
+    return event("ledger.checkout_sale", obj, id=id, created=created, api_version=None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from hypothesis import given, settings
@@ -166,3 +168,32 @@ def test_the_plans_file_names_and_describes_a_plan() -> None:
         "Pay once, keep Pro",
         "one_time",
     )
+
+
+def ruby_mock(name: str) -> Json:
+    path = Path(__file__).parent.parent / "fixtures" / "stripe-ruby-mock" / f"{name}.json"
+    envelope: Json = json.loads(path.read_text())
+    return envelope
+
+
+def test_stripes_price_and_product_events_of_2020_fold_into_the_catalog() -> None:
+    envelopes = [ruby_mock(n) for n in ("price.created", "product.created")]
+    found = catalog.build(catalog.chosen(snapshots(envelopes)), example_plans())
+    price = found.price("price_000000000000000000000000")
+    assert price is not None
+    assert (price.unit_amount, price.currency, price.type, price.interval, price.active) == (
+        1500,
+        "usd",
+        "recurring",
+        "month",
+        True,
+    )
+    assert found.products["prod_00000000000000"].name == "myproduct"
+
+
+def test_a_deleted_product_takes_its_prices_off_sale() -> None:
+    envelopes = [ruby_mock(n) for n in ("price.created", "product.created", "product.deleted")]
+    found = catalog.build(catalog.chosen(snapshots(envelopes)), example_plans())
+    price = found.price("price_000000000000000000000000")
+    assert price is not None and price.active is False
+    assert found.products["prod_00000000000000"].deleted is True

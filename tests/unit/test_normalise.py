@@ -426,3 +426,46 @@ def test_every_snapshot_kind_round_trips_through_json() -> None:
     for envelope in envelopes:
         snapshot = snap(envelope)
         assert snapshot_from_json(snapshot_to_json(snapshot)) == snapshot
+
+
+# -- the catalog and one-time purchases (current shapes) --------------------------------
+
+
+def test_a_current_price_and_product_read_as_the_catalog_needs_them() -> None:
+    price = state_of(openapi_event("price.updated", "price"))
+    assert (price.id, price.product_id, price.unit_amount, price.type, price.interval) == (
+        "price_1PgafmB7WZ01zgkW6dKueIc5",
+        "prod_QXg1hqf4jFNsqG",
+        2000,
+        "recurring",
+        "month",
+    )
+    product = state_of(openapi_event("product.updated", "product"))
+    assert (product.name, product.description, product.active) == (
+        "T-shirt",
+        "Comfortable gray cotton t-shirt",
+        True,
+    )
+
+
+def test_a_payment_mode_session_keeps_its_payment_intent_and_price() -> None:
+    session = state_of(openapi_event("checkout.session.completed", "checkout.session"))
+    assert (session.mode, session.payment_intent_id) == ("payment", "pi_1PgafyB7WZ01zgkWSjxsAJo3")
+    tagged = dict(OPENAPI["checkout.session"], metadata={"price": "price_lifetime"})
+    envelope = event("checkout.session.completed", tagged, id="evt_tagged", created=T)
+    assert state_of(envelope).price_id == "price_lifetime"
+
+
+def test_a_charge_and_its_dispute_read_with_the_dispute_keyed_by_its_charge() -> None:
+    refunded = dict(OPENAPI["charge"], amount_refunded=100, refunded=True)
+    charge = state_of(event("charge.refunded", refunded, id="evt_ch", created=T))
+    assert (charge.amount, charge.amount_refunded, charge.refunded) == (100, 100, True)
+    dispute = {"id": "dp_1", "object": "dispute", "charge": charge.id, "status": "lost"}
+    found = snap(event("charge.dispute.closed", dispute, id="evt_dp", created=T))
+    assert (found.kind, found.object_id, found.state.status) == ("dispute", charge.id, "lost")
+
+
+def test_a_dispute_without_a_status_is_refused() -> None:
+    dispute = {"id": "dp_1", "object": "dispute", "charge": "ch_1"}
+    with pytest.raises(NormaliseError, match="dispute has no status"):
+        normalise(recorded(event("charge.dispute.closed", dispute, id="evt_dp", created=T)))

@@ -3,7 +3,8 @@
 Hypothesis generates lifecycles for several users (subscriptions walking Stripe's status
 graph, invoices ending paid, void or uncollectible, entitlement summaries, some naming the
 previous one as "before" in the same second, observations, links of every kind, metadata
-moving a customer to another user, deleted customers), sprinkles exact and logical
+moving a customer to another user, deleted customers, one-time purchases with partial and
+full refunds and disputes won or lost, a dispute sometimes before its charge), sprinkles exact and logical
 duplicates and same-second ties, then checks that a shuffled delivery gives identical
 entitlements, invoices and history, and that history's one pass agrees with `evaluate`.
 """
@@ -24,20 +25,24 @@ from tests.unit.builders import (
     M,
     T,
     active_entitlement,
+    charge,
     checkout_session,
     customer,
+    dispute,
     event,
-    example_plans,
     inputs,
     invoice_event,
+    lifetime_plans,
     link,
     observation,
+    payment_session,
+    sale,
     sub_event,
     summary,
     summary_event,
 )
 
-PLANS = example_plans()
+PLANS = lifetime_plans()
 USERS = ("u_1", "u_2", "u_3")
 QUERY_TIMES = (T - 1, T, T + 1, T + DAY, T + 8 * DAY, T + 25 * DAY, T + M + 3 * DAY, T + 3 * M)
 
@@ -174,11 +179,74 @@ def customer_events(draw: st.DrawFn, user: str, cus: str) -> list[Json]:
     if draw(st.integers(0, 3)) == 0:
         found += draw(metadata_moves(user, cus, t))
     if draw(st.booleans()):
+        found += draw(purchase_lifecycle(user, cus))
+    if draw(st.booleans()):
         observed = summary(*draw(FEATURES), customer=cus)
         found.append(observation(observed, id=f"obs_{cus}", observed_at=T + draw(STEPS)))
     if draw(st.integers(0, 5)) == 0:
         gone = customer(id=cus, deleted=True)
         found.append(event("customer.deleted", gone, id=f"evt_cd_{cus}", created=T + draw(STEPS)))
+    return found
+
+
+@st.composite
+def purchase_lifecycle(draw: st.DrawFn, user: str, cus: str) -> list[Json]:
+    """A one-time purchase: the sale we record, the session paid at once or later (or never),
+    its charge, refunds partial or full, a dispute won or lost."""
+    cs, pi, ch = f"cs_{cus}_p", f"pi_{cus}", f"ch_{cus}"
+    t = T + draw(STEPS)
+    session = {"id": cs, "customer": cus, "client_reference_id": user, "payment_intent": pi}
+    price = draw(st.sampled_from(("price_lifetime", "price_lifetime", "price_pro", None)))
+    found = [sale(session=cs, customer=cus, user_id=user, id=f"lgr_sale_{cus}", created=t)]
+    paid_now = draw(st.booleans())
+    status = "paid" if paid_now else "unpaid"
+    found.append(
+        event(
+            "checkout.session.completed",
+            payment_session(price=price, payment_status=status, **session),
+            id=f"evt_csp_{cus}",
+            created=t,
+        )
+    )
+    if not paid_now:
+        t += draw(STEPS)
+        outcome = draw(st.sampled_from(("succeeded", "failed")))
+        paid = "paid" if outcome == "succeeded" else "unpaid"
+        found.append(
+            event(
+                f"checkout.session.async_payment_{outcome}",
+                payment_session(price=price, payment_status=paid, **session),
+                id=f"evt_csa_{cus}",
+                created=t,
+            )
+        )
+    found.append(
+        event(
+            "charge.succeeded",
+            charge(id=ch, customer=cus, payment_intent=pi),
+            id=f"evt_ch_{cus}",
+            created=t,
+        )
+    )
+    refunded = 0
+    for n in range(draw(st.integers(0, 2))):
+        refunded = min(9900, refunded + draw(st.sampled_from((1000, 9900))))
+        t += draw(STEPS)
+        obj = charge(id=ch, customer=cus, payment_intent=pi, amount_refunded=refunded)
+        found.append(event("charge.refunded", obj, id=f"evt_rf_{cus}_{n}", created=t))
+    if draw(st.booleans()):
+        when = T + draw(STEPS)  # perhaps before the charge is known
+        opened = dispute(id=f"dp_{cus}", charge=ch, payment_intent=pi, status="needs_response")
+        found.append(event("charge.dispute.created", opened, id=f"evt_dp_{cus}", created=when))
+        closed = dispute(
+            id=f"dp_{cus}",
+            charge=ch,
+            payment_intent=pi,
+            status=draw(st.sampled_from(("won", "lost"))),
+        )
+        found.append(
+            event("charge.dispute.closed", closed, id=f"evt_dc_{cus}", created=when + draw(STEPS))
+        )
     return found
 
 

@@ -38,6 +38,7 @@ def test_unknown_user_gets_the_default_plans_only() -> None:
         "plans": ["free"],
         "customer_ids": [],
         "subscriptions": [],
+        "purchases": [],
         "warnings": [],
         "reasons": {"core": "plan free (default)"},
     }

@@ -125,6 +125,7 @@ def test_s1_entitlements_json_matches_the_contract_example() -> None:
         "access_until": 1769990400,
         "trial_end": None,
         "past_due_since": None,
+        "quantity": 1,
     }
     assert {k: body[k] for k in ("features", "plans", "customer_ids", "warnings")} == {
         "features": ["core", "pro"],
