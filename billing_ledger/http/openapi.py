@@ -55,22 +55,20 @@ ERROR_CODES: dict[int, tuple[str, ...]] = {
 }
 
 
-def parameter(where: str, name: str, description: str, schema: Json) -> Json:
-    """One parameter; those in the path are required, the others optional."""
-    return {
-        "name": name,
-        "in": where,
-        "required": where == "path",
-        "description": description,
-        "schema": schema,
-    }
+def parameter(where: str, name: str, about: str, schema: Json, required: bool = False) -> Json:
+    """One parameter of an operation."""
+    return {"name": name, "in": where, "required": required, "description": about, "schema": schema}
 
 
-def path_id(name: str, description: str) -> Json:
+def query(name: str, about: str, schema: Json) -> Json:
+    """An optional query parameter."""
+    return parameter("query", name, about, schema)
+
+
+def path_id(name: str, about: str) -> Json:
     """A path parameter holding an id (1 to 255 characters, as the handlers accept)."""
-    return parameter(
-        "path", name, description, {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH}
-    )
+    schema = {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH}
+    return parameter("path", name, about, schema, required=True)
 
 
 AT_FORMS: Json = {
@@ -81,40 +79,17 @@ AT_FORMS: Json = {
         EMPTY,
     ]
 }
-USER_READ = (
-    path_id("user_id", "the application's user id"),
-    parameter(
-        "query",
-        "at",
-        "Evaluate as of this time: Unix seconds or ISO 8601 (UTC when no offset).",
-        AT_FORMS,
-    ),
-    parameter(
-        "query",
-        "min_position",
-        "Wait up to 5 s until the projections have applied this position.",
-        WHOLE,
-    ),
-)
-FEATURE = path_id("feature", "a feature name")
-SIGNATURE = {
-    **parameter(
-        "header",
-        "Stripe-Signature",
-        "Stripe's signature header: t=TIMESTAMP,v1=HMAC[,v1=...]",
-        {"type": "string"},
-    ),
-    "required": True,
-}
 WAIT: Json = {"anyOf": [{"type": "number", "minimum": 0, "maximum": MAX_WAIT}, EMPTY]}
+USER_ID = path_id("user_id", "the application's user id")
+AT = query("at", "Evaluate as of this time: Unix seconds or ISO 8601 (UTC unless told).", AT_FORMS)
+MIN_POSITION = query("min_position", "Wait up to 5 s for the projections to apply it.", WHOLE)
+SIGNATURE = parameter(
+    "header", "Stripe-Signature", "t=TIMESTAMP,v1=HMAC[,v1=...]", {"type": "string"}, True
+)
 FEED = (
-    parameter(
-        "query", "after", "The position the page starts after (the last page's `next`).", WHOLE
-    ),
-    parameter("query", "limit", "At most this many changes (default 500, at most 5000).", WHOLE),
-    parameter(
-        "query", "wait", f"Hold the request up to this many seconds (at most {MAX_WAIT:g}).", WAIT
-    ),
+    query("after", "The position the page starts after (the last page's `next`).", WHOLE),
+    query("limit", "At most this many changes (default 500, at most 5000).", WHOLE),
+    query("wait", f"Hold the request up to this many seconds (at most {MAX_WAIT:g}).", WAIT),
 )
 
 
@@ -135,9 +110,7 @@ class Operation:
 
 def read(summary: str, answer: Shape, *extra: Json) -> Operation:
     """A GET /v1/users/{user_id}/... read."""
-    return Operation(
-        "get", summary, answer, (400, 401, 503), (USER_READ[0], *extra, *USER_READ[1:])
-    )
+    return Operation("get", summary, answer, (400, 401, 503), (USER_ID, *extra, AT, MIN_POSITION))
 
 
 def create(summary: str, request: Shape, answer: Shape, *errors: int) -> Operation:
@@ -159,7 +132,9 @@ PATHS: dict[str, Operation] = {
         secured=False,
     ),
     f"{USER}/entitlements": read("The user's entitlements", wire.Entitlements),
-    f"{USER}/access/{{feature}}": read("Whether the user may use a feature", wire.Access, FEATURE),
+    f"{USER}/access/{{feature}}": read(
+        "Whether the user may use a feature", wire.Access, path_id("feature", "a feature name")
+    ),
     f"{USER}/invoices": read("The user's invoices, newest first", wire.Invoices),
     f"{USER}/history": read("Every change of the user's features", wire.History),
     "/v1/events/{event_id}": Operation(
