@@ -129,7 +129,7 @@ class StoredEvent(Body):
     livemode: bool
     received_at: int
     position: Position
-    payload: Annotated[msgspec.Raw, Meta(extra_json_schema={"type": "object"})]
+    payload: Annotated[Any, Meta(extra_json_schema={"type": "object"})]  # parsed, or Raw
 
 
 # -- the change feed --------------------------------------------------------------------
