@@ -10,13 +10,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from billing_ledger.http import wire
 from billing_ledger.http.errors import error
+from billing_ledger.http.wire import answer, encode, shaped, shaped_all
 from billing_ledger.ledger.store import StorageError
 from billing_ledger.projections.feed import FeedChange, FeedTables
 
@@ -90,9 +91,9 @@ def _head(request: Request) -> FeedHead:
     return head
 
 
-def _page(found: list[FeedChange], after: int) -> bytes:
+def _page(found: list[FeedChange], after: int) -> wire.ChangesPage:
     nxt = found[-1].position if found else after
-    return orjson.dumps({"changes": [c.to_json() for c in found], "next": nxt})
+    return wire.ChangesPage(shaped_all(wire.FeedChange, found), nxt)
 
 
 async def changes(request: Request) -> Response:
@@ -120,7 +121,7 @@ async def changes(request: Request) -> Response:
             found = await run_in_threadpool(head.tables.read, after, limit)
     except StorageError:
         return error(503, "storage_unavailable", "the ledger's storage is unavailable")
-    return Response(_page(found, after), media_type="application/json")
+    return answer(_page(found, after))
 
 
 async def _stream(head: FeedHead, after: int, limit: int) -> AsyncIterator[bytes]:
@@ -134,7 +135,7 @@ async def _stream(head: FeedHead, after: int, limit: int) -> AsyncIterator[bytes
             await asyncio.sleep(1.0)
             continue
         for change in found:
-            data = orjson.dumps(change.to_json())
+            data = encode(shaped(wire.FeedChange, change))
             yield b"id: %d\nevent: change\ndata: %s\n\n" % (change.position, data)
             after = change.position
         if len(found) < limit and not await head.beyond(after, KEEPALIVE):
@@ -148,12 +149,7 @@ async def snapshot(request: Request) -> Response:
         position, users = await run_in_threadpool(_head(request).tables.snapshot)
     except StorageError:
         return error(503, "storage_unavailable", "the ledger's storage is unavailable")
-    body = {
-        "features": {user: list(features) for user, features in users.items()},
-        "default_features": list(deps.plans.default_features()),
-        "next": position,
-    }
-    return Response(orjson.dumps(body), media_type="application/json")
+    return answer(wire.ChangesSnapshot(users, deps.plans.default_features(), position))
 
 
 ROUTES = [

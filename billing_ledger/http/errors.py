@@ -7,14 +7,14 @@ from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
+
+from billing_ledger.http.wire import Error, answer
 
 
-def error(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
+def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
     """An error response in the contract's shape."""
-    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+    return answer(Error(code, message), status, headers)
 
 
 # Starlette answers unknown paths and methods, and unhandled failures, in plain text; these

@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
+from billing_ledger.http import wire
+from billing_ledger.http.wire import answer
 from billing_ledger.ledger.chain import describe
 from billing_ledger.ledger.store import StorageError
 
@@ -24,33 +27,34 @@ if TYPE_CHECKING:
 
 ANSWER_WITHIN = 0.8  # seconds a check may take before the last known status is served
 
-Status = tuple[int, dict[str, Any]]
+Status = tuple[int, wire.Health]
+
+
+def _projections(deps: Services) -> dict[str, wire.ProjectionStatus]:
+    found = deps.runner.status() if deps.runner is not None else {}
+    return msgspec.convert(found, dict[str, wire.ProjectionStatus])
 
 
 def _health(deps: Services) -> Status:
-    projections: dict[str, Any] = deps.runner.status() if deps.runner is not None else {}
+    projections = _projections(deps)
     try:
         head = deps.store.head()
-        chain = describe(deps.store.chain_head())
+        chain = msgspec.convert(describe(deps.store.chain_head()), wire.ChainHead)
     except StorageError as e:
-        return 503, {
-            "status": "degraded",
-            "head": None,
-            "projections": projections,
-            "error": str(e),
-        }
+        return 503, wire.Health("degraded", None, projections, error=str(e))
+    _observe(deps, head, projections)
+    failing = any(info.error for info in projections.values())
+    # The hash chain's head: note it, and `verify` proves what precedes it.
+    return 200, wire.Health("degraded" if failing else "ok", head, projections, chain)
+
+
+def _observe(deps: Services, head: int, projections: dict[str, wire.ProjectionStatus]) -> None:
     deps.metrics.head.set(head)
     for name, info in projections.items():
-        deps.metrics.projection_position.labels(name).set(info["position"])
-        deps.metrics.projection_lag.labels(name).set(max(0, head - info["position"]))
-        deps.metrics.projection_skipped.labels(name).set(info.get("skipped_total", 0))
-    failing = any(info.get("error") for info in projections.values())
-    return 200, {
-        "status": "degraded" if failing else "ok",
-        "head": head,
-        "projections": projections,
-        "chain": chain,  # the hash chain's head: note it, and `verify` proves what precedes it
-    }
+        skipped = info.skipped_total if isinstance(info.skipped_total, int) else 0
+        deps.metrics.projection_position.labels(name).set(info.position)
+        deps.metrics.projection_lag.labels(name).set(max(0, head - info.position))
+        deps.metrics.projection_skipped.labels(name).set(skipped)
 
 
 class HealthCheck:
@@ -80,15 +84,15 @@ class HealthCheck:
     def _stale(self) -> Status:
         message = f"storage did not answer within {self.within:g} s"
         if self._last is None:
-            return 503, {"status": "degraded", "head": None, "projections": {}, "error": message}
+            return 503, wire.Health("degraded", None, {}, error=message)
         read_at, (_, body) = self._last
         age = time.monotonic() - read_at
-        return 503, {
-            **body,
-            "status": "degraded",
-            "error": f"{message}; head and positions as read {age:.1f} s ago",
-            "age_seconds": round(age, 1),
-        }
+        return 503, msgspec.structs.replace(
+            body,
+            status="degraded",
+            error=f"{message}; head and positions as read {age:.1f} s ago",
+            age_seconds=round(age, 1),
+        )
 
 
 def _checker(request: Request) -> HealthCheck:
@@ -102,7 +106,7 @@ def _checker(request: Request) -> HealthCheck:
 async def healthz(request: Request) -> Response:
     """Liveness plus the store's head and each projection's position and error."""
     status, body = await _checker(request).status()
-    return JSONResponse(body, status_code=status)
+    return answer(body, status)
 
 
 async def metrics(request: Request) -> Response:

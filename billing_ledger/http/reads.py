@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import orjson
+import msgspec
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from billing_ledger.http import wire
 from billing_ledger.http.errors import error
+from billing_ledger.http.wire import answer, shaped_all
 from billing_ledger.ledger.store import StorageError
 from billing_ledger.ledger.user_ids import InvalidUserIdError, checked_user_id
 from billing_ledger.projections.queries import NotCaughtUpError, Reads, UserRead
@@ -30,28 +32,6 @@ if TYPE_CHECKING:
 MIN_POSITION_WAIT = 5.0
 MAX_ID_LENGTH = 255
 LATEST_AT = 253402300799  # 9999-12-31T23:59:59Z: later times have no ISO rendering
-SUBSCRIPTION_FIELDS = (
-    "id",
-    "customer_id",
-    "status",
-    "price_ids",
-    "current_period_end",
-    "cancel_at",
-    "cancel_at_period_end",
-    "grants_access",
-    "access_until",
-    "quantity",
-)
-INVOICE_FIELDS = (
-    "id",
-    "status",
-    "amount_due",
-    "amount_paid",
-    "currency",
-    "subscription_id",
-    "created",
-    "hosted_invoice_url",
-)
 
 
 class BadParameterError(ValueError):
@@ -101,10 +81,6 @@ def _path_id(request: Request, name: str) -> str:
     return value
 
 
-def _json(body: Mapping[str, Any], status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
-
-
 def _reads(request: Request) -> Reads:
     deps: Services = request.state.deps
     reads: Reads = deps.reads
@@ -142,29 +118,23 @@ def _answering(read: Callable[[Request], Awaitable[Response]]) -> Handler:
     return handler
 
 
-def _pick(body: Mapping[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
-    return {name: body[name] for name in fields}
-
-
 @_answering
 async def entitlements(request: Request) -> Response:
     """The user's features, plans, customers and subscriptions at `at`."""
     read = await _user_read(request)
     result = _reads(request).entitlements(read)
-    return _json(
-        {
-            "user_id": result.user_id,
-            "features": list(result.features),
-            "plans": list(result.plans),
-            "customer_ids": list(result.customer_ids),
-            "subscriptions": [
-                _pick(s.to_json(), SUBSCRIPTION_FIELDS) for s in result.subscriptions
-            ],
-            "purchases": [p.to_json() for p in result.purchases],
-            "warnings": list(result.warnings),
-            "position": read.position,
-            "at": read.at,
-        }
+    return answer(
+        wire.Entitlements(
+            user_id=result.user_id,
+            features=result.features,
+            plans=result.plans,
+            customer_ids=result.customer_ids,
+            subscriptions=shaped_all(wire.Subscription, result.subscriptions),
+            purchases=shaped_all(wire.Purchase, result.purchases),
+            warnings=result.warnings,
+            position=read.position,
+            at=read.at,
+        )
     )
 
 
@@ -174,7 +144,7 @@ async def feature_access(request: Request) -> Response:
     read = await _user_read(request)
     feature = _path_id(request, "feature")
     allowed, reason = _reads(request).access(read, feature)
-    return _json({"allowed": allowed, "reason": reason})
+    return answer(wire.Access(allowed, reason))
 
 
 @_answering
@@ -182,7 +152,7 @@ async def invoices(request: Request) -> Response:
     """The invoices of the user's customers as of `at`, newest first."""
     read = await _user_read(request)
     found = _reads(request).invoices(read)
-    return _json({"invoices": [_pick(v.to_json(), INVOICE_FIELDS) for v in found]})
+    return answer(wire.Invoices(shaped_all(wire.Invoice, found)))
 
 
 @_answering
@@ -192,7 +162,7 @@ async def history(request: Request) -> Response:
     at = parse_at(request.query_params.get("at"))
     wanted = parse_min_position(request.query_params.get("min_position"))
     found = await _reads(request).history(user_id, at, wanted, MIN_POSITION_WAIT)
-    return _json({"changes": [c.to_json() for c in found]})
+    return answer(wire.History(shaped_all(wire.Change, found)))
 
 
 @_answering
@@ -207,7 +177,12 @@ async def timeline(request: Request) -> Response:
     )
     inputs = await reads.history_inputs(user_id, position)
     found = await run_in_threadpool(user_timeline, inputs, reads.plans, at)
-    return _json(found.to_json())
+    return answer(
+        wire.Timeline(
+            shaped_all(wire.TimelineEntry, found.entries),
+            shaped_all(wire.UpcomingChange, found.upcoming),
+        )
+    )
 
 
 @_answering
@@ -218,21 +193,20 @@ async def stored_event(request: Request) -> Response:
     event = await run_in_threadpool(deps.store.get, event_id)
     if event is None:
         return error(404, "unknown_event", f"no event {event_id} is stored")
-    envelope = {
-        "event_id": event.event_id,
-        "type": event.type,
-        "created": event.created,
-        "livemode": event.livemode,
-        "received_at": int(event.received_at),
-        "position": event.position,
-    }
-    payload = event.payload()
+    body = wire.StoredEvent(
+        event_id=event.event_id,
+        type=event.type,
+        created=event.created,
+        livemode=event.livemode,
+        received_at=int(event.received_at),
+        position=event.position,
+        payload=event.payload(),
+    )
     try:
-        return _json({**envelope, "payload": payload})
-    except orjson.JSONEncodeError:
-        # Deeper than orjson writes (254 levels): the stored body is already that JSON.
-        head = orjson.dumps(envelope)[:-1]
-        return Response(head + b',"payload":' + event.body + b"}", media_type="application/json")
+        return answer(body)
+    except RecursionError:
+        # Deeper than the encoder recurses: the stored body is already that JSON.
+        return answer(msgspec.structs.replace(body, payload=msgspec.Raw(event.body)))
 
 
 @_answering
@@ -242,7 +216,13 @@ async def catalog(request: Request) -> Response:
     reads = _reads(request)
     position = await reads.wait(wanted, MIN_POSITION_WAIT) if wanted is not None else None
     found = await reads.catalog_now(position)
-    return _json(found.to_json())
+    plans = [
+        wire.CatalogPlan(
+            p.id, p.name, p.description, p.features, shaped_all(wire.CatalogPrice, p.prices)
+        )
+        for p in found.plans
+    ]
+    return answer(wire.Catalog(tuple(plans)))
 
 
 ROUTES = [

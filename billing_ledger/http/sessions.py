@@ -12,9 +12,10 @@ from urllib.parse import urlsplit
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
+from billing_ledger.http import wire
 from billing_ledger.http.billing import (
     CheckoutRequest,
     InvalidPriceError,
@@ -33,6 +34,7 @@ from billing_ledger.http.stripe_client import (
     UnknownPriceError,
     open_stripe,
 )
+from billing_ledger.http.wire import MAX_REFERENCE, MAX_URL, MAX_USER_ID, answer
 from billing_ledger.ledger.store import StorageError
 from billing_ledger.ledger.user_ids import RULE, user_id_problem
 
@@ -42,9 +44,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("billing_ledger.sessions")
 
 MAX_BODY_BYTES = 16 * 1024
-MAX_USER_ID = 200  # Stripe's limit on client_reference_id
-MAX_REFERENCE = 255
-MAX_URL = 2048
 
 STATUS: dict[type[BillingError], int] = {
     NotConfiguredError: 503,
@@ -157,7 +156,7 @@ async def checkout_session(request: Request) -> Response:
     except StorageError:
         return _storage_unavailable()
     log.info("checkout session=%s user=%s price=%s", session["id"], wanted.user_id, wanted.price)
-    return JSONResponse({"id": session["id"], "url": session["url"]}, status_code=201)
+    return answer(wire.CheckoutSession(session["id"], session["url"]), 201)
 
 
 async def portal_session(request: Request) -> Response:
@@ -177,7 +176,7 @@ async def portal_session(request: Request) -> Response:
         return billing_error(e)
     except StorageError:
         return _storage_unavailable()
-    return JSONResponse({"url": session["url"]}, status_code=201)
+    return answer(wire.PortalSession(session["url"]), 201)
 
 
 def _storage_unavailable() -> Response:

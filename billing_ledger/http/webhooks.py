@@ -6,9 +6,11 @@ import logging
 from typing import TYPE_CHECKING
 
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
+from billing_ledger.http import wire
 from billing_ledger.http.errors import error
+from billing_ledger.http.wire import answer, shaped
 from billing_ledger.ledger.intake import (
     BodyReads,
     BusyError,
@@ -128,6 +130,4 @@ def _stored(deps: Services, event: Incoming, result: AppendResult) -> Response:
             livemode=event.livemode,
         ),
     )
-    return JSONResponse(
-        {"event_id": result.event_id, "status": result.status, "position": result.position}
-    )
+    return answer(shaped(wire.WebhookAccepted, result))
