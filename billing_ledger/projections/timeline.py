@@ -58,7 +58,7 @@ CANCELLATION_UNSCHEDULED = "cancellation_unscheduled"
 PLAN_CHANGED = "plan_changed"
 TRIAL_STARTED = "trial_started"
 TRIAL_ENDING = "trial_ending"
-PURCHASE = "purchase"  # one-time purchases: entries come from _FOLD_ENTRIES (below)
+PURCHASE = "purchase"  # a one-time purchase paid (_purchase_entries)
 REFUND = "refund"
 RULE = "rule"
 LINK = "link"
@@ -304,6 +304,20 @@ def _link_entries(moment: _Moment, before: Entitlements | None, now: Entitlement
         moment.add(LINK, detail, cid, carrier.event_id if carrier is not None else None)
 
 
+def _purchase_entries(moment: _Moment, before: Entitlements | None, now: Entitlements) -> None:
+    """One-time purchases paid, refunded in full or lost to a dispute at this moment."""
+    earlier = {p.id: p for p in (before.purchases if before else ())}
+    for bought in now.purchases:
+        old = earlier.get(bought.id)
+        what = ", ".join(bought.plan_ids or bought.price_ids)
+        event_id = bought.event_id or None
+        if bought.status == "paid" and (old is None or old.status != "paid"):
+            moment.add(PURCHASE, f"{bought.id} bought {what} (one-time)", bought.id, event_id)
+        elif bought.status != "paid" and (old is None or old.status == "paid"):
+            ended = "refunded in full" if bought.status == "refunded" else "lost to a dispute"
+            moment.add(REFUND, f"{bought.id} ({what}) {ended}", bought.id, event_id)
+
+
 def _rule_entries(moment: _Moment, before: Entitlements | None, now: Entitlements) -> None:
     """Grants that ended at this moment by a time rule (grace end, period end, ended_at)."""
     current = {s.id: s for s in now.subscriptions}
@@ -345,8 +359,7 @@ def _trial_entries(moment: _Moment, now: Entitlements) -> None:
 
 
 # Entries read off an object's new fold, by snapshot kind. One-time purchases add theirs
-# here: a paid Checkout Session in payment mode (`purchase`), a refunded or lost-dispute
-# charge (`refund`), each a function of the object's fold before and after.
+# here, each a function of the object's fold before and after.
 FoldEntries = Callable[[_Moment, Folded | None, Folded], None]
 _FOLD_ENTRIES: dict[str, FoldEntries] = {
     INVOICE: _invoice_entries,
@@ -378,6 +391,7 @@ class _Walk:
         for sub in now.subscriptions:
             _subscription_entries(moment, earlier.get(sub.id), sub)
         _trial_entries(moment, now)
+        _purchase_entries(moment, before, now)
         for folded in sorted(moved, key=lambda f: (f.chosen.kind, f.chosen.object_id)):
             key = (folded.chosen.kind, folded.chosen.object_id)
             old = self.folds.get(key)

@@ -156,3 +156,30 @@ def test_the_trigger_lifecycles_one_time_and_refund_grant_then_end_the_plan(
     ledger.deliver(*trigger.events("refund", "u_trig", now - 50))
     assert ledger.features("u_trig") == ["core"]
     assert ledger.entitlements("u_trig")["purchases"][0]["status"] == "refunded"
+
+
+def timeline(ledger: Ledger) -> list[tuple[str, str | None, list[str]]]:
+    body = ledger.get("/v1/users/u_1/timeline", at=LATER)
+    wanted = ("purchase", "refund")
+    return [
+        (e["kind"], e["event_id"], e["features_after"])
+        for e in body["entries"]
+        if e["kind"] in wanted
+    ]
+
+
+def test_the_timeline_shows_the_purchase_and_its_full_refund(ledger: Ledger) -> None:
+    buy(ledger)
+    refund(ledger, 1000, "evt_r1", T + DAY)  # partial: no entry
+    refund(ledger, 9900, "evt_r2", T + 2 * DAY)
+    assert timeline(ledger) == [("purchase", "evt_cs", PRO), ("refund", "evt_r2", ["core"])]
+
+
+def test_the_timeline_shows_a_lost_dispute_as_the_end_of_the_purchase(ledger: Ledger) -> None:
+    buy(ledger)
+    lost = event("charge.dispute.closed", dispute(status="lost"), id="evt_dp", created=T + DAY)
+    ledger.deliver(lost)
+    found = timeline(ledger)
+    assert found == [("purchase", "evt_cs", PRO), ("refund", "evt_dp", ["core"])]
+    detail = ledger.get("/v1/users/u_1/timeline", at=LATER)["entries"]
+    assert any("lost to a dispute" in e["detail"] for e in detail if e["kind"] == "refund")
