@@ -16,11 +16,13 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from billing_ledger import trigger
 from billing_ledger.http.pages.render import day
 from tests.support.browser import screenshot
 from tests.support.lifecycle import Lifecycle, httpx_poster
 from tests.support.server import Server, free_port
 from tests.support.signing import SECRET
+from tests.unit.builders import EXAMPLE_PLANS, LIFETIME
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -43,8 +45,12 @@ OVERFLOW = """() => {
 def ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`billing-ledger serve` without a Stripe key, a brand of its own, the demo sign-in."""
     port = free_port()
-    database = tmp_path_factory.mktemp("pages") / "ledger.db"
+    folder = tmp_path_factory.mktemp("pages")
+    database = folder / "ledger.db"
+    plans = folder / "plans.toml"
+    plans.write_text(EXAMPLE_PLANS.read_text() + LIFETIME)  # and a one-time "lifetime" plan
     env = {
+        "LEDGER_PLANS": str(plans),
         "LEDGER_DATABASE_URL": f"sqlite:///{database}",
         "STRIPE_WEBHOOK_SECRET": SECRET,
         "STRIPE_API_KEY": "",
@@ -243,6 +249,52 @@ def test_billing_page_free_user_sees_the_free_plan_and_no_invoices(
         expect(page.locator("#payment-method")).to_have_count(0)
 
     check(browser, ledger, new_user(), "/billing", "billing-free")(assertions)
+
+
+LIFETIME_PRICE = {
+    "id": trigger.LIFETIME_PRICE,
+    "object": "price",
+    "active": True,
+    "currency": "usd",
+    "unit_amount": 9900,
+    "type": "one_time",
+    "recurring": None,
+    "product": "prod_lifetime",
+    "lookup_key": None,
+    "livemode": False,
+}
+
+
+def lifecycle(life: Lifecycle, name: str) -> None:
+    """One of `billing-ledger trigger`'s lifecycles, through the lifecycle's signed poster."""
+    for type_, obj, previous in trigger.LIFECYCLES[name](trigger.Ids.of(life.user), 0):
+        assert life.send(type_, obj, previous).is_success
+
+
+def test_billing_page_one_time_owner_sees_the_purchase_then_its_refund(
+    browser: Browser, ledger: Server
+) -> None:
+    life = Lifecycle(httpx_poster(ledger.url), new_user())
+    assert life.send("price.created", LIFETIME_PRICE).is_success
+    lifecycle(life, "one-time")
+    applied(ledger, life)
+
+    def owner(page: Page) -> None:
+        expect(page.locator("#plan-name")).to_have_text("Lifetime")
+        expect(page.locator("#purchases")).to_contain_text("Lifetime")
+        expect(page.locator("#purchases")).to_contain_text("$99.00 once. Paid once")
+        expect(page.locator("#no-subscription")).to_have_count(0)
+
+    check(browser, ledger, life.user, "/billing", "billing-one-time-owner")(owner)
+    lifecycle(life, "refund")
+    applied(ledger, life)
+
+    def refunded(page: Page) -> None:
+        expect(page.locator("#plan-name")).to_have_text("Free")
+        expect(page.locator("#purchases")).to_contain_text("Refunded")
+        expect(page.locator("#no-subscription")).to_contain_text("You are on the free plan")
+
+    check(browser, ledger, life.user, "/billing", "billing-one-time-refunded")(refunded)
 
 
 # -- the gated page -----------------------------------------------------------------------

@@ -43,6 +43,7 @@ from billing_ledger.http.signin import (
 from billing_ledger.http.stripe_client import BillingError, open_stripe
 from billing_ledger.ledger.store import StorageError
 from billing_ledger.projections.cards import Card, card_on_file
+from billing_ledger.projections.plans import Plans
 from billing_ledger.projections.policy import SubscriptionAccess
 from billing_ledger.projections.queries import preferred_customer
 
@@ -95,6 +96,39 @@ def price_label(prices: Mapping[str, PriceTag], sub: SubscriptionAccess, locale:
     return " + ".join(tag.text(locale) for tag in known) or None
 
 
+# What a one-time purchase's status means to its owner.
+PURCHASE_WORDS = {
+    "paid": "Paid once; yours to keep.",
+    "refunded": "Refunded; it no longer gives access.",
+    "disputed": "The payment was disputed; it no longer gives access.",
+}
+
+
+@dataclass(frozen=True)
+class PurchaseRow:
+    """A one-time purchase as /billing shows it."""
+
+    name: str
+    detail: str
+    grants: bool
+
+
+def purchase_rows(
+    account: Account, plans: Plans, prices: Mapping[str, PriceTag], locale: str
+) -> list[PurchaseRow]:
+    """The user's one-time purchases: the plan bought, its price and what it gives now."""
+    rows = []
+    for bought in account.entitlements.purchases:
+        names = [plan_name(p) for p in plans.plans if p.id in bought.plan_ids]
+        price = " + ".join(prices[i].text(locale) for i in bought.price_ids if i in prices)
+        words = PURCHASE_WORDS.get(bought.status, "")
+        detail = f"{price}. {words}" if price else words
+        rows.append(
+            PurchaseRow(", ".join(names) or "One-time purchase", detail, bought.grants_access)
+        )
+    return rows
+
+
 async def price_tags(deps: Services) -> dict[str, PriceTag]:
     """Every price the ledger knows, by id, from the catalog's read model (no Stripe call)."""
     catalog = await deps.reads.catalog_now()
@@ -124,6 +158,7 @@ async def billing_page(request: Request, user: str, error: str | None, status: i
     locale = page_locale(request)
     prices = await price_tags(deps)
     rows = [subscription_row(s, price_label(prices, s, locale)) for s in account.current]
+    purchases = purchase_rows(account, deps.plans, prices, locale)
     context = {
         "page": "billing",
         "account": account,
@@ -132,7 +167,8 @@ async def billing_page(request: Request, user: str, error: str | None, status: i
         "ending": min((r.ends for r in rows if r.ends), default=None),
         "overdue_until": min((r.overdue_until for r in rows if r.overdue_until), default=None),
         "card": await card_of(deps, account),
-        "purchases": [],
+        "purchases": purchases,
+        "owner": any(p.grants for p in purchases),
         "confirmed": session_id is not None and not confirming,
         "error": error,
         **confirming_context(request, confirming),
