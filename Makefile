@@ -14,8 +14,13 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# make run signs nothing itself: this secret (unless STRIPE_WEBHOOK_SECRET is set) is what a local
+# `billing-ledger trigger` signs with, so the local loop works on a fresh machine.
+LOCAL_WEBHOOK_SECRET ?= whsec_local_development_only
+
 run: setup
-	LEDGER_DEMO_SIGNIN=true $(VENV)/bin/billing-ledger serve
+	LEDGER_DEMO_SIGNIN=true STRIPE_WEBHOOK_SECRET=$${STRIPE_WEBHOOK_SECRET:-$(LOCAL_WEBHOOK_SECRET)} \
+		$(VENV)/bin/billing-ledger serve
 
 demo: setup
 	$(VENV)/bin/billing-ledger demo

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -225,6 +226,7 @@ def send(url: str, secret: str, envelopes: list[Json], say: Callable[[str], None
 
 def cmd_trigger(args: argparse.Namespace, settings: Settings) -> int:
     """Send one lifecycle (or list them)."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per event is printed below
     if args.list or args.lifecycle is None:
         for name, build in LIFECYCLES.items():
             print(f"{name:<18} {build.__doc__}")
