@@ -306,7 +306,7 @@ def test_protected_feature_pages_speak_plainly_denied_then_allowed(
     life = Lifecycle(httpx_poster(ledger.url), new_user())
 
     def denied(page: Page) -> None:
-        expect(page.locator("#denied")).to_contain_text("It comes with the Pro plan")
+        expect(page.locator("#denied")).to_contain_text("It comes with the Pro or Lifetime plan")
 
     check(browser, ledger, life.user, "/protected-feature", "protected-denied")(denied)
     life.subscribe()
