@@ -290,15 +290,15 @@ def _link_entries(moment: _Moment, before: Entitlements | None, now: Entitlement
         event_id = row.event_id if row is not None else None
         moment.add(LINK, f"{cid} linked to {now.user_id}{via}", cid, event_id)
     for cid in sorted(known - set(now.customer_ids)):
-        carrier = next(
-            (
-                s
-                for s in moment.index.by_created.get(moment.at, ())
-                if getattr(s.state, "app_user_id", None) not in (None, now.user_id)
-                and (s.object_id == cid or getattr(s.state, "customer_id", None) == cid)
-            ),
-            None,
-        )
+        movers = [
+            s
+            for s in moment.index.by_created.get(moment.at, ())
+            if getattr(s.state, "app_user_id", None) not in (None, now.user_id)
+            and (s.object_id == cid or getattr(s.state, "customer_id", None) == cid)
+        ]
+        # Several snapshots of one second may move it (the customer's metadata and a
+        # subscription's): the customer's own first, then by event id, whatever the arrival.
+        carrier = min(movers, key=lambda s: (s.object_id != cid, s.event_id), default=None)
         user = getattr(carrier.state, "app_user_id", None) if carrier is not None else None
         detail = f"{cid} moved to {user}" if user else f"{cid} no longer linked"
         moment.add(LINK, detail, cid, carrier.event_id if carrier is not None else None)
