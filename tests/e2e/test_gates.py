@@ -3,7 +3,6 @@ the answers coming from a real server: a Replica, the sync and async clients, th
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -22,6 +21,7 @@ from billing_ledger.client.gate import (
     feature_required,
     requires_feature,
 )
+from tests.support.aio import run
 from tests.support.lifecycle import Lifecycle, httpx_poster
 from tests.support.server import Server
 
@@ -119,7 +119,7 @@ def test_the_decorator_gates_plain_and_async_functions(server: Server) -> None:
         read = client.entitlements("u_deco", min_position=life.last)  # waits for the event
         assert read["features"] == ["core", "pro"]
         assert export("u_deco") == "csv for u_deco"
-        assert asyncio.run(_summaries(server.url)) == ["summary for u_deco", "denied u_nobody"]
+        assert run(_summaries(server.url)) == ["summary for u_deco", "denied u_nobody"]
 
 
 async def _summaries(url: str) -> list[str]:
