@@ -40,7 +40,7 @@ from tests.unit.builders import (
 )
 
 PLANS = example_plans()
-RUBY_MOCK = Path(__file__).parent.parent / "fixtures" / "stripe-ruby-mock"
+RUBY_MOCK = Path(__file__).parents[2] / "fixtures" / "stripe-ruby-mock"
 SUMMARY = "entitlements.active_entitlement_summary.updated"
 
 
