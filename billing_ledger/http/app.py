@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -20,8 +21,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from billing_ledger.http import admin, changes, openapi, pages, reads, sessions
 from billing_ledger.http.auth import BearerTokenMiddleware
-from billing_ledger.http.errors import EXCEPTION_HANDLERS
+from billing_ledger.http.errors import EXCEPTION_HANDLERS, http_error
 from billing_ledger.http.health import healthz, metrics
+from billing_ledger.http.pages.errors import with_error_pages
 from billing_ledger.http.signin import demo_sign_in_allowed, session_middleware
 from billing_ledger.http.user_ids import ROUTE as UNROUTABLE_USER_READ
 from billing_ledger.http.webhooks import receive_webhook
@@ -71,7 +73,10 @@ async def not_found(request: Request) -> Response:
 def api(token: str | None) -> list[BaseRoute]:
     """/v1: the reads, the change feed and the sessions, all behind the bearer token."""
     routes = [*reads.ROUTES, *changes.ROUTES, *sessions.ROUTES, UNROUTABLE_USER_READ]
-    mount = Mount("/v1", routes=routes, middleware=[Middleware(BearerTokenMiddleware, token=token)])
+    guard = Middleware(BearerTokenMiddleware, token=token)
+    # The API answers its own 404s and 405s as JSON, whatever the client accepts.
+    json_errors = Middleware(ExceptionMiddleware, handlers={HTTPException: http_error})
+    mount = Mount("/v1", routes=routes, middleware=[guard, json_errors])
     # Starlette's prefix pattern ends in `.*`, which stops at a line break: an id holding a
     # decoded %0A would miss the mount (a 404) instead of reaching its route's answer.
     mount.path_regex = re.compile(mount.path_regex.pattern, re.DOTALL)
@@ -140,7 +145,7 @@ def create_app(deps: Services, *, listen_host: str | None = None) -> Starlette:
     app = Starlette(
         routes=routes(deps.settings.api_token),
         lifespan=lifespan,
-        exception_handlers=EXCEPTION_HANDLERS,
+        exception_handlers=with_error_pages(EXCEPTION_HANDLERS, pages.ROUTES),
         middleware=[
             Middleware(EmbeddedMiddleware, deps=deps),
             Middleware(LatencyMiddleware, deps=deps),
