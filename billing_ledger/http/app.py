@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import re
 import threading
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.routing import BaseRoute, Route
+from starlette.middleware.exceptions import ExceptionMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from billing_ledger.http import admin, changes, openapi, pages, reads, sessions
 from billing_ledger.http.auth import BearerTokenMiddleware
-from billing_ledger.http.errors import EXCEPTION_HANDLERS
+from billing_ledger.http.errors import EXCEPTION_HANDLERS, http_error
 from billing_ledger.http.health import healthz, metrics
+from billing_ledger.http.pages.errors import with_error_pages
 from billing_ledger.http.signin import demo_sign_in_allowed, session_middleware
 from billing_ledger.http.user_ids import ROUTE as UNROUTABLE_USER_READ
 from billing_ledger.http.webhooks import receive_webhook
@@ -27,7 +33,7 @@ if TYPE_CHECKING:
 
 
 class LatencyMiddleware:
-    """Observe each request's latency under its route template (bounded label set)."""
+    """Observe each request's latency under its full route template (bounded label set)."""
 
     def __init__(self, app: ASGIApp, deps: Services) -> None:
         self.app = app
@@ -38,27 +44,57 @@ class LatencyMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        root_path = scope.get("root_path", "")
         try:
             await self.app(scope, receive, send)
         finally:
-            route = scope.get("route")
-            name = getattr(route, "path", "unmatched")
+            name = route_template(scope, root_path)
             self.histogram.labels(name).observe(time.perf_counter() - started)
 
 
-def routes() -> list[BaseRoute]:
+def route_template(scope: Scope, root_path: str) -> str:
+    """The matched route's template from this app's root: /v1/users/{user_id}/entitlements.
+
+    Routing updates the scope in place; a mount adds its prefix to the root path and leaves
+    the route inside it in `route` (or itself, when nothing inside matched or it refused).
+    """
+    route = scope.get("route")
+    if route is None or isinstance(route, Mount):
+        return "unmatched"
+    mounts = scope.get("root_path", "")[len(root_path) :]
+    return f"{mounts}{route.path}"
+
+
+async def not_found(request: Request) -> Response:
+    """A path that names nothing: the app's 404 answer."""
+    raise HTTPException(404)
+
+
+def api(token: str | None) -> list[BaseRoute]:
+    """/v1: the reads, the change feed and the sessions, all behind the bearer token."""
+    routes = [*reads.ROUTES, *changes.ROUTES, *sessions.ROUTES, UNROUTABLE_USER_READ]
+    guard = Middleware(BearerTokenMiddleware, token=token)
+    # The API answers its own 404s and 405s as JSON, whatever the client accepts.
+    json_errors = Middleware(ExceptionMiddleware, handlers={HTTPException: http_error})
+    mount = Mount("/v1", routes=routes, middleware=[guard, json_errors])
+    # Starlette's prefix pattern ends in `.*`, which stops at a line break: an id holding a
+    # decoded %0A would miss the mount (a 404) instead of reaching its route's answer.
+    mount.path_regex = re.compile(mount.path_regex.pattern, re.DOTALL)
+    # Bare /v1 names nothing: a 404 here, not the router's redirect to /v1/ (which the mount
+    # would match); so a dot segment resolving to it stays a 404, as for any unknown path.
+    return [Route("/v1", not_found), mount]
+
+
+def routes(token: str | None) -> list[BaseRoute]:
     """Every route of the service."""
     return [
         Route("/webhooks/stripe", receive_webhook, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-        *reads.ROUTES,
-        *changes.ROUTES,
-        *sessions.ROUTES,
+        *api(token),
         *pages.ROUTES,
         *openapi.ROUTES,
         *admin.ROUTES,
-        UNROUTABLE_USER_READ,
     ]
 
 
@@ -107,13 +143,12 @@ def create_app(deps: Services, *, listen_host: str | None = None) -> Starlette:
             deps.close()
 
     app = Starlette(
-        routes=routes(),
+        routes=routes(deps.settings.api_token),
         lifespan=lifespan,
-        exception_handlers=EXCEPTION_HANDLERS,
+        exception_handlers=with_error_pages(EXCEPTION_HANDLERS, pages.ROUTES),
         middleware=[
             Middleware(EmbeddedMiddleware, deps=deps),
             Middleware(LatencyMiddleware, deps=deps),
-            Middleware(BearerTokenMiddleware, token=deps.settings.api_token),
             session_middleware(deps.settings),  # the pages' signed cookie; /v1 ignores it
         ],
     )

@@ -1,4 +1,4 @@
-"""Bearer-token check for /v1 routes (constant-time), as pure ASGI middleware."""
+"""Bearer-token check (constant-time), as pure ASGI middleware on the /v1 mount."""
 
 from __future__ import annotations
 
@@ -10,14 +10,17 @@ from billing_ledger.http.errors import error
 
 
 class BearerTokenMiddleware:
-    """Require `Authorization: Bearer TOKEN` on every /v1/ route when a token is configured."""
+    """Require `Authorization: Bearer TOKEN` on every request it wraps, when a token is set.
+
+    It wraps the /v1 mount, so it sees every /v1/ path, routed or not (a 401, never a 404).
+    """
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
         self.expected = token.encode() if token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.expected is None or scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        if self.expected is None or scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         supplied = dict(scope["headers"]).get(b"authorization", b"")

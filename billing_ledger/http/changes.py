@@ -152,7 +152,8 @@ async def snapshot(request: Request) -> Response:
     return answer(wire.ChangesSnapshot(users, deps.plans.default_features(), position))
 
 
+# Paths relative to the /v1 mount (app.py).
 ROUTES = [
-    Route("/v1/changes", changes, methods=["GET"]),
-    Route("/v1/changes/snapshot", snapshot, methods=["GET"]),
+    Route("/changes", changes, methods=["GET"]),
+    Route("/changes/snapshot", snapshot, methods=["GET"]),
 ]

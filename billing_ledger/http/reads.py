@@ -225,12 +225,13 @@ async def catalog(request: Request) -> Response:
     return answer(wire.Catalog(tuple(plans)))
 
 
+# Paths relative to the /v1 mount (app.py).
 ROUTES = [
-    Route("/v1/users/{user_id}/entitlements", entitlements, methods=["GET"]),
-    Route("/v1/users/{user_id}/access/{feature}", feature_access, methods=["GET"]),
-    Route("/v1/users/{user_id}/invoices", invoices, methods=["GET"]),
-    Route("/v1/users/{user_id}/history", history, methods=["GET"]),
-    Route("/v1/users/{user_id}/timeline", timeline, methods=["GET"]),
-    Route("/v1/events/{event_id}", stored_event, methods=["GET"]),
-    Route("/v1/catalog", catalog, methods=["GET"]),
+    Route("/users/{user_id}/entitlements", entitlements, methods=["GET"]),
+    Route("/users/{user_id}/access/{feature}", feature_access, methods=["GET"]),
+    Route("/users/{user_id}/invoices", invoices, methods=["GET"]),
+    Route("/users/{user_id}/history", history, methods=["GET"]),
+    Route("/users/{user_id}/timeline", timeline, methods=["GET"]),
+    Route("/events/{event_id}", stored_event, methods=["GET"]),
+    Route("/catalog", catalog, methods=["GET"]),
 ]

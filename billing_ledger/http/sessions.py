@@ -185,7 +185,8 @@ def _storage_unavailable() -> Response:
     return error(503, "storage_unavailable", "the ledger's storage is unavailable; retry later")
 
 
+# Paths relative to the /v1 mount (app.py).
 ROUTES = [
-    Route("/v1/checkout-sessions", checkout_session, methods=["POST"]),
-    Route("/v1/portal-sessions", portal_session, methods=["POST"]),
+    Route("/checkout-sessions", checkout_session, methods=["POST"]),
+    Route("/portal-sessions", portal_session, methods=["POST"]),
 ]

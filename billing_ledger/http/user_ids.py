@@ -28,6 +28,7 @@ async def unroutable_user_read(request: Request) -> Response:
     return error(404, "not_found", "Not Found")
 
 
-# Registered after every other route: it only sees what none of them matched.
+# Registered after every other /v1 route (relative to the mount): it only sees what none of
+# them matched.
 # GET only: a full match for other methods would turn a read route's 405 into a 404.
-ROUTE = Route("/v1/users/{rest:path}", unroutable_user_read, methods=["GET"])
+ROUTE = Route("/users/{rest:path}", unroutable_user_read, methods=["GET"])

@@ -1,4 +1,4 @@
-"""Every change of a user's features over time, and the `explain` narrative (pure).
+"""Every change of a user's features over time, pure (the CLI's explain: replay/explain.py).
 
 History is the policy applied at every moment something could change: each snapshot's or
 link's `created`, and each rule time (`access_until`) an evaluation announces. It is one
@@ -12,8 +12,6 @@ import heapq
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
 
 from billing_ledger.ledger.canonical import (
     CHARGE,
@@ -48,7 +46,6 @@ from billing_ledger.projections.policy import (
     Folds,
     SubscriptionAccess,
     UserInputs,
-    access,
     customers_at,
     decide,
     denies,
@@ -58,7 +55,6 @@ from billing_ledger.projections.policy import (
     invoice_rank,
     link_spans,
 )
-from billing_ledger.projections.purchases import PurchaseAccess
 
 
 @dataclass(frozen=True)
@@ -71,17 +67,6 @@ class Change:
     features_before: tuple[str, ...]
     features_after: tuple[str, ...]
     reason: str
-
-    def to_json(self) -> dict[str, Any]:
-        """The CONTRACT.md history entry."""
-        return {
-            "at": self.at,
-            "event_id": self.event_id,
-            "event_type": self.event_type,
-            "features_before": list(self.features_before),
-            "features_after": list(self.features_after),
-            "reason": self.reason,
-        }
 
 
 @dataclass(frozen=True)
@@ -504,47 +489,3 @@ def changes(inputs: UserInputs, plans: Plans, until: int) -> list[Change]:
             )
         features, before = now.features, now
     return found
-
-
-def _iso(t: int) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _diff(change: Change) -> str:
-    added = sorted(set(change.features_after) - set(change.features_before))
-    removed = sorted(set(change.features_before) - set(change.features_after))
-    return " ".join([*(f"+{f}" for f in added), *(f"-{f}" for f in removed)])
-
-
-def _subscription_line(sub: SubscriptionAccess) -> str:
-    if sub.grants_access:
-        until = _iso(sub.access_until) if sub.access_until is not None else "no end"
-        return f"  {sub.id} ({sub.customer_id}): {sub.status}, grants until {until}"
-    return f"  {sub.id} ({sub.customer_id}): {sub.status}, grants nothing: {sub.denied}"
-
-
-def _purchase_line(bought: PurchaseAccess) -> str:
-    plans = ", ".join(bought.plan_ids) or "no plan"
-    if bought.grants_access:
-        return f"  {bought.id} ({bought.customer_id}): purchase of {plans}, paid, grants for good"
-    return f"  {bought.id} ({bought.customer_id}): purchase of {plans}, grants nothing: {bought.denied}"
-
-
-def explain(inputs: UserInputs, plans: Plans, at: int, feature: str | None = None) -> list[str]:
-    """Human lines for `billing-ledger explain`: each change, its cause, the state at `at`."""
-    now = evaluate(inputs, plans, at)
-    lines = [f"{inputs.user_id} at {_iso(at)}: features {', '.join(now.features) or '(none)'}"]
-    for c in changes(inputs, plans, at):
-        if feature is not None and (feature in c.features_before) == (feature in c.features_after):
-            continue
-        cause = c.event_id or "rule"
-        lines.append(f"{_iso(c.at)}  {_diff(c):<16} {c.reason}  [{cause}]")
-    lines.append(f"customers: {', '.join(now.customer_ids) or '(none)'}")
-    lines.extend(_subscription_line(s) for s in now.subscriptions)
-    lines.extend(_purchase_line(p) for p in now.purchases)
-    if now.warnings:
-        lines.append(f"warnings: {', '.join(now.warnings)}")
-    if feature is not None:
-        allowed, reason = access(now, feature)
-        lines.append(f"{feature}: {'allowed' if allowed else 'denied'} ({reason})")
-    return lines

@@ -40,9 +40,9 @@ from billing_ledger.projections.fold import (
     past_due_in,
     ranked,
 )
-from billing_ledger.projections.links import LinkRow, Span, customer_of, links_of, spans
+from billing_ledger.projections.links import LinkRow, Span, customer_of, spans
 from billing_ledger.projections.plans import DAY, Plan, Plans
-from billing_ledger.projections.purchases import PurchaseAccess, attached, payings, purchase
+from billing_ledger.projections.purchases import PurchaseAccess, payings, purchase
 
 TRIAL_ENDING_WINDOW = 3 * DAY
 
@@ -80,19 +80,6 @@ class UserInputs:
     user_id: str
     links: tuple[LinkRow, ...]
     snapshots: tuple[Snapshot, ...]
-
-
-def gather(user_id: str, snapshots: Iterable[Snapshot]) -> UserInputs:
-    """Pick out one user's inputs from a pile of snapshots (tests, explain, replay)."""
-    pile = tuple(attached(snapshots))
-    links = tuple(
-        sorted(
-            (row for s in pile for row in links_of(s) if row.user_id == user_id),
-            key=lambda r: (r.created, r.customer_id, r.event_id, r.via),
-        )
-    )
-    customers = {row.customer_id for row in links}
-    return UserInputs(user_id, links, tuple(s for s in pile if customer_of(s) in customers))
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from billing_ledger.projections.views import CATALOG
 from tests.support.app import client_for, settings_for
 from tests.support.ledger import Ledger
 from tests.unit.builders import DAY, M, T, checkout_session, event, subscription
-from tests.unit.test_catalog import price, product
+from tests.unit.projections.test_catalog import price, product
 
 Json = dict[str, Any]
 PRICE_FIELDS = {

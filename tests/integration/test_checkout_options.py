@@ -18,7 +18,7 @@ from tests.support.app import client_for, settings_for
 from tests.support.fake_stripe import API_KEY, FakeStripe
 from tests.support.ledger import Ledger
 from tests.unit.builders import LIFETIME, T, charge, event
-from tests.unit.test_catalog import price
+from tests.unit.projections.test_catalog import price
 
 APP_URL = "https://shop.example.test"
 CHECKOUT = "/v1/checkout-sessions"

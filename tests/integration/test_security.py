@@ -75,6 +75,24 @@ def test_every_v1_route_refuses_a_missing_or_wrong_token_and_accepts_the_right_o
     assert deps.store.head() == head  # a refused request reaches no handler
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/v1/no-such-read"), ("GET", "/v1/users/u_1/no-such-read"), ("DELETE", "/v1/catalog")],
+)
+def test_an_unknown_v1_path_or_method_is_refused_without_the_token_and_json_with_it(
+    guarded: tuple[TestClient, Deps], method: str, path: str
+) -> None:
+    client, _ = guarded
+    refused = client.request(method, path)
+    assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
+    assert refused.headers["www-authenticate"] == "Bearer"
+    answered = client.request(method, path, headers={"authorization": f"Bearer {TOKEN}"})
+    assert answered.status_code in (404, 405)
+    assert answered.headers["content-type"] == "application/json"
+    assert set(answered.json()) == {"error", "message"}
+    assert answered.json()["error"] in ("not_found", "method_not_allowed")
+
+
 def test_the_token_is_compared_in_constant_time(
     guarded: tuple[TestClient, Deps], monkeypatch: pytest.MonkeyPatch
 ) -> None:

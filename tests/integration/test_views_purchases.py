@@ -22,7 +22,7 @@ from tests.unit.builders import (
     sale,
     snapshots,
 )
-from tests.unit.test_catalog import price, product
+from tests.unit.projections.test_catalog import price, product
 
 
 @pytest.fixture

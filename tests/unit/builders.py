@@ -13,11 +13,14 @@ from typing import Any
 import orjson
 
 import billing_ledger
+from billing_ledger.http.wire import Body, encode, shaped
 from billing_ledger.ledger.canonical import Snapshot
 from billing_ledger.ledger.normalise import normalise
 from billing_ledger.ledger.records import Recorded
+from billing_ledger.projections.links import customer_of, links_of
 from billing_ledger.projections.plans import Plans, load_plans
-from billing_ledger.projections.policy import UserInputs, gather
+from billing_ledger.projections.policy import UserInputs
+from billing_ledger.projections.purchases import attached
 
 T = 1767225600  # 2026-01-01T00:00Z
 M = 2592000  # 30 days
@@ -115,6 +118,25 @@ def snapshots(envelopes: Iterable[Json]) -> list[Snapshot]:
     """Normalise envelopes, dropping those that carry no state (as the runner does)."""
     found = (normalise(recorded(e, i)) for i, e in enumerate(envelopes, 1))
     return [s for s in found if s is not None]
+
+
+def gather(user_id: str, snapshots: Iterable[Snapshot]) -> UserInputs:
+    """One user's inputs from a pile of snapshots, picked as the service's views pick them
+    in SQL (Views.load_inputs)."""
+    pile = tuple(attached(snapshots))
+    links = tuple(
+        sorted(
+            (row for s in pile for row in links_of(s) if row.user_id == user_id),
+            key=lambda r: (r.created, r.customer_id, r.event_id, r.via),
+        )
+    )
+    customers = {row.customer_id for row in links}
+    return UserInputs(user_id, links, tuple(s for s in pile if customer_of(s) in customers))
+
+
+def served(shape: type[Body], source: object) -> Any:
+    """The JSON the API writes for `source` as `shape` (http/wire.py), decoded."""
+    return orjson.loads(encode(shaped(shape, source)))
 
 
 def inputs(user_id: str, envelopes: Iterable[Json]) -> UserInputs:

@@ -12,7 +12,7 @@ from billing_ledger.projections.invoices import user_invoices
 from billing_ledger.projections.policy import UserInputs, evaluate
 from billing_ledger.projections.queries import checkout_confirmed, preferred_customer
 from tests.unit.builders import DAY, M, T, inputs, invoice_event, sub_event
-from tests.unit.test_order_independence import PLANS, QUERY_TIMES, USERS, ledgers
+from tests.unit.projections.test_order_independence import PLANS, QUERY_TIMES, USERS, ledgers
 
 
 def stored(full: UserInputs) -> UserInputs:

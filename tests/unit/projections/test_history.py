@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from billing_ledger.projections.history import Change, changes, explain
+from billing_ledger.http import wire
+from billing_ledger.projections.history import Change, changes
 from tests.unit.builders import (
     DAY,
     Json,
@@ -15,6 +16,7 @@ from tests.unit.builders import (
     inputs,
     invoice,
     link,
+    served,
     sub_event,
     summary_event,
 )
@@ -37,7 +39,7 @@ def test_grace_end_is_a_rule_driven_change_without_an_event() -> None:
         sub_event("created", "evt_c", T),
         sub_event("updated", "evt_pd", T + DAY, {"status": "active"}, status="past_due"),
     ]
-    assert [c.to_json() for c in history(events, T + M)] == [
+    assert [served(wire.Change, c) for c in history(events, T + M)] == [
         {
             "at": T,
             "event_id": "evt_c",
@@ -119,33 +121,6 @@ def test_a_terminal_event_removes_features_and_says_so() -> None:
         "sub_1 active -> canceled",
         CORE,
     )
-
-
-def test_explain_tells_the_story_of_one_feature() -> None:
-    events = [
-        link(id="evt_l", created=T),
-        sub_event("created", "evt_c", T),
-        sub_event("updated", "evt_pd", T + DAY, {"status": "active"}, status="past_due"),
-    ]
-    lines = explain(inputs("u_1", events), PLANS, T + 10 * DAY, "pro")
-    assert lines[0] == "u_1 at 2026-01-11T00:00:00Z: features core"
-    assert "+pro" in lines[1] and "[evt_c]" in lines[1]
-    assert (
-        "-pro" in lines[2] and "past_due grace ended for sub_1" in lines[2] and "[rule]" in lines[2]
-    )
-    assert "sub_1 (cus_1): past_due, grants nothing" in "\n".join(lines)
-    assert lines[-1] == "pro: denied (sub_1 is past_due beyond the grace period)"
-
-
-def test_explain_skips_changes_that_do_not_touch_the_feature() -> None:
-    events = [
-        link(id="evt_l", created=T),
-        sub_event("created", "evt_c", T, prices=("price_addon",)),
-    ]
-    lines = explain(inputs("u_1", events), PLANS, T + DAY, "pro")
-    assert not any("+export" in line for line in lines)
-    assert lines[-1] == "pro: denied (no plan grants pro)"
-    assert any("+export" in line for line in explain(inputs("u_1", events), PLANS, T + DAY))
 
 
 def test_a_summary_change_is_credited_to_the_summary_event() -> None:

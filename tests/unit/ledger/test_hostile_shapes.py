@@ -20,9 +20,9 @@ from billing_ledger.ledger.canonical import (
 from billing_ledger.ledger.normalise import NormaliseError, bounded_previous, normalise
 from billing_ledger.ledger.records import Recorded
 from billing_ledger.projections.history import changes
-from billing_ledger.projections.policy import evaluate, gather
+from billing_ledger.projections.policy import evaluate
 from tests.support.hostile import BASES, ODD_VALUES, deep, dumps, hostile, large, odd_type_events
-from tests.unit.builders import DAY, T, example_plans
+from tests.unit.builders import DAY, T, example_plans, gather
 
 PLANS = example_plans()
 SNAPSHOT_BYTES = 64 * 1024  # well above any real snapshot, far below what a sender can send

@@ -19,7 +19,7 @@ from billing_ledger.projections.fold import by_object, state_at
 from billing_ledger.projections.history import changes
 from billing_ledger.projections.invoices import user_invoices
 from billing_ledger.projections.links import links_of
-from billing_ledger.projections.policy import LEGACY, evaluate, gather, rule_witnesses
+from billing_ledger.projections.policy import LEGACY, evaluate, rule_witnesses
 from tests.unit.builders import (
     DAY,
     Json,
@@ -30,6 +30,7 @@ from tests.unit.builders import (
     customer,
     event,
     example_plans,
+    gather,
     inputs,
     invoice_event,
     item,
@@ -40,7 +41,7 @@ from tests.unit.builders import (
 )
 
 PLANS = example_plans()
-RUBY_MOCK = Path(__file__).parent.parent / "fixtures" / "stripe-ruby-mock"
+RUBY_MOCK = Path(__file__).parents[2] / "fixtures" / "stripe-ruby-mock"
 SUMMARY = "entitlements.active_entitlement_summary.updated"
 
 

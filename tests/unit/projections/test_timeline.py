@@ -18,7 +18,7 @@ from tests.unit.builders import (
     sub_event,
     summary_event,
 )
-from tests.unit.test_order_independence import PLANS, USERS, ledgers
+from tests.unit.projections.test_order_independence import PLANS, USERS, ledgers
 
 T = 1767225600
 M = 30 * DAY

@@ -9,7 +9,7 @@ import pytest
 from billing_ledger.ledger.canonical import Item
 from billing_ledger.projections.plans import Plans, PlansError, load_plans
 
-EXAMPLE = Path(__file__).parent.parent.parent / "billing_ledger" / "plans.example.toml"
+EXAMPLE = Path(__file__).parents[3] / "billing_ledger" / "plans.example.toml"
 
 VALID = """
 [access]

@@ -171,7 +171,7 @@ def test_the_plans_file_names_and_describes_a_plan() -> None:
 
 
 def ruby_mock(name: str) -> Json:
-    path = Path(__file__).parent.parent / "fixtures" / "stripe-ruby-mock" / f"{name}.json"
+    path = Path(__file__).parents[2] / "fixtures" / "stripe-ruby-mock" / f"{name}.json"
     envelope: Json = json.loads(path.read_text())
     return envelope
 

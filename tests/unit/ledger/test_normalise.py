@@ -46,7 +46,7 @@ from tests.unit.builders import (
     summary,
 )
 
-FIXTURES = Path(__file__).parent.parent / "fixtures"
+FIXTURES = Path(__file__).parents[2] / "fixtures"
 RUBY_MOCK = FIXTURES / "stripe-ruby-mock"
 OPENAPI = orjson.loads((FIXTURES / "stripe-openapi" / "objects.json").read_bytes())["resources"]
 

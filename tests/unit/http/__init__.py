@@ -1,0 +1,1 @@
+"""Unit tests of billing_ledger/http/ (no I/O)."""
