@@ -30,6 +30,7 @@ from billing_ledger.projections.history import changes as history_of
 from billing_ledger.projections.links import customer_of, links_of
 from billing_ledger.projections.plans import Plans
 from billing_ledger.projections.policy import Entitlements, evaluate
+from billing_ledger.projections.shapes import json_of
 from billing_ledger.projections.views import Views
 
 log = logging.getLogger("billing_ledger.projections")
@@ -58,16 +59,9 @@ class FeedChange:
 
     def to_json(self) -> dict[str, Any]:
         """The contract's change object."""
-        return {
-            "position": self.position,
-            "user_id": self.user_id,
-            "at": self.at,
-            "event_id": self.event_id,
-            "event_type": self.event_type,
-            "features_before": list(self.features_before),
-            "features_after": list(self.features_after),
-            "reason": self.reason,
-        }
+        return json_of(
+            self, "position user_id at event_id event_type features_before features_after reason"
+        )
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ from billing_ledger.projections.policy import (
     link_spans,
 )
 from billing_ledger.projections.purchases import PurchaseAccess
+from billing_ledger.projections.shapes import json_of
 
 
 @dataclass(frozen=True)
@@ -74,14 +75,7 @@ class Change:
 
     def to_json(self) -> dict[str, Any]:
         """The CONTRACT.md history entry."""
-        return {
-            "at": self.at,
-            "event_id": self.event_id,
-            "event_type": self.event_type,
-            "features_before": list(self.features_before),
-            "features_after": list(self.features_after),
-            "reason": self.reason,
-        }
+        return json_of(self, "at event_id event_type features_before features_after reason")
 
 
 @dataclass(frozen=True)

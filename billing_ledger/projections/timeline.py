@@ -49,6 +49,7 @@ from billing_ledger.projections.policy import (
     SubscriptionAccess,
     UserInputs,
 )
+from billing_ledger.projections.shapes import json_of
 
 SUBSCRIPTION_STATUS = "subscription_status"
 PAYMENT_FAILED = "payment_failed"
@@ -102,16 +103,9 @@ class Entry:
 
     def to_json(self) -> dict[str, Any]:
         """The CONTRACT.md timeline entry."""
-        return {
-            "at": self.at,
-            "event_id": self.event_id,
-            "event_type": self.event_type,
-            "object_id": self.object_id,
-            "kind": self.kind,
-            "detail": self.detail,
-            "features_before": list(self.features_before),
-            "features_after": list(self.features_after),
-        }
+        return json_of(
+            self, "at event_id event_type object_id kind detail features_before features_after"
+        )
 
 
 @dataclass(frozen=True)
@@ -141,10 +135,7 @@ class Timeline:
 
     def to_json(self) -> dict[str, Any]:
         """`GET /v1/users/{user_id}/timeline`, and `explain --json`."""
-        return {
-            "entries": [e.to_json() for e in self.entries],
-            "upcoming": [u.to_json() for u in self.upcoming],
-        }
+        return json_of(self, "entries upcoming")
 
 
 def day(t: int) -> str:
