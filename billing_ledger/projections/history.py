@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from billing_ledger.ledger.canonical import (
     CHARGE,
@@ -60,6 +60,8 @@ from billing_ledger.projections.policy import (
 )
 from billing_ledger.projections.purchases import PurchaseAccess
 from billing_ledger.projections.shapes import json_of
+
+_Grant = TypeVar("_Grant", SubscriptionAccess, PurchaseAccess)
 
 
 @dataclass(frozen=True)
@@ -330,44 +332,52 @@ def _status_change(before: SubscriptionAccess | None, after: SubscriptionAccess)
     return f"{after.id} {was} -> {after.status}"
 
 
+def _moved(
+    index: _Index,
+    before: Iterable[_Grant],
+    after: Iterable[_Grant],
+    at: int,
+    state: Callable[[_Grant], tuple[Any, ...]],
+) -> tuple[_Grant | None, _Grant, Snapshot] | None:
+    """The first grant of `after` whose `state` moved (or new), its snapshot created at `at`:
+    (before, after, that snapshot)."""
+    earlier = {g.id: g for g in before}
+    for grant in after:
+        old = earlier.get(grant.id)
+        if old is not None and state(old) == state(grant):
+            continue
+        chosen = index.by_event.get(grant.event_id)
+        if chosen is not None and chosen.created == at:
+            return old, grant, chosen
+    return None
+
+
 def _subscription_cause(
     index: _Index, before: Entitlements | None, after: Entitlements, at: int
 ) -> _Cause | None:
     """A subscription whose grant changed because of a snapshot created at `at`."""
-    earlier = {s.id: s for s in (before.subscriptions if before else ())}
-    for sub in after.subscriptions:
-        old = earlier.get(sub.id)
-        if old is not None and (old.grants_access, old.features) == (
-            sub.grants_access,
-            sub.features,
-        ):
-            continue
-        chosen = index.by_event.get(sub.event_id)
-        if chosen is not None and chosen.created == at:
-            return _Cause(sub.event_id, chosen.event_type, _status_change(old, sub))
-    return None
+    earlier = before.subscriptions if before else ()
+    found = _moved(index, earlier, after.subscriptions, at, lambda s: (s.grants_access, s.features))
+    if found is None:
+        return None
+    old, sub, chosen = found
+    return _Cause(sub.event_id, chosen.event_type, _status_change(old, sub))
 
 
 def _purchase_cause(
     index: _Index, before: Entitlements | None, after: Entitlements, at: int
 ) -> _Cause | None:
     """A one-time purchase paid, refunded or lost in a dispute by an event created at `at`."""
-    earlier = {p.id: p for p in (before.purchases if before else ())}
-    for bought in after.purchases:
-        old = earlier.get(bought.id)
-        if old is not None and (old.status, old.grants_access) == (
-            bought.status,
-            bought.grants_access,
-        ):
-            continue
-        chosen = index.by_event.get(bought.event_id)
-        if chosen is not None and chosen.created == at:
-            what = ", ".join(bought.plan_ids) or "no plan"
-            reason = f"purchase {bought.id} {bought.status} ({what})"
-            if bought.charge_id is not None:
-                reason += f", charge {bought.charge_id}"
-            return _Cause(bought.event_id, chosen.event_type, reason)
-    return None
+    earlier = before.purchases if before else ()
+    found = _moved(index, earlier, after.purchases, at, lambda p: (p.status, p.grants_access))
+    if found is None:
+        return None
+    _, bought, chosen = found
+    what = ", ".join(bought.plan_ids) or "no plan"
+    reason = f"purchase {bought.id} {bought.status} ({what})"
+    if bought.charge_id is not None:
+        reason += f", charge {bought.charge_id}"
+    return _Cause(bought.event_id, chosen.event_type, reason)
 
 
 def _link_cause(
