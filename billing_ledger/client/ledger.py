@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypedDict, TypeVar
 from urllib.parse import quote
@@ -70,9 +71,19 @@ class _Call(Generic[_T]):
     params: dict[str, str] | None = None
     body: Json | None = None
 
+    @property
+    def args(self) -> dict[str, Any]:
+        """The request's query and JSON body, as httpx takes them."""
+        return {"params": self.params, "json": self.body}
 
-def _unreachable(error: httpx.HTTPError) -> LedgerError:
-    return LedgerError(0, "unreachable", f"{type(error).__name__}: {error}")
+
+@contextmanager
+def _reaching() -> Iterator[None]:
+    """A failure to reach the ledger as the LedgerError `unreachable`."""
+    try:
+        yield
+    except httpx.HTTPError as e:
+        raise LedgerError(0, "unreachable", f"{type(e).__name__}: {e}") from e
 
 
 def _access(body: Json) -> Access:
@@ -147,10 +158,8 @@ class LedgerClient:
         self.http.close()
 
     def _send(self, call: _Call[_T]) -> _T:
-        try:
-            response = self.http.request(call.method, call.path, params=call.params, json=call.body)
-        except httpx.HTTPError as e:
-            raise _unreachable(e) from e
+        with _reaching():
+            response = self.http.request(call.method, call.path, **call.args)
         return call.read(_answer(response))
 
     def entitlements(
@@ -218,12 +227,8 @@ class AsyncLedgerClient:
         await self.http.aclose()
 
     async def _send(self, call: _Call[_T]) -> _T:
-        try:
-            response = await self.http.request(
-                call.method, call.path, params=call.params, json=call.body
-            )
-        except httpx.HTTPError as e:
-            raise _unreachable(e) from e
+        with _reaching():
+            response = await self.http.request(call.method, call.path, **call.args)
         return call.read(_answer(response))
 
     async def entitlements(

@@ -334,13 +334,14 @@ def _status_change(before: SubscriptionAccess | None, after: SubscriptionAccess)
 
 def _moved(
     index: _Index,
-    before: Iterable[_Grant],
-    after: Iterable[_Grant],
+    grants: tuple[Iterable[_Grant], Iterable[_Grant]],
     at: int,
     state: Callable[[_Grant], tuple[Any, ...]],
-) -> tuple[_Grant | None, _Grant, Snapshot] | None:
-    """The first grant of `after` whose `state` moved (or new), its snapshot created at `at`:
-    (before, after, that snapshot)."""
+    why: Callable[[_Grant | None, _Grant], str],
+) -> _Cause | None:
+    """The first grant of `after` whose `state` moved (or is new), when the snapshot it
+    chose was created at `at`; `why` says how."""
+    before, after = grants
     earlier = {g.id: g for g in before}
     for grant in after:
         old = earlier.get(grant.id)
@@ -348,7 +349,7 @@ def _moved(
             continue
         chosen = index.by_event.get(grant.event_id)
         if chosen is not None and chosen.created == at:
-            return old, grant, chosen
+            return _Cause(grant.event_id, chosen.event_type, why(old, grant))
     return None
 
 
@@ -356,28 +357,24 @@ def _subscription_cause(
     index: _Index, before: Entitlements | None, after: Entitlements, at: int
 ) -> _Cause | None:
     """A subscription whose grant changed because of a snapshot created at `at`."""
-    earlier = before.subscriptions if before else ()
-    found = _moved(index, earlier, after.subscriptions, at, lambda s: (s.grants_access, s.features))
-    if found is None:
-        return None
-    old, sub, chosen = found
-    return _Cause(sub.event_id, chosen.event_type, _status_change(old, sub))
+    grants = (before.subscriptions if before else (), after.subscriptions)
+    return _moved(index, grants, at, lambda s: (s.grants_access, s.features), _status_change)
 
 
 def _purchase_cause(
     index: _Index, before: Entitlements | None, after: Entitlements, at: int
 ) -> _Cause | None:
     """A one-time purchase paid, refunded or lost in a dispute by an event created at `at`."""
-    earlier = before.purchases if before else ()
-    found = _moved(index, earlier, after.purchases, at, lambda p: (p.status, p.grants_access))
-    if found is None:
-        return None
-    _, bought, chosen = found
+    grants = (before.purchases if before else (), after.purchases)
+    return _moved(index, grants, at, lambda p: (p.status, p.grants_access), _purchase_change)
+
+
+def _purchase_change(_: PurchaseAccess | None, bought: PurchaseAccess) -> str:
     what = ", ".join(bought.plan_ids) or "no plan"
     reason = f"purchase {bought.id} {bought.status} ({what})"
     if bought.charge_id is not None:
         reason += f", charge {bought.charge_id}"
-    return _Cause(bought.event_id, chosen.event_type, reason)
+    return reason
 
 
 def _link_cause(
