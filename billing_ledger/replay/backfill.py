@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import orjson
@@ -65,23 +65,16 @@ class BackfillReport:
         )
 
 
+@dataclass(eq=False)
 class Backfill:
     """Page through /v1/events and append what is missing."""
 
-    def __init__(
-        self,
-        store: EventStore,
-        client: stripe.StripeClient,
-        *,
-        livemode: bool,
-        sleep: stripe_api.Sleep = time.sleep,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.store = store
-        self.client = client
-        self.livemode = livemode
-        self.sleep = sleep
-        self.clock = clock
+    store: EventStore
+    client: stripe.StripeClient
+    _: KW_ONLY
+    livemode: bool
+    sleep: stripe_api.Sleep = time.sleep
+    clock: Callable[[], float] = time.time
 
     def run(self, since: int | None, types: Sequence[str] | None) -> BackfillReport:
         """Fetch from `since` (default: the last cursor, else 30 days ago) and append."""
