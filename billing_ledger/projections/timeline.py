@@ -17,13 +17,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from billing_ledger.ledger.canonical import (
-    CUSTOMER,
-    INVOICE,
-    Customer,
-    Invoice,
-    Snapshot,
-)
+from billing_ledger.ledger.canonical import CUSTOMER, INVOICE, Customer, Invoice, Snapshot
 from billing_ledger.projections.fold import (
     FAILED,
     SUCCEEDED,
@@ -31,13 +25,7 @@ from billing_ledger.projections.fold import (
     Attempt,
     attempt_of,
 )
-from billing_ledger.projections.history import (
-    _Cause,
-    _cause,
-    _evaluator,
-    _event_times,
-    _Index,
-)
+from billing_ledger.projections.history import _Cause, _cause, _evaluator, _event_times, _Index
 from billing_ledger.projections.plans import Plans
 from billing_ledger.projections.policy import (
     RULE_ENDED_AT,
