@@ -320,17 +320,7 @@ class Runner:
         self.views.apply(snapshots, after, position, skipped, cards)
         self.applied += len(snapshots)
         for skip in skipped:
-            log.warning(
-                "%s",
-                fields(
-                    projection=self.name,
-                    event=skip.event_id,
-                    type=skip.event_type,
-                    position=skip.position,
-                    outcome="skipped",
-                    reason=skip.reason,
-                ),
-            )
+            self._log_skip(skip)
         # One line per batch, not per event: a catch-up applies thousands a second.
         log.info(
             "%s",
@@ -414,18 +404,14 @@ class Runner:
         if len(self._flagged) > 10_000:
             self._flagged.clear()
         self._flagged.add(event.event_id)
-        log.warning(
-            "%s",
-            fields(
-                projection=self.name,
-                event=event.event_id,
-                type=event.type,
-                position=event.position,
-                outcome="skipped",
-                reason="other_mode",
-                livemode=event.livemode,
-            ),
-        )
+        other_mode = Skipped(event.event_id, event.position, event.type, "other_mode")
+        self._log_skip(other_mode, livemode=event.livemode)
+
+    def _log_skip(self, skip: Skipped, **more: object) -> None:
+        """One warning line for an event this projection does not apply."""
+        where = fields(projection=self.name, event=skip.event_id, type=skip.event_type)
+        said = fields(position=skip.position, outcome="skipped", reason=skip.reason, **more)
+        log.warning("%s %s", where, said)
 
     def _fail(self, message: str, failed: ProjectionError | None = None) -> None:
         if message != self._error:
