@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import KW_ONLY, dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -66,15 +66,11 @@ class BackfillReport:
 
 
 @dataclass(eq=False)
-class Backfill:
+class Backfill(stripe_api.StripeRun):
     """Page through /v1/events and append what is missing."""
 
     store: EventStore
     client: stripe.StripeClient
-    _: KW_ONLY
-    livemode: bool
-    sleep: stripe_api.Sleep = time.sleep
-    clock: Callable[[], float] = time.time
 
     def run(self, since: int | None, types: Sequence[str] | None) -> BackfillReport:
         """Fetch from `since` (default: the last cursor, else 30 days ago) and append."""

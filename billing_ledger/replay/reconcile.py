@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import stripe
@@ -87,17 +87,13 @@ class ReconcileReport:
 
 
 @dataclass(eq=False)
-class Reconcile:
+class Reconcile(stripe_api.StripeRun):
     """List Stripe's current objects, compare, and record what differs."""
 
     store: EventStore
     views: Views
     plans: Plans
     client: stripe.StripeClient
-    _: KW_ONLY
-    livemode: bool
-    sleep: stripe_api.Sleep = time.sleep
-    clock: Callable[[], float] = time.time
 
     def run(self) -> ReconcileReport:
         """Observe, compare with the caught-up projections, record, and say whose access moved."""
