@@ -14,13 +14,13 @@ import argparse
 import hashlib
 import hmac
 import logging
-import threading
 import time
 from collections.abc import Callable
 
 import httpx
 import orjson
 
+from billing_ledger.background import Background
 from billing_ledger.projections.feed import FeedChange, FeedTables
 from billing_ledger.settings import Settings, SettingsError
 
@@ -74,25 +74,18 @@ class Notifier:
         self.backoff_max = backoff_max
         self.delivered = 0
         self.error: str | None = None
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._background = Background("notify", self._run, join_seconds=TIMEOUT + 5)
+        self._stopping = self._background.stopping
         if not secret:
             log.warning("LEDGER_NOTIFY_SECRET is not set: notifications go out unsigned")
 
     def start(self) -> None:
         """Deliver in a background thread until `stop()`."""
-        if self._thread is not None:
-            return
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._run, name="notify", daemon=True)
-        self._thread.start()
+        self._background.start()
 
     def stop(self) -> None:
         """Stop after the current attempt."""
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=TIMEOUT + 5)
-            self._thread = None
+        self._background.stop()
 
     def position(self) -> int:
         """The feed position delivered so far."""

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Generic, TypedDict, TypeVar
 from urllib.parse import quote
 
 import httpx
 
 Json = dict[str, Any]
+_T = TypeVar("_T")
 
 
 class LedgerError(RuntimeError):
@@ -53,15 +57,95 @@ def _answer(response: httpx.Response) -> Json:
     raise LedgerError(response.status_code, code, message)
 
 
+def _whole(body: Json) -> Json:
+    return body
+
+
+@dataclass(frozen=True)
+class _Call(Generic[_T]):
+    """One request of the API and how its answer reads: what both clients send."""
+
+    method: str
+    path: str
+    read: Callable[[Json], _T]
+    params: dict[str, str] | None = None
+    body: Json | None = None
+
+    @property
+    def args(self) -> dict[str, Any]:
+        """The request's query and JSON body, as httpx takes them."""
+        return {"params": self.params, "json": self.body}
+
+
+@contextmanager
+def _reaching() -> Iterator[None]:
+    """A failure to reach the ledger as the LedgerError `unreachable`."""
+    try:
+        yield
+    except httpx.HTTPError as e:
+        raise LedgerError(0, "unreachable", f"{type(e).__name__}: {e}") from e
+
+
+def _access(body: Json) -> Access:
+    return Access(allowed=bool(body["allowed"]), reason=str(body["reason"]))
+
+
+def _listed(key: str) -> Callable[[Json], list[Json]]:
+    def read(body: Json) -> list[Json]:
+        found: list[Json] = body[key]
+        return found
+
+    return read
+
+
+# -- the calls, one function each (the clients' methods say what they return) -----------
+
+
+def _entitlements(user_id: str, at: int | str | None, min_position: int | None) -> _Call[Json]:
+    return _Call("GET", _user(user_id, "entitlements"), _whole, _params(at, min_position))
+
+
+def _access_of(
+    user_id: str, feature: str, at: int | str | None, min_position: int | None
+) -> _Call[Access]:
+    path = _user(user_id, f"access/{quote(feature, safe='')}")
+    return _Call("GET", path, _access, _params(at, min_position))
+
+
+def _list(user_id: str, tail: str, key: str, at: int | str | None) -> _Call[list[Json]]:
+    return _Call("GET", _user(user_id, tail), _listed(key), _params(at, None))
+
+
+def _event(event_id: str) -> _Call[Json]:
+    return _Call("GET", f"/v1/events/{quote(event_id, safe='')}", _whole)
+
+
+def _changes(after: int, limit: int, wait: float) -> _Call[Json]:
+    params = {"after": str(after), "limit": str(limit), "wait": f"{wait:g}"}
+    return _Call("GET", "/v1/changes", _whole, params)
+
+
+def _checkout(user_id: str, price: str, quantity: int) -> _Call[Json]:
+    body = {"user_id": user_id, "price": price, "quantity": quantity}
+    return _Call("POST", "/v1/checkout-sessions", _whole, body=body)
+
+
+def _portal(user_id: str, return_url: str) -> _Call[Json]:
+    body = {"user_id": user_id, "return_url": return_url}
+    return _Call("POST", "/v1/portal-sessions", _whole, body=body)
+
+
+def _client_args(base_url: str, token: str | None, timeout: float) -> dict[str, Any]:
+    return {"base_url": base_url.rstrip("/"), "headers": _headers(token), "timeout": timeout}
+
+
 class LedgerClient:
     """Synchronous client of the ledger's /v1 API."""
 
     def __init__(
         self, base_url: str, token: str | None = None, *, timeout: float = 10.0, **httpx_args: Any
     ) -> None:
-        self.http = httpx.Client(
-            base_url=base_url.rstrip("/"), headers=_headers(token), timeout=timeout, **httpx_args
-        )
+        self.http = httpx.Client(**_client_args(base_url, token, timeout), **httpx_args)
 
     def __enter__(self) -> LedgerClient:
         return self
@@ -73,23 +157,16 @@ class LedgerClient:
         """Close the connections."""
         self.http.close()
 
-    def _get(self, path: str, params: dict[str, str] | None = None) -> Json:
-        try:
-            return _answer(self.http.get(path, params=params))
-        except httpx.HTTPError as e:
-            raise LedgerError(0, "unreachable", f"{type(e).__name__}: {e}") from e
-
-    def _post(self, path: str, body: Json) -> Json:
-        try:
-            return _answer(self.http.post(path, json=body))
-        except httpx.HTTPError as e:
-            raise LedgerError(0, "unreachable", f"{type(e).__name__}: {e}") from e
+    def _send(self, call: _Call[_T]) -> _T:
+        with _reaching():
+            response = self.http.request(call.method, call.path, **call.args)
+        return call.read(_answer(response))
 
     def entitlements(
         self, user_id: str, *, at: int | str | None = None, min_position: int | None = None
     ) -> Json:
         """The user's features, plans, customers and subscriptions."""
-        return self._get(_user(user_id, "entitlements"), _params(at, min_position))
+        return self._send(_entitlements(user_id, at, min_position))
 
     def access(
         self,
@@ -100,10 +177,7 @@ class LedgerClient:
         min_position: int | None = None,
     ) -> Access:
         """Whether the user may use `feature`, and why."""
-        body = self._get(
-            _user(user_id, f"access/{quote(feature, safe='')}"), _params(at, min_position)
-        )
-        return Access(allowed=bool(body["allowed"]), reason=str(body["reason"]))
+        return self._send(_access_of(user_id, feature, at, min_position))
 
     def allowed(self, user_id: str, feature: str) -> bool:
         """`access(...)["allowed"]`."""
@@ -111,32 +185,27 @@ class LedgerClient:
 
     def invoices(self, user_id: str, *, at: int | str | None = None) -> list[Json]:
         """The user's invoices, newest first."""
-        found: list[Json] = self._get(_user(user_id, "invoices"), _params(at, None))["invoices"]
-        return found
+        return self._send(_list(user_id, "invoices", "invoices", at))
 
     def history(self, user_id: str, *, at: int | str | None = None) -> list[Json]:
         """Every change of the user's features, oldest first."""
-        found: list[Json] = self._get(_user(user_id, "history"), _params(at, None))["changes"]
-        return found
+        return self._send(_list(user_id, "history", "changes", at))
 
     def event(self, event_id: str) -> Json:
         """One stored event."""
-        return self._get(f"/v1/events/{quote(event_id, safe='')}")
+        return self._send(_event(event_id))
 
     def changes(self, after: int = 0, *, limit: int = 500, wait: float = 0) -> Json:
         """One page of the change feed: `{"changes": [...], "next": POS}`."""
-        params = {"after": str(after), "limit": str(limit), "wait": f"{wait:g}"}
-        return self._get("/v1/changes", params)
+        return self._send(_changes(after, limit, wait))
 
     def checkout_session(self, user_id: str, price: str, quantity: int = 1) -> Json:
         """A Checkout Session for the user: `{"id", "url"}`."""
-        return self._post(
-            "/v1/checkout-sessions", {"user_id": user_id, "price": price, "quantity": quantity}
-        )
+        return self._send(_checkout(user_id, price, quantity))
 
     def portal_session(self, user_id: str, return_url: str) -> Json:
         """A billing portal session: `{"url"}`."""
-        return self._post("/v1/portal-sessions", {"user_id": user_id, "return_url": return_url})
+        return self._send(_portal(user_id, return_url))
 
 
 class AsyncLedgerClient:
@@ -145,9 +214,7 @@ class AsyncLedgerClient:
     def __init__(
         self, base_url: str, token: str | None = None, *, timeout: float = 10.0, **httpx_args: Any
     ) -> None:
-        self.http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), headers=_headers(token), timeout=timeout, **httpx_args
-        )
+        self.http = httpx.AsyncClient(**_client_args(base_url, token, timeout), **httpx_args)
 
     async def __aenter__(self) -> AsyncLedgerClient:
         return self
@@ -159,23 +226,16 @@ class AsyncLedgerClient:
         """Close the connections."""
         await self.http.aclose()
 
-    async def _get(self, path: str, params: dict[str, str] | None = None) -> Json:
-        try:
-            return _answer(await self.http.get(path, params=params))
-        except httpx.HTTPError as e:
-            raise LedgerError(0, "unreachable", f"{type(e).__name__}: {e}") from e
-
-    async def _post(self, path: str, body: Json) -> Json:
-        try:
-            return _answer(await self.http.post(path, json=body))
-        except httpx.HTTPError as e:
-            raise LedgerError(0, "unreachable", f"{type(e).__name__}: {e}") from e
+    async def _send(self, call: _Call[_T]) -> _T:
+        with _reaching():
+            response = await self.http.request(call.method, call.path, **call.args)
+        return call.read(_answer(response))
 
     async def entitlements(
         self, user_id: str, *, at: int | str | None = None, min_position: int | None = None
     ) -> Json:
         """The user's features, plans, customers and subscriptions."""
-        return await self._get(_user(user_id, "entitlements"), _params(at, min_position))
+        return await self._send(_entitlements(user_id, at, min_position))
 
     async def access(
         self,
@@ -186,9 +246,7 @@ class AsyncLedgerClient:
         min_position: int | None = None,
     ) -> Access:
         """Whether the user may use `feature`, and why."""
-        path = _user(user_id, f"access/{quote(feature, safe='')}")
-        body = await self._get(path, _params(at, min_position))
-        return Access(allowed=bool(body["allowed"]), reason=str(body["reason"]))
+        return await self._send(_access_of(user_id, feature, at, min_position))
 
     async def allowed(self, user_id: str, feature: str) -> bool:
         """`(await access(...))["allowed"]`."""
@@ -196,35 +254,24 @@ class AsyncLedgerClient:
 
     async def invoices(self, user_id: str, *, at: int | str | None = None) -> list[Json]:
         """The user's invoices, newest first."""
-        found: list[Json] = (await self._get(_user(user_id, "invoices"), _params(at, None)))[
-            "invoices"
-        ]
-        return found
+        return await self._send(_list(user_id, "invoices", "invoices", at))
 
     async def history(self, user_id: str, *, at: int | str | None = None) -> list[Json]:
         """Every change of the user's features, oldest first."""
-        found: list[Json] = (await self._get(_user(user_id, "history"), _params(at, None)))[
-            "changes"
-        ]
-        return found
+        return await self._send(_list(user_id, "history", "changes", at))
 
     async def event(self, event_id: str) -> Json:
         """One stored event."""
-        return await self._get(f"/v1/events/{quote(event_id, safe='')}")
+        return await self._send(_event(event_id))
 
     async def changes(self, after: int = 0, *, limit: int = 500, wait: float = 0) -> Json:
         """One page of the change feed."""
-        params = {"after": str(after), "limit": str(limit), "wait": f"{wait:g}"}
-        return await self._get("/v1/changes", params)
+        return await self._send(_changes(after, limit, wait))
 
     async def checkout_session(self, user_id: str, price: str, quantity: int = 1) -> Json:
         """A Checkout Session for the user: `{"id", "url"}`."""
-        return await self._post(
-            "/v1/checkout-sessions", {"user_id": user_id, "price": price, "quantity": quantity}
-        )
+        return await self._send(_checkout(user_id, price, quantity))
 
     async def portal_session(self, user_id: str, return_url: str) -> Json:
         """A billing portal session: `{"url"}`."""
-        return await self._post(
-            "/v1/portal-sessions", {"user_id": user_id, "return_url": return_url}
-        )
+        return await self._send(_portal(user_id, return_url))

@@ -23,6 +23,8 @@ from typing import Any
 
 import httpx
 
+from billing_ledger.background import Background
+
 log = logging.getLogger("billing_ledger.client")
 
 DEFAULT_WAIT = 25.0
@@ -96,8 +98,8 @@ class Replica:
         self._loaded = False
         self._fresh_at = float("-inf")
         self._changed = threading.Condition()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._background = Background("replica", self._run, join_seconds=self.wait + 15)
+        self._stopping = self._background.stopping
         self._resume()
 
     # -- the checks (no network) ---------------------------------------------------------
@@ -139,18 +141,12 @@ class Replica:
 
     def start(self) -> Replica:
         """Load (unless resuming) and follow the feed in a background thread."""
-        if self._thread is None:
-            self._stopping.clear()
-            self._thread = threading.Thread(target=self._run, name="replica", daemon=True)
-            self._thread.start()
+        self._background.start()
         return self
 
     def stop(self) -> None:
         """Stop following (the map stays; `start()` resumes from `position`)."""
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.wait + 15)
-            self._thread = None
+        self._background.stop()
         self._save()
 
     def close(self) -> None:

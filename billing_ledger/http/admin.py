@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import jinja2
 import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -26,6 +25,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
+from billing_ledger.http.pages.render import environment
 from billing_ledger.http.reads import BadParameterError, parse_at
 from billing_ledger.http.timeline_svg import timeline_svg
 from billing_ledger.ledger.store import StorageError
@@ -57,12 +57,7 @@ def _iso(t: int | float) -> str:
 
 @functools.cache
 def _templates() -> Jinja2Templates:
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("billing_ledger.http", "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-    )
-    return Jinja2Templates(env=env)
+    return Jinja2Templates(env=environment())
 
 
 def _deps(request: Request) -> Services:

@@ -87,11 +87,16 @@ def _reads(request: Request) -> Reads:
     return reads
 
 
-async def _user_read(request: Request) -> UserRead:
-    """Parse the common parameters, honour min_position, load the user's inputs."""
+def _user_query(request: Request) -> tuple[str, int, int | None]:
+    """The common parameters of a user's read: (user_id, at, min_position)."""
     user_id = checked_user_id(request.path_params["user_id"])
     at = parse_at(request.query_params.get("at"))
-    wanted = parse_min_position(request.query_params.get("min_position"))
+    return user_id, at, parse_min_position(request.query_params.get("min_position"))
+
+
+async def _user_read(request: Request) -> UserRead:
+    """Parse the common parameters, honour min_position, load the user's inputs."""
+    user_id, at, wanted = _user_query(request)
     return await _reads(request).user(user_id, at, wanted, MIN_POSITION_WAIT)
 
 
@@ -158,9 +163,7 @@ async def invoices(request: Request) -> Response:
 @_answering
 async def history(request: Request) -> Response:
     """Every change of the user's features up to `at`, oldest first."""
-    user_id = checked_user_id(request.path_params["user_id"])
-    at = parse_at(request.query_params.get("at"))
-    wanted = parse_min_position(request.query_params.get("min_position"))
+    user_id, at, wanted = _user_query(request)
     found = await _reads(request).history(user_id, at, wanted, MIN_POSITION_WAIT)
     return answer(wire.History(shaped_all(wire.Change, found)))
 
@@ -168,9 +171,7 @@ async def history(request: Request) -> Response:
 @_answering
 async def timeline(request: Request) -> Response:
     """Every change of the user's billing state up to `at`, and what the rules change next."""
-    user_id = checked_user_id(request.path_params["user_id"])
-    at = parse_at(request.query_params.get("at"))
-    wanted = parse_min_position(request.query_params.get("min_position"))
+    user_id, at, wanted = _user_query(request)
     reads = _reads(request)
     position = await (
         reads.wait(wanted, MIN_POSITION_WAIT) if wanted is not None else reads.position()

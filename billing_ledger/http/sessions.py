@@ -6,8 +6,8 @@ Neither grants anything: access follows only from the webhooks the ledger record
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
@@ -28,6 +28,7 @@ from billing_ledger.http.stripe_client import (
     BillingError,
     CardDeclinedError,
     NotConfiguredError,
+    StripeApi,
     StripeCallError,
     StripeUnavailableError,
     UnknownCustomerError,
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from billing_ledger.http.state import Services
 
 log = logging.getLogger("billing_ledger.sessions")
+_Wanted = TypeVar("_Wanted")
 
 MAX_BODY_BYTES = 16 * 1024
 
@@ -142,41 +144,49 @@ def return_url_field(body: Mapping[str, Any], default: str) -> str:
 async def checkout_session(request: Request) -> Response:
     """Open a Checkout Session for the user: subscription mode, or payment mode for a
     one_time plan's price; it records what the session sells and grants nothing."""
-    deps: Services = request.state.deps
-    if not deps.settings.stripe_api_key:
-        return error(503, "not_configured", "STRIPE_API_KEY is not set")
-    try:
-        wanted = parse_checkout(await json_object(request))
-        async with open_stripe(deps.settings) as api:
-            session = await create_checkout(deps, api, wanted)
-    except RequestBodyError as e:
-        return error(400, "invalid_request", str(e))
-    except BillingError as e:
-        return billing_error(e)
-    except StorageError:
-        return _storage_unavailable()
-    log.info("checkout session=%s user=%s price=%s", session["id"], wanted.user_id, wanted.price)
-    return answer(wire.CheckoutSession(session["id"], session["url"]), 201)
+    return await _with_stripe(request, lambda _, body: parse_checkout(body), _open_checkout)
 
 
 async def portal_session(request: Request) -> Response:
     """Open a billing portal session for the user's customer."""
+    return await _with_stripe(request, _parse_portal, _open_portal)
+
+
+async def _open_checkout(deps: Services, api: StripeApi, wanted: CheckoutRequest) -> Response:
+    session = await create_checkout(deps, api, wanted)
+    log.info("checkout session=%s user=%s price=%s", session["id"], wanted.user_id, wanted.price)
+    return answer(wire.CheckoutSession(session["id"], session["url"]), 201)
+
+
+def _parse_portal(deps: Services, body: Mapping[str, Any]) -> tuple[str, str]:
+    return user_id_field(body), return_url_field(body, f"{deps.settings.app_url}/billing")
+
+
+async def _open_portal(deps: Services, api: StripeApi, wanted: tuple[str, str]) -> Response:
+    session = await create_portal(deps, api, *wanted)
+    return answer(wire.PortalSession(session["url"]), 201)
+
+
+async def _with_stripe(
+    request: Request,
+    parse: Callable[[Services, Mapping[str, Any]], _Wanted],
+    send: Callable[[Services, StripeApi, _Wanted], Awaitable[Response]],
+) -> Response:
+    """Parse the body, then send what it asks with a Stripe client of this request; a bad
+    body, a billing error or the storage down answered as the contract's errors."""
     deps: Services = request.state.deps
     if not deps.settings.stripe_api_key:
         return error(503, "not_configured", "STRIPE_API_KEY is not set")
     try:
-        body = await json_object(request)
-        user_id = user_id_field(body)
-        return_url = return_url_field(body, f"{deps.settings.app_url}/billing")
+        wanted = parse(deps, await json_object(request))
         async with open_stripe(deps.settings) as api:
-            session = await create_portal(deps, api, user_id, return_url)
+            return await send(deps, api, wanted)
     except RequestBodyError as e:
         return error(400, "invalid_request", str(e))
     except BillingError as e:
         return billing_error(e)
     except StorageError:
         return _storage_unavailable()
-    return answer(wire.PortalSession(session["url"]), 201)
 
 
 def _storage_unavailable() -> Response:

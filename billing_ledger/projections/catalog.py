@@ -16,6 +16,7 @@ from typing import Any
 from billing_ledger.ledger.canonical import PRICE, PRODUCT, Item, Price, Product, Snapshot
 from billing_ledger.projections.fold import by_object, ordered
 from billing_ledger.projections.plans import Plan, Plans
+from billing_ledger.projections.shapes import json_of
 
 CATALOG_KINDS = frozenset({PRODUCT, PRICE})
 # Shorter intervals first: a monthly price is listed before the yearly one.
@@ -40,16 +41,7 @@ class CatalogPrice:
 
     def to_json(self) -> dict[str, Any]:
         """The CONTRACT.md catalog price."""
-        return {
-            "id": self.id,
-            "product": self.product,
-            "unit_amount": self.unit_amount,
-            "currency": self.currency,
-            "type": self.type,
-            "interval": self.interval,
-            "lookup_key": self.lookup_key,
-            "active": self.active,
-        }
+        return json_of(self, "id product unit_amount currency type interval lookup_key active")
 
 
 @dataclass(frozen=True)
@@ -71,13 +63,7 @@ class CatalogPlan:
 
     def to_json(self) -> dict[str, Any]:
         """The CONTRACT.md catalog plan."""
-        return {
-            "id": self.id,
-            "name": self.name,
-            "description": self.description,
-            "features": list(self.features),
-            "prices": [p.to_json() for p in self.prices],
-        }
+        return json_of(self, "id name description features prices")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from billing_ledger.background import Background
 from billing_ledger.ledger.canonical import DISPUTE
 from billing_ledger.ledger.normalise import normalise
 from billing_ledger.ledger.records import Recorded
@@ -30,6 +31,7 @@ from billing_ledger.projections.history import changes as history_of
 from billing_ledger.projections.links import customer_of, links_of
 from billing_ledger.projections.plans import Plans
 from billing_ledger.projections.policy import Entitlements, evaluate
+from billing_ledger.projections.shapes import json_of
 from billing_ledger.projections.views import Views
 
 log = logging.getLogger("billing_ledger.projections")
@@ -58,16 +60,9 @@ class FeedChange:
 
     def to_json(self) -> dict[str, Any]:
         """The contract's change object."""
-        return {
-            "position": self.position,
-            "user_id": self.user_id,
-            "at": self.at,
-            "event_id": self.event_id,
-            "event_type": self.event_type,
-            "features_before": list(self.features_before),
-            "features_after": list(self.features_after),
-            "reason": self.reason,
-        }
+        return json_of(
+            self, "position user_id at event_id event_type features_before features_after reason"
+        )
 
 
 @dataclass(frozen=True)
@@ -366,24 +361,17 @@ class FeedProjector:
         self.wake = wake  # runner.wait_for: returns early once the views pass a position
         self.head = 0  # the feed position this process last committed or saw
         self.error: str | None = None
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._background = Background("feed", self._run)
+        self._stopping = self._background.stopping
         self._lock = threading.Lock()
 
     def start(self) -> None:
         """Follow the views in a background thread until `stop()`."""
-        if self._thread is not None:
-            return
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._run, name="feed", daemon=True)
-        self._thread.start()
+        self._background.start()
 
     def stop(self) -> None:
         """Stop after the current step."""
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        self._background.stop()
 
     def catch_up(self) -> int:
         """Step until nothing is left to do; returns the feed position."""

@@ -12,6 +12,7 @@ import heapq
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from billing_ledger.ledger.canonical import (
     CHARGE,
@@ -55,6 +56,9 @@ from billing_ledger.projections.policy import (
     invoice_rank,
     link_spans,
 )
+from billing_ledger.projections.purchases import PurchaseAccess
+
+_Grant = TypeVar("_Grant", SubscriptionAccess, PurchaseAccess)
 
 
 @dataclass(frozen=True)
@@ -321,44 +325,49 @@ def _status_change(before: SubscriptionAccess | None, after: SubscriptionAccess)
     return f"{after.id} {was} -> {after.status}"
 
 
+def _moved(
+    index: _Index,
+    grants: tuple[Iterable[_Grant], Iterable[_Grant]],
+    at: int,
+    state: Callable[[_Grant], tuple[Any, ...]],
+    why: Callable[[_Grant | None, _Grant], str],
+) -> _Cause | None:
+    """The first grant of `after` whose `state` moved (or is new), when the snapshot it
+    chose was created at `at`; `why` says how."""
+    before, after = grants
+    earlier = {g.id: g for g in before}
+    for grant in after:
+        old = earlier.get(grant.id)
+        if old is not None and state(old) == state(grant):
+            continue
+        chosen = index.by_event.get(grant.event_id)
+        if chosen is not None and chosen.created == at:
+            return _Cause(grant.event_id, chosen.event_type, why(old, grant))
+    return None
+
+
 def _subscription_cause(
     index: _Index, before: Entitlements | None, after: Entitlements, at: int
 ) -> _Cause | None:
     """A subscription whose grant changed because of a snapshot created at `at`."""
-    earlier = {s.id: s for s in (before.subscriptions if before else ())}
-    for sub in after.subscriptions:
-        old = earlier.get(sub.id)
-        if old is not None and (old.grants_access, old.features) == (
-            sub.grants_access,
-            sub.features,
-        ):
-            continue
-        chosen = index.by_event.get(sub.event_id)
-        if chosen is not None and chosen.created == at:
-            return _Cause(sub.event_id, chosen.event_type, _status_change(old, sub))
-    return None
+    grants = (before.subscriptions if before else (), after.subscriptions)
+    return _moved(index, grants, at, lambda s: (s.grants_access, s.features), _status_change)
 
 
 def _purchase_cause(
     index: _Index, before: Entitlements | None, after: Entitlements, at: int
 ) -> _Cause | None:
     """A one-time purchase paid, refunded or lost in a dispute by an event created at `at`."""
-    earlier = {p.id: p for p in (before.purchases if before else ())}
-    for bought in after.purchases:
-        old = earlier.get(bought.id)
-        if old is not None and (old.status, old.grants_access) == (
-            bought.status,
-            bought.grants_access,
-        ):
-            continue
-        chosen = index.by_event.get(bought.event_id)
-        if chosen is not None and chosen.created == at:
-            what = ", ".join(bought.plan_ids) or "no plan"
-            reason = f"purchase {bought.id} {bought.status} ({what})"
-            if bought.charge_id is not None:
-                reason += f", charge {bought.charge_id}"
-            return _Cause(bought.event_id, chosen.event_type, reason)
-    return None
+    grants = (before.purchases if before else (), after.purchases)
+    return _moved(index, grants, at, lambda p: (p.status, p.grants_access), _purchase_change)
+
+
+def _purchase_change(_: PurchaseAccess | None, bought: PurchaseAccess) -> str:
+    what = ", ".join(bought.plan_ids) or "no plan"
+    reason = f"purchase {bought.id} {bought.status} ({what})"
+    if bought.charge_id is not None:
+        reason += f", charge {bought.charge_id}"
+    return reason
 
 
 def _link_cause(

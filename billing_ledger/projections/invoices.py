@@ -10,6 +10,7 @@ from billing_ledger.ledger.canonical import INVOICE, SUBSCRIPTION, Invoice, Snap
 from billing_ledger.projections.fold import Attempt, ObjectKey, attempts, by_object, state_at
 from billing_ledger.projections.links import customer_of
 from billing_ledger.projections.policy import UserInputs, customers_at
+from billing_ledger.projections.shapes import json_of
 
 
 @dataclass(frozen=True)
@@ -33,18 +34,11 @@ class InvoiceView:
 
     def to_json(self) -> dict[str, Any]:
         """The CONTRACT.md invoice object, plus attempts and the S31 flag."""
-        return {
-            "id": self.id,
-            "status": self.status,
-            "amount_due": self.amount_due,
-            "amount_paid": self.amount_paid,
-            "currency": self.currency,
-            "subscription_id": self.subscription_id,
-            "created": self.created,
-            "hosted_invoice_url": self.hosted_invoice_url,
-            "attempts": [{"number": a.number, "outcome": a.outcome} for a in self.attempts],
-            "payment_reversed_after_activation": self.payment_reversed_after_activation,
-        }
+        return json_of(
+            self,
+            "id status amount_due amount_paid currency subscription_id created hosted_invoice_url "
+            "attempts payment_reversed_after_activation",
+        )
 
 
 def _reversed_after_activation(

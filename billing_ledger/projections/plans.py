@@ -235,21 +235,9 @@ def _plan(entry: Any, index: int, source: str) -> Plan:
         raise PlansError(
             source, where, "matches no price, lookup key or product and is not default"
         )
-    mode = entry.get("mode", SUBSCRIPTION_MODE)
-    if mode not in _MODES:
-        raise PlansError(
-            source, f"{where}.mode", f"must be one of {', '.join(_MODES)}, got {mode!r}"
-        )
-    if mode == ONE_TIME_MODE and default:
-        raise PlansError(source, f"{where}.mode", "a default plan is not bought")
+    mode = _mode(entry, default, where, source)
     seats = _flag(entry, "seats", where, source) or False
-    max_seats = entry.get("max_seats", MAX_SEATS)
-    if (
-        isinstance(max_seats, bool)
-        or not isinstance(max_seats, int)
-        or not 1 <= max_seats <= 999_999
-    ):
-        raise PlansError(source, f"{where}.max_seats", f"must be 1 to 999999, got {max_seats!r}")
+    max_seats = _max_seats(entry, where, source)
     return Plan(
         id=plan_id,
         features=features,
@@ -263,6 +251,28 @@ def _plan(entry: Any, index: int, source: str) -> Plan:
         max_seats=max_seats,
         **matchers,
     )
+
+
+def _mode(entry: Mapping[str, Any], default: bool, where: str, source: str) -> str:
+    mode = entry.get("mode", SUBSCRIPTION_MODE)
+    if mode not in _MODES:
+        raise PlansError(
+            source, f"{where}.mode", f"must be one of {', '.join(_MODES)}, got {mode!r}"
+        )
+    if mode == ONE_TIME_MODE and default:
+        raise PlansError(source, f"{where}.mode", "a default plan is not bought")
+    return str(mode)
+
+
+def _max_seats(entry: Mapping[str, Any], where: str, source: str) -> int:
+    max_seats = entry.get("max_seats", MAX_SEATS)
+    if (
+        isinstance(max_seats, bool)
+        or not isinstance(max_seats, int)
+        or not 1 <= max_seats <= 999_999
+    ):
+        raise PlansError(source, f"{where}.max_seats", f"must be 1 to 999999, got {max_seats!r}")
+    return max_seats
 
 
 def _flag(entry: Mapping[str, Any], key: str, where: str, source: str) -> bool | None:

@@ -43,6 +43,7 @@ from billing_ledger.projections.fold import (
 from billing_ledger.projections.links import LinkRow, Span, customer_of, spans
 from billing_ledger.projections.plans import DAY, Plan, Plans
 from billing_ledger.projections.purchases import PurchaseAccess, payings, purchase
+from billing_ledger.projections.shapes import json_of
 
 TRIAL_ENDING_WINDOW = 3 * DAY
 
@@ -107,20 +108,11 @@ class SubscriptionAccess:
 
     def to_json(self) -> dict[str, Any]:
         """The CONTRACT.md subscription object."""
-        return {
-            "id": self.id,
-            "customer_id": self.customer_id,
-            "status": self.status,
-            "price_ids": list(self.price_ids),
-            "current_period_end": self.current_period_end,
-            "cancel_at": self.cancel_at,
-            "cancel_at_period_end": self.cancel_at_period_end,
-            "grants_access": self.grants_access,
-            "access_until": self.access_until,
-            "trial_end": self.trial_end,
-            "past_due_since": self.past_due_since,
-            "quantity": self.quantity,
-        }
+        return json_of(
+            self,
+            "id customer_id status price_ids current_period_end cancel_at cancel_at_period_end "
+            "grants_access access_until trial_end past_due_since quantity",
+        )
 
 
 @dataclass(frozen=True)
@@ -142,16 +134,10 @@ class Entitlements:
 
     def to_json(self) -> dict[str, Any]:
         """The CONTRACT.md entitlements body, minus `position` and `at` (added by http/)."""
-        return {
-            "user_id": self.user_id,
-            "features": list(self.features),
-            "plans": list(self.plans),
-            "customer_ids": list(self.customer_ids),
-            "subscriptions": [s.to_json() for s in self.subscriptions],
-            "purchases": [p.to_json() for p in self.purchases],
-            "warnings": list(self.warnings),
-            "reasons": dict(sorted(self.reasons.items())),
-        }
+        fields = json_of(
+            self, "user_id features plans customer_ids subscriptions purchases warnings"
+        )
+        return {**fields, "reasons": dict(sorted(self.reasons.items()))}
 
 
 # -- one subscription -------------------------------------------------------------------

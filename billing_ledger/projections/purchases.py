@@ -24,6 +24,7 @@ from billing_ledger.ledger.canonical import (
     Snapshot,
 )
 from billing_ledger.projections.plans import Plan, Plans
+from billing_ledger.projections.shapes import json_of
 
 PAID = "paid"
 REFUNDED = "refunded"
@@ -48,12 +49,7 @@ class PurchaseAccess:
 
     def to_json(self) -> dict[str, Any]:
         """The CONTRACT.md purchase object."""
-        return {
-            "id": self.id,
-            "price_ids": list(self.price_ids),
-            "status": self.status,
-            "grants_access": self.grants_access,
-        }
+        return json_of(self, "id price_ids status grants_access")
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from typing import Any
 import psycopg
 from eventsourcing.persistence import DataError, IntegrityError, PersistenceError
 
+from billing_ledger.background import Background
 from billing_ledger.ledger.canonical import Snapshot
 from billing_ledger.ledger.logfmt import fields
 from billing_ledger.ledger.normalise import normalise
@@ -115,8 +116,8 @@ class Runner:
         self._error: str | None = None
         self._changed = threading.Condition()
         self._apply_lock = threading.Lock()  # catch_up() and the thread take turns
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._background = Background(f"runner-{name}", self._run)
+        self._stopping = self._background.stopping
         self._flagged: set[str] = set()
         self._pool: ThreadPoolExecutor | None = None  # reads ahead, writes behind
         channel: str = getattr(store.recorder, "channel_name", TABLE)
@@ -141,18 +142,11 @@ class Runner:
 
     def start(self) -> None:
         """Run in a background thread until `stop()`."""
-        if self._thread is not None:
-            return
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._run, name=f"runner-{self.name}", daemon=True)
-        self._thread.start()
+        self._background.start()
 
     def stop(self) -> None:
         """Stop the thread (after its current batch) and release the lock."""
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        self._background.stop()
         self._release_workers()
 
     def wait_for(self, position: int, timeout: float) -> bool:
@@ -164,7 +158,7 @@ class Runner:
                 return False
             with self._changed:
                 self._changed.wait(min(left, self.poll))
-            if self._thread is None or not self._leader.held:
+            if not self._background.running or not self._leader.held:
                 # No thread of ours applies: the position moves in another process.
                 self._set_position(self.views.position())
         return True
@@ -176,7 +170,7 @@ class Runner:
             while self.position < head and self._step() > 0:
                 pass
         finally:
-            if self._thread is None:
+            if not self._background.running:
                 self._release_workers()  # no thread of ours will need them again soon
         return self.position
 
@@ -326,17 +320,7 @@ class Runner:
         self.views.apply(snapshots, after, position, skipped, cards)
         self.applied += len(snapshots)
         for skip in skipped:
-            log.warning(
-                "%s",
-                fields(
-                    projection=self.name,
-                    event=skip.event_id,
-                    type=skip.event_type,
-                    position=skip.position,
-                    outcome="skipped",
-                    reason=skip.reason,
-                ),
-            )
+            self._log_skip(skip)
         # One line per batch, not per event: a catch-up applies thousands a second.
         log.info(
             "%s",
@@ -420,18 +404,14 @@ class Runner:
         if len(self._flagged) > 10_000:
             self._flagged.clear()
         self._flagged.add(event.event_id)
-        log.warning(
-            "%s",
-            fields(
-                projection=self.name,
-                event=event.event_id,
-                type=event.type,
-                position=event.position,
-                outcome="skipped",
-                reason="other_mode",
-                livemode=event.livemode,
-            ),
-        )
+        other_mode = Skipped(event.event_id, event.position, event.type, "other_mode")
+        self._log_skip(other_mode, livemode=event.livemode)
+
+    def _log_skip(self, skip: Skipped, **more: object) -> None:
+        """One warning line for an event this projection does not apply."""
+        where = fields(projection=self.name, event=skip.event_id, type=skip.event_type)
+        said = fields(position=skip.position, outcome="skipped", reason=skip.reason, **more)
+        log.warning("%s %s", where, said)
 
     def _fail(self, message: str, failed: ProjectionError | None = None) -> None:
         if message != self._error:

@@ -17,13 +17,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from billing_ledger.ledger.canonical import (
-    CUSTOMER,
-    INVOICE,
-    Customer,
-    Invoice,
-    Snapshot,
-)
+from billing_ledger.ledger.canonical import CUSTOMER, INVOICE, Customer, Invoice, Snapshot
 from billing_ledger.projections.fold import (
     FAILED,
     SUCCEEDED,
@@ -31,13 +25,7 @@ from billing_ledger.projections.fold import (
     Attempt,
     attempt_of,
 )
-from billing_ledger.projections.history import (
-    _Cause,
-    _cause,
-    _evaluator,
-    _event_times,
-    _Index,
-)
+from billing_ledger.projections.history import _Cause, _cause, _evaluator, _event_times, _Index
 from billing_ledger.projections.plans import Plans
 from billing_ledger.projections.policy import (
     RULE_ENDED_AT,
@@ -49,6 +37,7 @@ from billing_ledger.projections.policy import (
     SubscriptionAccess,
     UserInputs,
 )
+from billing_ledger.projections.shapes import json_of
 
 SUBSCRIPTION_STATUS = "subscription_status"
 PAYMENT_FAILED = "payment_failed"
@@ -102,16 +91,9 @@ class Entry:
 
     def to_json(self) -> dict[str, Any]:
         """The CONTRACT.md timeline entry."""
-        return {
-            "at": self.at,
-            "event_id": self.event_id,
-            "event_type": self.event_type,
-            "object_id": self.object_id,
-            "kind": self.kind,
-            "detail": self.detail,
-            "features_before": list(self.features_before),
-            "features_after": list(self.features_after),
-        }
+        return json_of(
+            self, "at event_id event_type object_id kind detail features_before features_after"
+        )
 
 
 @dataclass(frozen=True)
@@ -141,10 +123,7 @@ class Timeline:
 
     def to_json(self) -> dict[str, Any]:
         """`GET /v1/users/{user_id}/timeline`, and `explain --json`."""
-        return {
-            "entries": [e.to_json() for e in self.entries],
-            "upcoming": [u.to_json() for u in self.upcoming],
-        }
+        return json_of(self, "entries upcoming")
 
 
 def day(t: int) -> str:

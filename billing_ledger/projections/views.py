@@ -939,15 +939,21 @@ class _Statements:
     """The SQL of one set of view tables, in the database's dialect."""
 
     def __init__(self, views: Views) -> None:
-        db, p = views.db, views.db.param
         self.views = views
-        self.sqlite = db.dialect == "sqlite"
+        self.sqlite = views.db.dialect == "sqlite"
+        self.create = self._create()
+        self._inserts(views.db.param)
+        self._reads(views.db.param)
+
+    def _create(self) -> list[str]:
+        """The tables and indexes, each statement safe to run again."""
+        views = self.views
         text, integer = ("TEXT", "INTEGER") if self.sqlite else ("text", "bigint")
         boolean = "INTEGER" if self.sqlite else "boolean"
         snap, links, current = views.names[SNAPSHOTS], views.names[LINKS], views.names[CURRENT]
         cards = views.names[CARDS]
         catalog = views.names[CATALOG]
-        self.create = [
+        return [
             f"CREATE TABLE IF NOT EXISTS {views.snapshots} (kind {text} NOT NULL, "
             f"object_id {text} NOT NULL, customer_id {text}, event_id {text} NOT NULL, "
             f"event_type {text} NOT NULL, created {integer} NOT NULL, "
@@ -978,6 +984,10 @@ class _Statements:
             f"object_id {text} NOT NULL, event_id {text} NOT NULL, json {text} NOT NULL, "
             f'CONSTRAINT "{catalog}_pkey" PRIMARY KEY (kind, object_id))',
         ]
+
+    def _inserts(self, p: str) -> None:
+        """The statements that write rows, `p` the dialect's parameter mark."""
+        views = self.views
         self.insert_cards = (
             f"INSERT INTO {views.cards} (event_id, kind, object_id, customer_id, payment_method, "
             f"created, json) VALUES ({', '.join([p] * 7)}) ON CONFLICT DO NOTHING"
@@ -1003,6 +1013,10 @@ class _Statements:
             f"VALUES ({', '.join([p] * len(_LINK_COLUMNS))})"
         )
         self.insert_skipped = f"INSERT INTO {views.skips} VALUES ({p}, {p}, {p}, {p})"
+
+    def _reads(self, p: str) -> None:
+        """The statements that read rows, `p` the dialect's parameter mark."""
+        views = self.views
         self.skipped = (
             f"SELECT event_id, position, event_type, reason FROM {views.skips} "
             f"ORDER BY position DESC LIMIT {p}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,23 +65,12 @@ class BackfillReport:
         )
 
 
-class Backfill:
+@dataclass(eq=False)
+class Backfill(stripe_api.StripeRun):
     """Page through /v1/events and append what is missing."""
 
-    def __init__(
-        self,
-        store: EventStore,
-        client: stripe.StripeClient,
-        *,
-        livemode: bool,
-        sleep: stripe_api.Sleep = time.sleep,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.store = store
-        self.client = client
-        self.livemode = livemode
-        self.sleep = sleep
-        self.clock = clock
+    store: EventStore
+    client: stripe.StripeClient
 
     def run(self, since: int | None, types: Sequence[str] | None) -> BackfillReport:
         """Fetch from `since` (default: the last cursor, else 30 days ago) and append."""

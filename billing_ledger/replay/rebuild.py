@@ -22,7 +22,7 @@ import time
 import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 
 from billing_ledger.ledger.own_events import REPLAY, of_type, own_event
@@ -112,32 +112,24 @@ class RebuildReport:
         return self.events / self.seconds if self.seconds else 0.0
 
 
+@dataclass(eq=False)
 class Rebuild:
     """Rebuild one projection into shadow tables, compare them, and swap them in."""
 
-    def __init__(
-        self,
-        store: EventStore,
-        live: Views,
-        plans: PlansFile,
-        *,
-        livemode: bool,
-        clock: Callable[[], float] = time.time,
-        batch: int = BATCH,
-        locks: SwapLocks = SwapLocks(),
-        hold: Callable[[str], None] = _no_hold,
-    ) -> None:
-        self.store = store
-        self.live = live
-        self.plans = plans
-        self.livemode = livemode
-        self.clock = clock
-        self.batch = batch
-        self.locks = locks
-        # Called at "caught_up" (before the swap's transaction) and "locked" (holding the
-        # live tables): tests hold the swap open there while events arrive.
-        self.hold = hold
-        self.shadow = live.shadow(SHADOW_SUFFIX)
+    store: EventStore
+    live: Views
+    plans: PlansFile
+    _: KW_ONLY
+    livemode: bool
+    clock: Callable[[], float] = time.time
+    batch: int = BATCH
+    locks: SwapLocks = SwapLocks()
+    # Called at "caught_up" (before the swap's transaction) and "locked" (holding the
+    # live tables): tests hold the swap open there while events arrive.
+    hold: Callable[[str], None] = _no_hold
+
+    def __post_init__(self) -> None:
+        self.shadow = self.live.shadow(SHADOW_SUFFIX)
 
     def run(self, *, dry_run: bool) -> RebuildReport:
         """Build, compare, and (unless `dry_run`) swap; the shadow never outlives the run.

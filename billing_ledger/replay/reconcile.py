@@ -17,13 +17,7 @@ from typing import Any
 
 import stripe
 
-from billing_ledger.ledger.canonical import (
-    CUSTOMER,
-    ENTITLEMENT_SUMMARY,
-    Item,
-    Snapshot,
-    State,
-)
+from billing_ledger.ledger.canonical import CUSTOMER, ENTITLEMENT_SUMMARY, Item, Snapshot, State
 from billing_ledger.ledger.normalise import normalise
 from billing_ledger.ledger.own_events import observation
 from billing_ledger.ledger.records import Incoming, Recorded
@@ -92,27 +86,14 @@ class ReconcileReport:
         )
 
 
-class Reconcile:
+@dataclass(eq=False)
+class Reconcile(stripe_api.StripeRun):
     """List Stripe's current objects, compare, and record what differs."""
 
-    def __init__(
-        self,
-        store: EventStore,
-        views: Views,
-        plans: Plans,
-        client: stripe.StripeClient,
-        *,
-        livemode: bool,
-        sleep: stripe_api.Sleep = time.sleep,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.store = store
-        self.views = views
-        self.plans = plans
-        self.client = client
-        self.livemode = livemode
-        self.sleep = sleep
-        self.clock = clock
+    store: EventStore
+    views: Views
+    plans: Plans
+    client: stripe.StripeClient
 
     def run(self) -> ReconcileReport:
         """Observe, compare with the caught-up projections, record, and say whose access moved."""

@@ -6,6 +6,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
@@ -27,6 +28,16 @@ BASE_DELAY = 0.5
 MAX_DELAY = 8.0
 
 Sleep = Callable[[float], None]
+
+
+@dataclass(eq=False, kw_only=True)
+class StripeRun:
+    """What a run against Stripe's API takes besides its parts: the mode, how it waits
+    between attempts and how it reads the time (tests pass their own)."""
+
+    livemode: bool
+    sleep: Sleep = time.sleep
+    clock: Callable[[], float] = time.time
 
 
 def client(settings: Settings) -> stripe.StripeClient:

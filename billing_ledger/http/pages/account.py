@@ -5,52 +5,39 @@ webhook-projected state."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlencode
 
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 
-from billing_ledger.http.account import (
-    Account,
-    caught_up,
-    checkout_confirmed,
-    load_account,
-)
+from billing_ledger.http.account import Account, caught_up, checkout_confirmed, load_account
 from billing_ledger.http.billing import create_portal
 from billing_ledger.http.pages.render import (
     MAX_CONFIRM_ATTEMPTS,
     REFRESH_SECONDS,
     PriceTag,
-    form_expired,
     kind_message,
     page_locale,
     plan_name,
     redirect,
     render,
     sign_in_first,
+    signed_post,
     storage_page,
 )
 from billing_ledger.http.sessions import status_for
-from billing_ledger.http.signin import (
-    csrf_ok,
-    current_user,
-    deps_of,
-)
+from billing_ledger.http.signin import current_user, deps_of
+from billing_ledger.http.state import Services
 from billing_ledger.http.stripe_client import BillingError, open_stripe
 from billing_ledger.ledger.store import StorageError
 from billing_ledger.projections.cards import Card, card_on_file
 from billing_ledger.projections.plans import Plans
 from billing_ledger.projections.policy import SubscriptionAccess
 from billing_ledger.projections.queries import preferred_customer
-
-if TYPE_CHECKING:
-    from billing_ledger.http.state import Services
-
-log = logging.getLogger("billing_ledger.pages")
 
 
 def _attempt(raw: str | None) -> int:
@@ -187,14 +174,9 @@ async def billing(request: Request) -> Response:
         return storage_page(request)
 
 
-async def open_portal(request: Request) -> Response:
+@signed_post("/billing")
+async def open_portal(request: Request, user: str, form: FormData) -> Response:
     """POST /billing/portal: open a portal session on the server, then go there."""
-    user = current_user(request)
-    if user is None:
-        return sign_in_first(request, "/billing")
-    form = await request.form()
-    if not csrf_ok(request, form):
-        return form_expired(request)
     deps = deps_of(request)
     try:
         async with open_stripe(deps.settings) as api:

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from billing_ledger.http.account import (
-    Account,
-    load_account,
-)
+from billing_ledger.http.account import Account, load_account
 from billing_ledger.http.pages.render import (
     PROTECTED_FEATURE,
     day,
@@ -20,15 +17,9 @@ from billing_ledger.http.pages.render import (
     sign_in_first,
     storage_page,
 )
-from billing_ledger.http.signin import (
-    current_user,
-    deps_of,
-)
+from billing_ledger.http.signin import current_user, deps_of
 from billing_ledger.ledger.store import StorageError
 from billing_ledger.projections.policy import access
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("billing_ledger.pages")
 

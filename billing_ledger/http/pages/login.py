@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING
-
 from starlette.requests import Request
 from starlette.responses import Response
 
-from billing_ledger.http.pages.render import (
-    form_expired,
-    redirect,
-    render,
-)
+from billing_ledger.http.pages.render import form_expired, redirect, render
 from billing_ledger.http.signin import (
     csrf_ok,
     demo_sign_in_enabled,
@@ -21,11 +14,6 @@ from billing_ledger.http.signin import (
     sign_out,
     valid_user_id,
 )
-
-if TYPE_CHECKING:
-    pass
-
-log = logging.getLogger("billing_ledger.pages")
 
 
 def login_disabled(request: Request) -> Response:

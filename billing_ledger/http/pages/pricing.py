@@ -2,44 +2,32 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 
-from billing_ledger.http.account import (
-    load_account,
-)
+from billing_ledger.http.account import load_account
 from billing_ledger.http.billing import CheckoutRequest, create_checkout
 from billing_ledger.http.pages.render import (
     INTERVAL_NAMES,
     INTERVALS,
     PriceTag,
-    form_expired,
     kind_message,
     plan_name,
     redirect,
     render,
-    sign_in_first,
+    signed_post,
     storage_page,
 )
 from billing_ledger.http.sessions import status_for
-from billing_ledger.http.signin import (
-    csrf_ok,
-    current_user,
-    deps_of,
-)
+from billing_ledger.http.signin import current_user, deps_of
+from billing_ledger.http.state import Services
 from billing_ledger.http.stripe_client import BillingError, open_stripe
 from billing_ledger.ledger.store import StorageError
 from billing_ledger.projections.catalog import Catalog
 from billing_ledger.projections.plans import Plan, Plans
-
-if TYPE_CHECKING:
-    from billing_ledger.http.state import Services
-
-log = logging.getLogger("billing_ledger.pages")
 
 
 @dataclass(frozen=True)
@@ -218,14 +206,9 @@ async def checkout_url(request: Request, user: str, plan: Plan, reference: str) 
     return str(session["url"])
 
 
-async def start_checkout(request: Request) -> Response:
+@signed_post("/pricing")
+async def start_checkout(request: Request, user: str, form: FormData) -> Response:
     """POST /pricing/checkout: open a Checkout Session on the server, then go there."""
-    user = current_user(request)
-    if user is None:
-        return sign_in_first(request, "/pricing")
-    form = await request.form()
-    if not csrf_ok(request, form):
-        return form_expired(request)
     try:
         offered = await plan_for_sale(
             deps_of(request), str(form.get("plan", "")), str(form.get("interval", ""))

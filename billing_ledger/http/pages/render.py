@@ -5,22 +5,23 @@ from __future__ import annotations
 import functools
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jinja2
 from babel import Locale, UnknownLocaleError
 from babel.numbers import format_currency
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
-from billing_ledger.http.account import (
-    STATUS_LABELS,
-)
+from billing_ledger.http.account import STATUS_LABELS
 from billing_ledger.http.signin import (
+    csrf_ok,
     csrf_token,
     current_user,
     demo_sign_in_enabled,
@@ -29,9 +30,6 @@ from billing_ledger.http.signin import (
 )
 from billing_ledger.http.stripe_client import BillingError
 from billing_ledger.projections.plans import Plan
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("billing_ledger.pages")
 
@@ -128,14 +126,19 @@ class PriceTag:
         return f"{self.amount(locale)} {self.per}"
 
 
-@functools.cache
-def templates() -> Jinja2Templates:
-    """The page templates (built on first use, not at import)."""
-    env = jinja2.Environment(
+def environment() -> jinja2.Environment:
+    """A Jinja environment of the package's templates: escaped, an unknown name an error."""
+    return jinja2.Environment(
         loader=jinja2.PackageLoader("billing_ledger.http", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
+
+
+@functools.cache
+def templates() -> Jinja2Templates:
+    """The page templates (built on first use, not at import)."""
+    env = environment()
     env.filters |= {"money": money, "day": day}
     env.globals["status_label"] = lambda status: STATUS_LABELS.get(status, status)
     env.globals["invoice_status"] = lambda status: INVOICE_LABELS.get(status, "Pending")
@@ -246,6 +249,29 @@ def form_expired(request: Request) -> Response:
     """A form without the session's token (stale tab, or a forged post)."""
     message = "This form has expired. Please go back, reload the page and try again."
     return render(request, "message.html", {"title": "Form expired", "body": message}, 403)
+
+
+FormHandler = Callable[[Request, str, FormData], Awaitable[Response]]
+
+
+def signed_post(back: str) -> Callable[[FormHandler], Callable[[Request], Awaitable[Response]]]:
+    """A POST handler given the signed-in user and the form, once its token is checked; else
+    the sign-in (coming back to `back`) or the expired-form page."""
+
+    def wrap(handler: FormHandler) -> Callable[[Request], Awaitable[Response]]:
+        @functools.wraps(handler)
+        async def post(request: Request) -> Response:
+            user = current_user(request)
+            if user is None:
+                return sign_in_first(request, back)
+            form = await request.form()
+            if not csrf_ok(request, form):
+                return form_expired(request)
+            return await handler(request, user, form)
+
+        return post
+
+    return wrap
 
 
 # What a person is told when a billing call fails, by the error's code; the cause (which may
