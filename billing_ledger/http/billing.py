@@ -193,7 +193,7 @@ async def create_portal(deps: Services, api: StripeApi, user_id: str, return_url
     return await api.create_portal_session(customer, return_url)
 
 
-async def resolve_price(api: StripeApi, reference: str, catalog: Catalog | None = None) -> Json:
+async def resolve_price(api: StripeApi, reference: str, catalog: Catalog) -> Json:
     """A `price_...` id, or a lookup key (falling back to an id: legacy plan ids have any form).
     The catalog answers first (no Stripe call for a price the ledger knows)."""
     price = _catalog_price(catalog, reference)
@@ -209,10 +209,8 @@ async def resolve_price(api: StripeApi, reference: str, catalog: Catalog | None 
     return price
 
 
-def _catalog_price(catalog: Catalog | None, reference: str) -> Json | None:
+def _catalog_price(catalog: Catalog, reference: str) -> Json | None:
     """The catalog's price by id or lookup key, in the shape of Stripe's Price object."""
-    if catalog is None:
-        return None
     known = catalog.price(reference) or catalog.by_lookup_key(reference)
     if known is None or known.type is None:
         return None  # too little known (a legacy plan's type): ask Stripe
@@ -254,7 +252,7 @@ async def stripe_customer(api: StripeApi, user_id: str) -> str | None:
 
 async def ledger_customer(deps: Services, user_id: str, livemode: bool) -> str | None:
     """The customer the ledger links to the user, when its mode matches the API key's."""
-    if deps.reads is None or livemode != deps.settings.livemode:
+    if livemode != deps.settings.livemode:
         return None
     found: str | None = await deps.reads.preferred_customer(user_id)
     return found

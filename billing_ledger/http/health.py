@@ -113,6 +113,5 @@ async def metrics(request: Request) -> Response:
     """Prometheus text exposition."""
     deps: Services = request.state.deps
     await _checker(request).status()  # refresh the head and lag gauges
-    if deps.reads is not None:
-        deps.metrics.observe_reads(deps.reads.cache_stats(), deps.reads.watch.waiting)
+    deps.metrics.observe_reads(deps.reads.cache_stats(), deps.reads.watch.waiting)
     return Response(generate_latest(deps.metrics.registry), media_type=CONTENT_TYPE_LATEST)

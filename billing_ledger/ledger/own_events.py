@@ -72,16 +72,19 @@ def own_event(
     )
 
 
+def _link_key(user_id: str, customer_id: str, livemode: bool) -> str:
+    return hashlib.sha256(f"{livemode}:{user_id}:{customer_id}".encode()).hexdigest()[:24]
+
+
 def link_event_id(user_id: str, customer_id: str, livemode: bool) -> str:
     """The same link always gets the same id, so it is stored once."""
-    digest = hashlib.sha256(f"{livemode}:{user_id}:{customer_id}".encode()).hexdigest()
-    return _PREFIX[CUSTOMER_LINK] + digest[:24]
+    return _PREFIX[CUSTOMER_LINK] + _link_key(user_id, customer_id, livemode)
 
 
 def link_event(user_id: str, customer_id: str, livemode: bool, now: float) -> Incoming:
     """A `ledger.customer_link`: this service learned (or made) the user's customer."""
     obj = {"object": CUSTOMER_LINK, "user_id": user_id, "customer": customer_id}
-    key = link_event_id(user_id, customer_id, livemode).removeprefix(_PREFIX[CUSTOMER_LINK])
+    key = _link_key(user_id, customer_id, livemode)
     return own_event(CUSTOMER_LINK, obj, created=int(now), livemode=livemode, key=key)
 
 
