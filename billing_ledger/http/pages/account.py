@@ -5,7 +5,7 @@ webhook-projected state."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -77,9 +77,12 @@ def subscription_row(sub: SubscriptionAccess, price: str | None) -> Subscription
     return SubscriptionRow(sub, price, ends, trial, renews, overdue)
 
 
-def price_label(prices: Mapping[str, PriceTag], sub: SubscriptionAccess, locale: str) -> str | None:
-    """The price the subscription's items are billed at, when the catalog knows them."""
-    known = [prices[p] for p in sub.price_ids if p in prices]
+def price_label(
+    prices: Mapping[str, PriceTag], price_ids: Iterable[str], locale: str
+) -> str | None:
+    """What these prices (a subscription's items, a purchase's) cost, when the catalog knows
+    them."""
+    known = [prices[p] for p in price_ids if p in prices]
     return " + ".join(tag.text(locale) for tag in known) or None
 
 
@@ -107,7 +110,7 @@ def purchase_rows(
     rows = []
     for bought in account.entitlements.purchases:
         names = [plan_name(p) for p in plans.plans if p.id in bought.plan_ids]
-        price = " + ".join(prices[i].text(locale) for i in bought.price_ids if i in prices)
+        price = price_label(prices, bought.price_ids, locale)
         words = PURCHASE_WORDS.get(bought.status, "")
         detail = f"{price}. {words}" if price else words
         rows.append(
@@ -144,7 +147,7 @@ async def billing_page(request: Request, user: str, error: str | None, status: i
     confirming = session_id is not None and not checkout_confirmed(account, session_id)
     locale = page_locale(request)
     prices = await price_tags(deps)
-    rows = [subscription_row(s, price_label(prices, s, locale)) for s in account.current]
+    rows = [subscription_row(s, price_label(prices, s.price_ids, locale)) for s in account.current]
     purchases = purchase_rows(account, deps.plans, prices, locale)
     context = {
         "page": "billing",
