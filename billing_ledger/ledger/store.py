@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
@@ -46,6 +46,17 @@ _T = TypeVar("_T")
 
 class DatabaseUrlError(ValueError):
     """LEDGER_DATABASE_URL is not a URL the ledger understands."""
+
+
+class ConnectArgs(TypedDict):
+    """What reaches the server: psycopg's connection keywords, which the datastore shares."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    dbname: str
+    connect_timeout: int
 
 
 @dataclass(frozen=True)
@@ -92,9 +103,10 @@ class DatabaseUrl:
         schema = f"?schema={self.schema}" if self.schema != "public" else ""
         return f"postgresql://{self.user}{secret}@{self.host}:{self.port}/{self.dbname}{schema}"
 
-    def conninfo(self) -> str:
-        """A libpq connection string for a PostgreSQL connection of one's own (locks, LISTEN)."""
-        return make_conninfo(
+    def connect_args(self) -> ConnectArgs:
+        """The keywords that open a PostgreSQL connection to this database (connect_timeout
+        in seconds), for a connection of one's own and for the datastore's pool alike."""
+        return ConnectArgs(
             host=self.host,
             port=self.port,
             user=self.user,
@@ -102,6 +114,10 @@ class DatabaseUrl:
             dbname=self.dbname,
             connect_timeout=5,
         )
+
+    def conninfo(self) -> str:
+        """A libpq connection string for a PostgreSQL connection of one's own (locks, LISTEN)."""
+        return make_conninfo(**self.connect_args())
 
     def lock_key(self, name: str) -> int:
         """A bigint advisory-lock key for `name` in this schema (tests and tenants share a
@@ -196,18 +212,13 @@ class Database:
         else:
             probe(url)  # fails fast, naming host:port and the cause, not the pool's timeout
             self.postgres = PostgresDatastore(
-                dbname=url.dbname,
-                host=url.host,
-                port=url.port,
-                user=url.user,
-                password=url.password,
+                **url.connect_args(),
                 # One connection held open; more only while requests need them: several
                 # processes share the server's max_connections.
                 pool_size=1,
                 max_overflow=15,
                 schema=url.schema,
                 originator_id_type="text",
-                connect_timeout=5,
             )
             self.datastore = self.postgres
 
