@@ -104,3 +104,8 @@ def decode_state(position: int, event_id: str, version: int, state: bytes) -> Re
         body=body,
         signature=header.get("signature"),
     )
+
+
+def as_stored(event: Incoming, position: int) -> Recorded:
+    """The event as the store would hand it back at `position`: the same round trip."""
+    return decode_state(position, event.event_id, 1, encode_state(event))

@@ -20,7 +20,7 @@ import stripe
 from billing_ledger.ledger.canonical import CUSTOMER, ENTITLEMENT_SUMMARY, Item, Snapshot, State
 from billing_ledger.ledger.normalise import normalise
 from billing_ledger.ledger.own_events import observation
-from billing_ledger.ledger.records import Incoming, Recorded
+from billing_ledger.ledger.records import Incoming, as_stored
 from billing_ledger.ledger.store import EventStore
 from billing_ledger.progress import Progress
 from billing_ledger.projections.fold import state_at
@@ -273,21 +273,8 @@ def _tagged_customer(obj: Json, key: str) -> set[str]:
 
 
 def _snapshot(event: Incoming) -> Snapshot | None:
-    """What the projections will read from this observation (the same normalise)."""
-    recorded = Recorded(
-        position=0,
-        version=1,
-        event_id=event.event_id,
-        type=event.type,
-        created=event.created,
-        livemode=event.livemode,
-        api_version=event.api_version,
-        received_at=event.received_at,
-        source=event.source,
-        thin=False,
-        body=event.body,
-    )
-    return normalise(recorded)
+    """What the projections will read from this observation once stored (the same normalise)."""
+    return normalise(as_stored(event, 0))
 
 
 def _differences(projected: State, observed: State) -> tuple[tuple[str, Any, Any], ...]:
