@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable
 
 import httpx
-import orjson
 
 from billing_ledger.background import Background
+from billing_ledger.http import wire
 from billing_ledger.projections.feed import FeedChange, FeedTables
 from billing_ledger.settings import Settings, SettingsError
 
@@ -118,7 +118,7 @@ class Notifier:
 
     def deliver(self, client: httpx.Client, change: FeedChange) -> bool:
         """POST one change until a 2xx; False when stopped first."""
-        body = orjson.dumps(change.to_json())
+        body = wire.encode(wire.shaped(wire.FeedChange, change))
         backoff = self.backoff_first
         while not self._stopping.is_set():
             outcome = self._attempt(client, body)

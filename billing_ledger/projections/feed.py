@@ -31,7 +31,6 @@ from billing_ledger.projections.history import changes as history_of
 from billing_ledger.projections.links import customer_of, links_of
 from billing_ledger.projections.plans import Plans
 from billing_ledger.projections.policy import Entitlements, evaluate
-from billing_ledger.projections.shapes import json_of
 from billing_ledger.projections.views import Views
 
 log = logging.getLogger("billing_ledger.projections")
@@ -57,12 +56,6 @@ class FeedChange:
     features_before: tuple[str, ...]
     features_after: tuple[str, ...]
     reason: str
-
-    def to_json(self) -> dict[str, Any]:
-        """The contract's change object."""
-        return json_of(
-            self, "position user_id at event_id event_type features_before features_after reason"
-        )
 
 
 @dataclass(frozen=True)
