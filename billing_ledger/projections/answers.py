@@ -11,7 +11,6 @@ as the user's inputs stay the same object (the views cache replaces it when they
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
@@ -29,28 +28,51 @@ CACHE_SIZE = 100_000
 CACHE_SNAPSHOTS = 150_000
 
 
-def _times_in(value: Any) -> Iterator[int]:
-    """Every whole number inside a snapshot's state: the times the rules may compare with."""
-    if isinstance(value, bool):
-        return
-    if isinstance(value, int):
-        yield value
-    elif isinstance(value, tuple | list):
+# How `_add_times` walks a value of each type, found once per type: its fields' names (a
+# dataclass), or one of these. A read walks every snapshot of the user: asking `fields()`
+# and `isinstance` again for every value cost more than the evaluation it saves.
+_SKIP, _TIME, _ITEMS = "skip", "time", "items"
+_WALKS: dict[type, str | tuple[str, ...]] = {}
+
+
+def _walk_of(kind: type) -> str | tuple[str, ...]:
+    if issubclass(kind, bool):
+        return _SKIP
+    if issubclass(kind, int):
+        return _TIME
+    if issubclass(kind, tuple | list):
+        return _ITEMS
+    if is_dataclass(kind):
+        return tuple(f.name for f in fields(kind))
+    return _SKIP
+
+
+def _add_times(value: Any, found: set[int]) -> None:
+    """Every whole number inside a snapshot's state, into `found`: the times the rules may
+    compare with."""
+    kind = type(value)
+    walk = _WALKS.get(kind)
+    if walk is None:
+        walk = _WALKS[kind] = _walk_of(kind)
+    if walk is _TIME:
+        found.add(value)
+    elif walk is _ITEMS:
         for item in value:
-            yield from _times_in(item)
-    elif is_dataclass(value):
-        for f in fields(value):
-            yield from _times_in(getattr(value, f.name))
+            _add_times(item, found)
+    elif walk is not _SKIP:
+        for name in walk:
+            _add_times(getattr(value, name), found)
 
 
 def boundaries(inputs: UserInputs, plans: Plans) -> tuple[int, ...]:
     """Sorted instants around which `evaluate(inputs, plans, at)` may change its answer."""
     times = {s.created for s in inputs.snapshots} | {link.created for link in inputs.links}
     for snapshot in inputs.snapshots:
-        times.update(_times_in(snapshot.state))
+        _add_times(snapshot.state, times)
     offsets = (0, plans.leeway_seconds, plans.grace_seconds, -TRIAL_ENDING_WINDOW)
     # A rule `at < t` flips between t-1 and t, `at <= t` between t and t+1: mark both sides.
-    return tuple(sorted({t + d + e for t in times for d in offsets for e in (-1, 0, 1)}))
+    shifts = {d + e for d in offsets for e in (-1, 0, 1)}
+    return tuple(sorted({t + shift for t in times for shift in shifts}))
 
 
 @dataclass(frozen=True)
