@@ -523,7 +523,7 @@ class Views:
             try:
                 yield cursor
             finally:
-                conn.execute(_READ_END)
+                conn.execute("ROLLBACK")  # a read: nothing to keep
 
     def _read_rows(self, statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """The rows of one read statement, in one round trip (see `_one_read`)."""
@@ -836,9 +836,6 @@ _HOLDERS = (
 )
 _READ_LOCK = f"SET LOCAL lock_timeout = {round(READ_LOCK_TIMEOUT * 1000)}"
 _READ_BEGIN = f"BEGIN; {_READ_LOCK}"
-# A read ends by COMMIT, which keeps nothing it did not write: psycopg forgets every prepared
-# statement of the connection on a ROLLBACK (and deallocates them, one more round trip).
-_READ_END = "COMMIT"
 
 
 def _one_read(conn: psycopg.Connection[Any], statement: str, params: Sequence[Any]) -> str:
