@@ -31,6 +31,7 @@ from bench.httpload import LoadResult, get_request, run_load
 from billing_ledger.ledger.records import Incoming
 from billing_ledger.ledger.store import Database, DatabaseUrl, EventStore
 from billing_ledger.ledger.verify import parse_event
+from billing_ledger.projections.feed import FEED, FeedTables
 from billing_ledger.projections.runner import Runner
 from billing_ledger.projections.views import Views
 from tests.support.server import free_port
@@ -141,6 +142,21 @@ def serve(url: str, port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("uvicorn did not start")
 
 
+def wait_for_feed(url: str, head: int, timeout: float = 300) -> float:
+    """Seconds until the server's change feed has projected every event: its first catch-up
+    loads and evaluates every user, which would compete with the first reads measured."""
+    db = Database(DatabaseUrl.parse(url))
+    began = time.monotonic()
+    try:
+        while FeedTables(db).tracked(FEED)[0] < head:
+            if time.monotonic() - began > timeout:
+                raise RuntimeError("the change feed did not catch up")
+            time.sleep(0.2)
+    finally:
+        db.close()
+    return time.monotonic() - began
+
+
 def measure(port: int, paths: list[str]) -> LoadResult:
     requests = [get_request(p) for p in paths]
     return run_load("127.0.0.1", port, requests.__getitem__, len(requests), CONCURRENCY, 120)
@@ -168,6 +184,7 @@ def main() -> int:
         port = free_port()
         server = serve(url, port)
         try:
+            print(f"the server's change feed caught up in {wait_for_feed(url, head):.1f} s")
             # Warm both routes, every user once: the steady state of a running service.
             cold = measure(port, [f"/v1/users/u_{n}/entitlements" for n in range(USERS)])
             report("first reads", cold)  # each loads the user's rows from the database

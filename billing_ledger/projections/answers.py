@@ -11,7 +11,6 @@ as the user's inputs stay the same object (the views cache replaces it when they
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
@@ -29,34 +28,81 @@ CACHE_SIZE = 100_000
 CACHE_SNAPSHOTS = 150_000
 
 
-def _times_in(value: Any) -> Iterator[int]:
-    """Every whole number inside a snapshot's state: the times the rules may compare with."""
-    if isinstance(value, bool):
-        return
-    if isinstance(value, int):
-        yield value
-    elif isinstance(value, tuple | list):
+# How `_add_times` walks a value of each type, found once per type: its fields' names (a
+# dataclass), or one of these. A read walks every snapshot of the user: asking `fields()`
+# and `isinstance` again for every value cost more than the evaluation it saves.
+_SKIP, _TIME, _ITEMS = "skip", "time", "items"
+_WALKS: dict[type, str | tuple[str, ...]] = {}
+
+
+def _walk_of(kind: type) -> str | tuple[str, ...]:
+    if issubclass(kind, bool):
+        return _SKIP
+    if issubclass(kind, int):
+        return _TIME
+    if issubclass(kind, tuple | list):
+        return _ITEMS
+    if is_dataclass(kind):
+        return tuple(f.name for f in fields(kind))
+    return _SKIP
+
+
+def _add_times(value: Any, found: set[int]) -> None:
+    """Every whole number inside a snapshot's state, into `found`: the times the rules may
+    compare with."""
+    kind = type(value)
+    walk = _WALKS.get(kind)
+    if walk is None:
+        walk = _WALKS[kind] = _walk_of(kind)
+    if walk is _TIME:
+        found.add(value)
+    elif walk is _ITEMS:
         for item in value:
-            yield from _times_in(item)
-    elif is_dataclass(value):
-        for f in fields(value):
-            yield from _times_in(getattr(value, f.name))
+            _add_times(item, found)
+    elif walk is not _SKIP:
+        for name in walk:
+            _add_times(getattr(value, name), found)
+
+
+def times_in(inputs: UserInputs) -> tuple[int, ...]:
+    """Every time the inputs hold, sorted: the rules compare `at` with these, shifted."""
+    times = {s.created for s in inputs.snapshots} | {link.created for link in inputs.links}
+    for snapshot in inputs.snapshots:
+        _add_times(snapshot.state, times)
+    return tuple(sorted(times))
+
+
+def shifts_of(plans: Plans) -> tuple[int, ...]:
+    """How far from a time of the inputs a rule may flip: the policy's constants, each side."""
+    offsets = (0, plans.leeway_seconds, plans.grace_seconds, -TRIAL_ENDING_WINDOW)
+    # A rule `at < t` flips between t-1 and t, `at <= t` between t and t+1: mark both sides.
+    return tuple(sorted({d + e for d in offsets for e in (-1, 0, 1)}))
 
 
 def boundaries(inputs: UserInputs, plans: Plans) -> tuple[int, ...]:
     """Sorted instants around which `evaluate(inputs, plans, at)` may change its answer."""
-    times = {s.created for s in inputs.snapshots} | {link.created for link in inputs.links}
-    for snapshot in inputs.snapshots:
-        times.update(_times_in(snapshot.state))
-    offsets = (0, plans.leeway_seconds, plans.grace_seconds, -TRIAL_ENDING_WINDOW)
-    # A rule `at < t` flips between t-1 and t, `at <= t` between t and t+1: mark both sides.
-    return tuple(sorted({t + d + e for t in times for d in offsets for e in (-1, 0, 1)}))
+    shifts = shifts_of(plans)
+    return tuple(sorted({t + shift for t in times_in(inputs) for shift in shifts}))
+
+
+def interval(times: tuple[int, ...], shifts: tuple[int, ...], at: int) -> tuple[int, int | None]:
+    """The boundaries nearest `at`: the greatest at or before it (-2**63: none) and the least
+    after it (None: none), by one bisection per shift instead of sorting every boundary."""
+    low, high = -(2**63), None
+    for shift in shifts:
+        index = bisect.bisect_right(times, at - shift)  # the times t with t + shift <= at
+        if index > 0:
+            low = max(low, times[index - 1] + shift)
+        if index < len(times):
+            above = times[index] + shift
+            high = above if high is None else min(high, above)
+    return low, high
 
 
 @dataclass(frozen=True)
 class _Answer:
     inputs: UserInputs
-    edges: tuple[int, ...]
+    times: tuple[int, ...]
     low: int  # the answer holds for low <= at < high
     high: int | None
     result: Entitlements
@@ -71,6 +117,7 @@ class Answers:
         self.plans = plans
         self.size = size
         self.snapshots = snapshots
+        self._shifts = shifts_of(plans)
         self._answers: dict[str, _Answer] = {}
         self._held = 0  # snapshots the remembered answers' inputs hold
 
@@ -84,16 +131,14 @@ class Answers:
             and (found.high is None or at < found.high)
         ):
             return found.result
-        edges = found.edges if found is not None and found.inputs is inputs else None
-        answer = self._evaluate(inputs, at, edges or boundaries(inputs, self.plans))
+        times = found.times if found is not None and found.inputs is inputs else times_in(inputs)
+        answer = self._evaluate(inputs, at, times)
         self._remember(answer)
         return answer.result
 
-    def _evaluate(self, inputs: UserInputs, at: int, edges: tuple[int, ...]) -> _Answer:
-        index = bisect.bisect_right(edges, at)
-        low = edges[index - 1] if index > 0 else -(2**63)
-        high = edges[index] if index < len(edges) else None
-        return _Answer(inputs, edges, low, high, evaluate(inputs, self.plans, at))
+    def _evaluate(self, inputs: UserInputs, at: int, times: tuple[int, ...]) -> _Answer:
+        low, high = interval(times, self._shifts, at)
+        return _Answer(inputs, times, low, high, evaluate(inputs, self.plans, at))
 
     def _remember(self, answer: _Answer) -> None:
         user_id = answer.inputs.user_id

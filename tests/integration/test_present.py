@@ -3,14 +3,19 @@ of snapshots, filled for old tables, swapped with the rest, and what a read at n
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Iterator
+from typing import Any
 
+import psycopg
 import pytest
+from eventsourcing.sqlite import SQLiteConnection
 
 from billing_ledger.ledger.canonical import Snapshot
 from billing_ledger.ledger.store import Database, DatabaseUrl
 from billing_ledger.projections.policy import evaluate
+from billing_ledger.projections.queries import Reads
 from billing_ledger.projections.views import Views
 from tests.unit.builders import (
     DAY,
@@ -122,3 +127,47 @@ def test_a_promoted_shadow_brings_its_present(views: Views) -> None:
     views.promote(shadow)
     assert views.present_rows() == expected
     assert views.present_inputs("u_1", 9, LATER) is not None
+
+
+class StandingRunner:
+    """What Reads asks of a runner in process: its position, here one that stays put."""
+
+    def __init__(self, position: int) -> None:
+        self.position = position
+
+
+def sent_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every statement the drivers are given from now on: each PostgreSQL execute (one
+    message, one round trip) and each SQLite statement but the transaction's own."""
+    seen: list[str] = []
+    execute = psycopg.Cursor.execute
+
+    def counted(cursor: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(str(query))
+        return execute(cursor, query, *args, **kwargs)
+
+    cursor = SQLiteConnection.cursor
+
+    def traced(conn: SQLiteConnection) -> Any:
+        keep = ("BEGIN", "COMMIT", "ROLLBACK")
+        conn._sqlite_conn.set_trace_callback(lambda q: None if q in keep else seen.append(q))
+        return cursor(conn)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", counted)
+    monkeypatch.setattr(SQLiteConnection, "cursor", traced)
+    return seen
+
+
+def test_a_cold_read_at_now_sends_one_statement_once_the_catalog_is_read(
+    views: Views, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    applied = renewals(30)
+    views.apply(applied, 0, len(applied))
+    reads = Reads(views, StandingRunner(len(applied)), PLANS)
+    reads.catalog()  # read once per position, not once per user
+    seen = sent_statements(monkeypatch)
+    read = asyncio.run(reads.user("u_1", LATER))  # nobody's inputs are cached yet
+    assert len(seen) == 1, seen
+    assert len(read.inputs.snapshots) == 3  # each object's present, not the history
+    whole = views.load_inputs("u_1")
+    assert reads.entitlements(read) == evaluate(whole, reads.plans, LATER)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import replace
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from billing_ledger.projections.answers import Answers, boundaries
+from billing_ledger.projections.answers import Answers, boundaries, interval, shifts_of, times_in
 from billing_ledger.projections.policy import UserInputs, evaluate
 from tests.unit.builders import (
     DAY,
@@ -111,6 +112,20 @@ def test_any_order_of_times_answers_as_a_fresh_evaluation(name: str, offsets: li
     answers = Answers(PLANS)
     for offset in offsets:
         assert answers.entitlements(subject, T + offset) == evaluate(subject, PLANS, T + offset)
+
+
+@pytest.mark.parametrize("name", list(LIVES))
+@settings(max_examples=60, deadline=None)
+@given(offset=st.integers(min_value=-2 * M, max_value=4 * M))
+def test_the_interval_of_a_time_is_between_its_nearest_boundaries(name: str, offset: int) -> None:
+    subject, at = user_inputs(name), T + offset
+    edges = boundaries(subject, PLANS)
+    index = bisect.bisect_right(edges, at)
+    nearest = (
+        edges[index - 1] if index else -(2**63),
+        edges[index] if index < len(edges) else None,
+    )
+    assert interval(times_in(subject), shifts_of(PLANS), at) == nearest
 
 
 def test_new_inputs_are_evaluated_again() -> None:
