@@ -130,6 +130,11 @@ class Runner:
             self._set_position(self.views.position())
         return self._position or 0
 
+    @property
+    def error(self) -> str | None:
+        """Why the projection last failed, None while it applies; no query, unlike status()."""
+        return self._error
+
     def status(self) -> dict[str, dict[str, Any]]:
         """`{name: {"position", "error", "skipped": [...], "skipped_total"}}`, as /healthz
         shows it (the skipped events newest 100, oldest first)."""
