@@ -5,9 +5,9 @@ first closed-loop bursts measure ingest capacity (posts alone) and the capacity 
 phase's own work (each 2xx read back: a read costs the server more than a post); then (a)
 steady open-loop load at 25%, 50% and 80% of the latter, where every 2xx is followed at once
 by the read /billing?success=true makes (`GET /v1/users/U/entitlements?min_position=P`, P
-the position the 2xx named): ack p50/p99 and visible-after-ack p50/p99/max; (b) bursts of signed ~3 KB events at full speed,
-32 in flight: the time from the last 2xx until the last event is visible, beside the
-burst's own duration (the goal: within a quarter of it).
+the position the 2xx named): ack p50/p99 and visible-after-ack p50/p99/max; (b) bursts of
+signed ~3 KB events at full speed, 32 in flight: the time from the last 2xx until the last
+event is visible, beside the burst's own duration (the goal: within a quarter of it).
 Reproduce: `PYTHONPATH=. .venv/bin/python bench/freshness.py` (`--seconds 5 --burst 2000`
 for a smoke run; `--help` for the rest).
 """
@@ -96,7 +96,7 @@ async def _until_visible(
     return False
 
 
-Acked = asyncio.Queue[tuple[int, int, float] | None]
+Acked = asyncio.Queue[tuple[int, int, float] | None]  # (n, position, when its 2xx came); None: stop
 
 
 async def _burst_worker(
