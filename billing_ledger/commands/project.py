@@ -54,7 +54,8 @@ def _report(runner: Runner, settings: Settings, stopping: threading.Event) -> No
         if parent and os.getppid() != parent:
             log.warning("the supervising process %d is gone: stopping the projections", parent)
             return
-        error = runner.status()[runner.name]["error"]
+        # Not status(): it lists the skipped events, a query five times a second for nothing.
+        error = runner.error
         if status_file and reported != (error,):
             write_status(status_file, error)
             reported = (error,)

@@ -130,6 +130,11 @@ class Runner:
             self._set_position(self.views.position())
         return self._position or 0
 
+    @property
+    def error(self) -> str | None:
+        """Why the projection last failed, None while it applies; no query, unlike status()."""
+        return self._error
+
     def status(self) -> dict[str, dict[str, Any]]:
         """`{name: {"position", "error", "skipped": [...], "skipped_total"}}`, as /healthz
         shows it (the skipped events newest 100, oldest first)."""
@@ -196,19 +201,21 @@ class Runner:
             self._leader.release()
 
     def _idle(self) -> None:
-        """Wait for more, unless more committed while the last batch was applied.
+        """Wait for more, or only settle when more committed while the last batch was applied.
 
         Notifications queued meanwhile are dropped first, then the head is read: whatever
         commits after that read notifies again, so no wake-up is lost, and without
-        notifications (SQLite, or none arriving) the next loop still starts at once.
+        notifications (SQLite, or none arriving) the next loop still starts after the settle.
+        Settling when behind too: under a steady stream, a step started at once would take
+        the few events that came during the last one (measured at 150 events/s: about 40%
+        fewer batches, each with its fixed queries, and as many fewer steps of the feed).
         """
         self._leader.drain()
         try:
-            if self.store.head() > self.position:
-                return
+            behind = self.store.head() > self.position
         except Exception:  # the database is away: the next step says so in status()
-            pass
-        if self._leader.wait(self.poll, self._stopping):
+            behind = False
+        if behind or self._leader.wait(self.poll, self._stopping):
             self._stopping.wait(SETTLE_SECONDS)
 
     def _follow(self) -> None:

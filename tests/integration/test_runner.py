@@ -255,9 +255,10 @@ def test_views_whose_database_is_down_stop_the_projection_and_skip_nothing(pg_ur
             away.stop()
             with pytest.raises(StorageError):
                 runner.catch_up()
-            assert runner.position == 0 and "storage unavailable" in (runner._error or "")
+            assert runner.position == 0 and "storage unavailable" in (runner.error or "")
             away.start()
             assert wait_until(lambda: reaches(runner, head), timeout=30)
+            assert runner.error is None  # what `project` publishes to the HTTP processes
             assert runner.status()["billing"]["skipped"] == []
             assert len(views.rows().snapshots) == 3
         finally:
