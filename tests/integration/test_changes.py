@@ -98,7 +98,9 @@ def test_the_app_mounted_inside_another_app_serves_and_records(
             assert read.status_code == 200, read.text
             assert read.json()["features"] == ["core", "pro"]
             assert client.get("/ledger/healthz").json()["status"] == "ok"
-            assert client.get("/ledger/v1/changes").json()["changes"][0]["user_id"] == "u_mounted"
+            # The feed follows the views: wait for its first change, never a fixed sleep.
+            feed = _until(lambda: client.get("/ledger/v1/changes").json()["changes"])
+            assert feed[0]["user_id"] == "u_mounted"
     finally:
         deps.close()
 
