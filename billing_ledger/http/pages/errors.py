@@ -95,9 +95,12 @@ def with_error_pages(handlers: dict[Any, Handler], pages: list[Any]) -> dict[Any
             return response
         return await handlers[HTTPException](request, exc)
 
-    async def failure(request: Request, exc: Exception) -> Response:
-        if _page_route(request, pages):  # a failing page, whatever it was asked for with
-            return error_page(request, 500)
-        return await handlers[Exception](request, exc)
+    def on_pages(handler: Handler) -> Handler:
+        async def failure(request: Request, exc: Exception) -> Response:
+            if _page_route(request, pages):  # a failing page, whatever it was asked for with
+                return error_page(request, 500)
+            return await handler(request, exc)
 
-    return {**handlers, HTTPException: routing_error, Exception: failure}
+        return failure
+
+    return {**{k: on_pages(h) for k, h in handlers.items()}, HTTPException: routing_error}
