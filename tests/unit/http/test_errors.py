@@ -3,8 +3,6 @@ base, in the contract's `{"error", "message"}` shape."""
 
 from __future__ import annotations
 
-import asyncio
-
 import orjson
 from starlette.requests import Request
 
@@ -19,11 +17,12 @@ from billing_ledger.http.errors import (
 from billing_ledger.http.stripe_client import BillingError, StripeUnavailableError
 from billing_ledger.ledger.intake import BusyError
 from billing_ledger.ledger.store import StorageError
+from tests.support.aio import run
 
 
 def answered(exc: Exception) -> tuple[int, dict[str, str], dict[str, str]]:
     request = Request({"type": "http", "method": "GET", "path": "/", "headers": []})
-    response = asyncio.run(refused(request, exc))
+    response = run(refused(request, exc))
     return response.status_code, orjson.loads(response.body), dict(response.headers)
 
 
