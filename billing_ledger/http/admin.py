@@ -25,8 +25,9 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
+from billing_ledger.http.errors import BadParameterError
 from billing_ledger.http.pages.render import environment
-from billing_ledger.http.reads import BadParameterError, parse_at
+from billing_ledger.http.reads import parse_at
 from billing_ledger.http.timeline_svg import timeline_svg
 from billing_ledger.ledger.store import StorageError
 from billing_ledger.ledger.user_ids import InvalidUserIdError, checked_user_id

@@ -16,7 +16,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from billing_ledger.http import wire
-from billing_ledger.http.errors import error
+from billing_ledger.http.errors import BadParameterError
 from billing_ledger.http.wire import answer, encode, shaped, shaped_all
 from billing_ledger.ledger.store import StorageError
 from billing_ledger.projections.feed import FeedChange, FeedTables
@@ -31,15 +31,11 @@ HEAD_POLL = 0.02  # how often one process reads the feed's head while someone wa
 KEEPALIVE = 10.0  # seconds between comments on an idle event stream
 
 
-class _BadParameterError(ValueError):
-    pass
-
-
 def _whole(raw: str | None, name: str, default: int) -> int:
     if raw is None or raw == "":
         return default
     if not raw.isdigit() or len(raw) > 18:
-        raise _BadParameterError(f"{name}: expected a whole number, got {raw!r}")
+        raise BadParameterError(f"{name}: expected a whole number, got {raw!r}")
     return int(raw)
 
 
@@ -51,7 +47,7 @@ def _wait(raw: str | None) -> float:
     except ValueError:
         seconds = -1.0
     if not 0 <= seconds <= MAX_WAIT:
-        raise _BadParameterError(f"wait: expected 0 to {MAX_WAIT:g} seconds, got {raw!r}")
+        raise BadParameterError(f"wait: expected 0 to {MAX_WAIT:g} seconds, got {raw!r}")
     return seconds
 
 
@@ -98,16 +94,13 @@ def _page(found: list[FeedChange], after: int) -> wire.ChangesPage:
 
 async def changes(request: Request) -> Response:
     """Position-ordered access changes after `after`, as a page, a long poll or a stream."""
-    try:
-        query = request.query_params
-        after = _whole(query.get("after"), "after", 0)
-        limit = min(max(_whole(query.get("limit"), "limit", DEFAULT_LIMIT), 1), MAX_LIMIT)
-        wait = _wait(query.get("wait"))
-        resumed = request.headers.get("last-event-id")
-        if resumed is not None:
-            after = _whole(resumed.strip(), "Last-Event-ID", after)
-    except _BadParameterError as e:
-        return error(400, "invalid_parameter", str(e))
+    query = request.query_params
+    after = _whole(query.get("after"), "after", 0)
+    limit = min(max(_whole(query.get("limit"), "limit", DEFAULT_LIMIT), 1), MAX_LIMIT)
+    wait = _wait(query.get("wait"))
+    resumed = request.headers.get("last-event-id")
+    if resumed is not None:
+        after = _whole(resumed.strip(), "Last-Event-ID", after)
     head = _head(request)
     if "text/event-stream" in request.headers.get("accept", ""):
         return StreamingResponse(
@@ -115,12 +108,9 @@ async def changes(request: Request) -> Response:
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
-    try:
+    found = await run_in_threadpool(head.tables.read, after, limit)
+    if not found and wait > 0 and await head.beyond(after, wait):
         found = await run_in_threadpool(head.tables.read, after, limit)
-        if not found and wait > 0 and await head.beyond(after, wait):
-            found = await run_in_threadpool(head.tables.read, after, limit)
-    except StorageError:
-        return error(503, "storage_unavailable", "the ledger's storage is unavailable")
     return answer(_page(found, after))
 
 
@@ -145,10 +135,7 @@ async def _stream(head: FeedHead, after: int, limit: int) -> AsyncIterator[bytes
 async def snapshot(request: Request) -> Response:
     """Every recorded user's features at one feed position, and the default features."""
     deps: Services = request.state.deps
-    try:
-        position, users = await run_in_threadpool(_head(request).tables.snapshot)
-    except StorageError:
-        return error(503, "storage_unavailable", "the ledger's storage is unavailable")
+    position, users = await run_in_threadpool(_head(request).tables.snapshot)
     return answer(wire.ChangesSnapshot(users, deps.plans.default_features(), position))
 
 

@@ -1,14 +1,14 @@
 """GET /v1/users/{user_id}/... and GET /v1/events/{event_id}: the reads of CONTRACT.md.
 
 Every read goes through the read side's one entry point (projections/queries.Reads): this
-module parses parameters, shapes bodies and chooses status codes, nothing else.
+module parses parameters and shapes bodies; what a read raises is answered by the app's one
+table of errors (http/errors.py).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -19,11 +19,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from billing_ledger.http import wire
-from billing_ledger.http.errors import error
+from billing_ledger.http.errors import BadParameterError, error
 from billing_ledger.http.wire import answer, shaped_all
-from billing_ledger.ledger.store import StorageError
-from billing_ledger.ledger.user_ids import InvalidUserIdError, checked_user_id
-from billing_ledger.projections.queries import NotCaughtUpError, Reads, UserRead
+from billing_ledger.ledger.user_ids import checked_user_id
+from billing_ledger.projections.queries import Reads, UserRead
 from billing_ledger.projections.timeline import timeline as user_timeline
 
 if TYPE_CHECKING:
@@ -32,10 +31,6 @@ if TYPE_CHECKING:
 MIN_POSITION_WAIT = 5.0
 MAX_ID_LENGTH = 255
 LATEST_AT = 253402300799  # 9999-12-31T23:59:59Z: later times have no ISO rendering
-
-
-class BadParameterError(ValueError):
-    """A query or path parameter the reads cannot use."""
 
 
 def parse_at(raw: str | None, now: float | None = None) -> int:
@@ -100,30 +95,6 @@ async def _user_read(request: Request) -> UserRead:
     return await _reads(request).user(user_id, at, wanted, MIN_POSITION_WAIT)
 
 
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-def _answering(read: Callable[[Request], Awaitable[Response]]) -> Handler:
-    """Translate the reads' errors into the contract's error bodies (once, here)."""
-
-    async def handler(request: Request) -> Response:
-        try:
-            return await read(request)
-        except BadParameterError as e:
-            return error(400, "invalid_parameter", str(e))
-        except InvalidUserIdError as e:
-            return error(400, "invalid_user_id", str(e))
-        except NotCaughtUpError as e:
-            return error(503, "not_caught_up", str(e), headers={"Retry-After": "1"})
-        except StorageError:
-            return error(503, "storage_unavailable", "the ledger's storage is unavailable")
-
-    handler.__name__ = read.__name__
-    handler.__doc__ = read.__doc__
-    return handler
-
-
-@_answering
 async def entitlements(request: Request) -> Response:
     """The user's features, plans, customers and subscriptions at `at`."""
     read = await _user_read(request)
@@ -143,7 +114,6 @@ async def entitlements(request: Request) -> Response:
     )
 
 
-@_answering
 async def feature_access(request: Request) -> Response:
     """Whether the user may use one feature at `at`, and why."""
     read = await _user_read(request)
@@ -152,7 +122,6 @@ async def feature_access(request: Request) -> Response:
     return answer(wire.Access(allowed, reason))
 
 
-@_answering
 async def invoices(request: Request) -> Response:
     """The invoices of the user's customers as of `at`, newest first."""
     read = await _user_read(request)
@@ -160,7 +129,6 @@ async def invoices(request: Request) -> Response:
     return answer(wire.Invoices(shaped_all(wire.Invoice, found)))
 
 
-@_answering
 async def history(request: Request) -> Response:
     """Every change of the user's features up to `at`, oldest first."""
     user_id, at, wanted = _user_query(request)
@@ -168,7 +136,6 @@ async def history(request: Request) -> Response:
     return answer(wire.History(shaped_all(wire.Change, found)))
 
 
-@_answering
 async def timeline(request: Request) -> Response:
     """Every change of the user's billing state up to `at`, and what the rules change next."""
     user_id, at, wanted = _user_query(request)
@@ -186,7 +153,6 @@ async def timeline(request: Request) -> Response:
     )
 
 
-@_answering
 async def stored_event(request: Request) -> Response:
     """One stored event: its envelope fields and the parsed first body."""
     event_id = _path_id(request, "event_id")
@@ -210,7 +176,6 @@ async def stored_event(request: Request) -> Response:
         return answer(msgspec.structs.replace(body, payload=msgspec.Raw(event.body)))
 
 
-@_answering
 async def catalog(request: Request) -> Response:
     """Every plan with its prices, as the ledger folded them from product and price events."""
     wanted = parse_min_position(request.query_params.get("min_position"))

@@ -16,25 +16,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from billing_ledger.http import wire
-from billing_ledger.http.billing import (
-    CheckoutRequest,
-    InvalidPriceError,
-    InvalidQuantityError,
-    create_checkout,
-    create_portal,
-)
-from billing_ledger.http.errors import error
-from billing_ledger.http.stripe_client import (
-    BillingError,
-    CardDeclinedError,
-    NotConfiguredError,
-    StripeApi,
-    StripeCallError,
-    StripeUnavailableError,
-    UnknownCustomerError,
-    UnknownPriceError,
-    open_stripe,
-)
+from billing_ledger.http.billing import CheckoutRequest, create_checkout, create_portal
+from billing_ledger.http.errors import NotStoredError, RequestBodyError
+from billing_ledger.http.stripe_client import NotConfiguredError, StripeApi, open_stripe
 from billing_ledger.http.wire import MAX_REFERENCE, MAX_URL, MAX_USER_ID, answer
 from billing_ledger.ledger.store import StorageError
 from billing_ledger.ledger.user_ids import RULE, user_id_problem
@@ -46,33 +30,6 @@ log = logging.getLogger("billing_ledger.sessions")
 _Wanted = TypeVar("_Wanted")
 
 MAX_BODY_BYTES = 16 * 1024
-
-STATUS: dict[type[BillingError], int] = {
-    NotConfiguredError: 503,
-    StripeUnavailableError: 503,
-    CardDeclinedError: 402,  # Payment Required: what Stripe itself answers for a card error
-    UnknownPriceError: 400,
-    InvalidPriceError: 400,
-    InvalidQuantityError: 400,
-    UnknownCustomerError: 404,
-    StripeCallError: 502,
-}
-
-
-class RequestBodyError(ValueError):
-    """The request body is not what the endpoint takes."""
-
-
-def status_for(e: BillingError) -> int:
-    """The HTTP status of a billing failure (502 for anything unexpected from Stripe)."""
-    return STATUS.get(type(e), 502)
-
-
-def billing_error(e: BillingError) -> Response:
-    """A billing failure in the contract's error shape."""
-    headers = {"Retry-After": "5"} if isinstance(e, StripeUnavailableError) else None
-    return error(status_for(e), e.code, e.message, headers=headers)
-
 
 # -- validation -------------------------------------------------------------------------
 
@@ -173,26 +130,18 @@ async def _with_stripe(
     send: Callable[[Services, StripeApi, _Wanted], Awaitable[Response]],
 ) -> Response:
     """Parse the body, then send what it asks with a Stripe client of this request; a bad
-    body, a billing error or the storage down answered as the contract's errors."""
+    body or a billing error is raised to the app's table of errors (http/errors.py)."""
     deps: Services = request.state.deps
     if not deps.settings.stripe_api_key:
-        return error(503, "not_configured", "STRIPE_API_KEY is not set")
+        raise NotConfiguredError("STRIPE_API_KEY is not set")
+    wanted = parse(deps, await json_object(request))
     try:
-        wanted = parse(deps, await json_object(request))
         async with open_stripe(deps.settings) as api:
             return await send(deps, api, wanted)
-    except RequestBodyError as e:
-        return error(400, "invalid_request", str(e))
-    except BillingError as e:
-        return billing_error(e)
     except StorageError:
-        return _storage_unavailable()
-
-
-def _storage_unavailable() -> Response:
-    # The customer link could not be recorded, so nothing is answered: a retry finds the
-    # customer again (search or idempotency key) and records the link then.
-    return error(503, "storage_unavailable", "the ledger's storage is unavailable; retry later")
+        # The customer link could not be recorded, so nothing is answered: a retry finds the
+        # customer again (search or idempotency key) and records the link then.
+        raise NotStoredError("the ledger's storage is unavailable; retry later") from None
 
 
 # Paths relative to the /v1 mount (app.py).

@@ -10,7 +10,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from billing_ledger.http.errors import error
-from billing_ledger.ledger.user_ids import InvalidUserIdError, checked_user_id
+from billing_ledger.ledger.user_ids import checked_user_id
 
 USER_SEGMENT = 3  # "", "v1", "users", USER_ID, ...
 
@@ -20,11 +20,8 @@ async def unroutable_user_read(request: Request) -> Response:
     raw: bytes = request.scope.get("raw_path") or request.url.path.encode()
     segments = raw.split(b"/")
     if len(segments) > USER_SEGMENT + 1:
-        user_id = unquote_to_bytes(segments[USER_SEGMENT]).decode("utf-8", "replace")
-        try:
-            checked_user_id(user_id)
-        except InvalidUserIdError as e:
-            return error(400, "invalid_user_id", str(e))
+        # An invalid id raises InvalidUserIdError: 400 invalid_user_id (http/errors.py).
+        checked_user_id(unquote_to_bytes(segments[USER_SEGMENT]).decode("utf-8", "replace"))
     return error(404, "not_found", "Not Found")
 
 

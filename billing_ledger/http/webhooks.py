@@ -9,12 +9,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from billing_ledger.http import wire
-from billing_ledger.http.errors import error
+from billing_ledger.http.errors import NotStoredError, answer_for
 from billing_ledger.http.wire import answer, shaped
 from billing_ledger.ledger.intake import (
     BodyReads,
-    BusyError,
-    PayloadTooLargeError,
+    IntakeError,
     SecretNotSetError,
     SenderGoneError,
     read_body,
@@ -30,17 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("billing_ledger.webhooks")
 
-# What each refusal answers: (status, code, headers). Nothing refused is stored.
-REFUSALS: dict[type[Exception], tuple[int, str, dict[str, str] | None]] = {
-    SecretNotSetError: (503, "not_configured", None),
-    PayloadTooLargeError: (413, "payload_too_large", None),
-    InvalidSignatureError: (400, "invalid_signature", None),
-    MalformedEventError: (400, "malformed_event", None),
-    BusyError: (503, "busy", {"Retry-After": "1"}),
-    # The sender hung up mid-body: nothing to answer, nothing stored; one line, no trace.
-    SenderGoneError: (400, "client_disconnected", None),
-}
-REFUSED = tuple(REFUSALS)
+# What each refusal answers is its row in http/errors.py; nothing refused is stored.
+REFUSED = (IntakeError, InvalidSignatureError, MalformedEventError)
 
 
 async def receive_webhook(request: Request) -> Response:
@@ -49,11 +39,13 @@ async def receive_webhook(request: Request) -> Response:
     try:
         event = await _intake(request, deps)
     except REFUSED as e:
-        return _refuse(deps, e)
+        _refused(deps, e)
+        raise
     try:
         result = await deps.writer.append(event)
     except StorageError as e:
-        return _unstored(deps, event, e)
+        _unstored(deps, event, e)
+        raise NotStoredError("the ledger could not store the event; retry later") from None
     return _stored(deps, event, result)
 
 
@@ -83,22 +75,25 @@ async def _intake(request: Request, deps: Services) -> Incoming:
     return verified_event(body, header, settings.webhook_secrets, settings.webhook_tolerance)
 
 
-def _refuse(deps: Services, refusal: Exception) -> Response:
-    kind = next(k for k in type(refusal).__mro__ if k in REFUSALS)
-    status, code, headers = REFUSALS[kind]
-    message = str(refusal)
+def _refused(deps: Services, refusal: Exception) -> None:
+    """Count and log a refusal; its answer is its row in http/errors.py."""
+    code = answer_for(refusal).code
     deps.metrics.rejections.labels(code).inc()
     # The same leading fields as an accepted event's line; none is known before parsing.
     log.info(
         "%s",
         fields(
-            event=None, type=None, position=None, outcome="rejected", reason=code, message=message
+            event=None,
+            type=None,
+            position=None,
+            outcome="rejected",
+            reason=code,
+            message=str(refusal),
         ),
     )
-    return error(status, code, message, headers)
 
 
-def _unstored(deps: Services, event: Incoming, failure: StorageError) -> Response:
+def _unstored(deps: Services, event: Incoming, failure: StorageError) -> None:
     log.error(
         "%s",
         fields(
@@ -110,12 +105,6 @@ def _unstored(deps: Services, event: Incoming, failure: StorageError) -> Respons
         ),
     )
     deps.metrics.rejections.labels("storage_unavailable").inc()
-    return error(
-        503,
-        "storage_unavailable",
-        "the ledger could not store the event; retry later",
-        headers={"Retry-After": "5"},
-    )
 
 
 def _stored(deps: Services, event: Incoming, result: AppendResult) -> Response:

@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from billing_ledger.http.account import Account, caught_up, checkout_confirmed, load_account
 from billing_ledger.http.billing import create_portal
+from billing_ledger.http.errors import status_for
 from billing_ledger.http.pages.render import (
     MAX_CONFIRM_ATTEMPTS,
     REFRESH_SECONDS,
@@ -29,7 +30,6 @@ from billing_ledger.http.pages.render import (
     signed_post,
     storage_page,
 )
-from billing_ledger.http.sessions import status_for
 from billing_ledger.http.signin import current_user, deps_of
 from billing_ledger.http.state import Services
 from billing_ledger.http.stripe_client import BillingError, open_stripe

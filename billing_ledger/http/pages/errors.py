@@ -1,19 +1,20 @@
 """The pages' error page: an unknown page or a failing one answers HTML in the pages' style.
 
 The API (/v1, /webhooks, /healthz, /metrics, /openapi.json) keeps its JSON error bodies:
-the /v1 mount answers its own routing errors, and the app's handlers here choose a page
-only for a page route, or for an unknown path outside the API that a browser asked for.
+the app's handlers here choose a page only for a page route, or for an unknown path outside
+the API that a browser asked for.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
+from starlette.routing import BaseRoute
 
 from billing_ledger.http.pages.render import SECURITY_HEADERS, render
 
@@ -53,7 +54,14 @@ def _page_route(request: Request, pages: list[Any]) -> bool | None:
     route = request.scope.get("route")
     if route in pages:
         return True
-    return False if route in request.app.router.routes else None
+    return False if route in list(_app_routes(request)) else None
+
+
+def _app_routes(request: Request) -> Iterator[BaseRoute]:
+    """The app's routes and those of its mounts (the /v1 API's, which moved the root path)."""
+    for route in request.app.router.routes:
+        yield route
+        yield from getattr(route, "routes", ())
 
 
 def wants_page(request: Request, pages: list[Any]) -> bool:
@@ -87,9 +95,12 @@ def with_error_pages(handlers: dict[Any, Handler], pages: list[Any]) -> dict[Any
             return response
         return await handlers[HTTPException](request, exc)
 
-    async def failure(request: Request, exc: Exception) -> Response:
-        if _page_route(request, pages):  # a failing page, whatever it was asked for with
-            return error_page(request, 500)
-        return await handlers[Exception](request, exc)
+    def on_pages(handler: Handler) -> Handler:
+        async def failure(request: Request, exc: Exception) -> Response:
+            if _page_route(request, pages):  # a failing page, whatever it was asked for with
+                return error_page(request, 500)
+            return await handler(request, exc)
 
-    return {**handlers, HTTPException: routing_error, Exception: failure}
+        return failure
+
+    return {**{k: on_pages(h) for k, h in handlers.items()}, HTTPException: routing_error}

@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from billing_ledger.http.account import load_account
 from billing_ledger.http.billing import CheckoutRequest, create_checkout
+from billing_ledger.http.errors import status_for
 from billing_ledger.http.pages.render import (
     INTERVAL_NAMES,
     INTERVALS,
@@ -21,7 +22,6 @@ from billing_ledger.http.pages.render import (
     signed_post,
     storage_page,
 )
-from billing_ledger.http.sessions import status_for
 from billing_ledger.http.signin import current_user, deps_of
 from billing_ledger.http.state import Services
 from billing_ledger.http.stripe_client import BillingError, open_stripe
