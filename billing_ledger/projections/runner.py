@@ -206,16 +206,19 @@ class Runner:
         Notifications queued meanwhile are dropped first, then the head is read: whatever
         commits after that read notifies again, so no wake-up is lost, and without
         notifications (SQLite, or none arriving) the next loop still starts after the settle.
-        Settling when behind too: under a steady stream, a step started at once would take
-        the few events that came during the last one (measured at 150 events/s: about 40%
-        fewer batches, each with its fixed queries, and as many fewer steps of the feed).
+        Settling when a little behind too: under a steady stream, a step started at once
+        would take the few events that came during the last one (measured at 150 events/s:
+        about 40% fewer batches, each with its fixed queries, and as many fewer steps of the
+        feed). A full batch waiting is read at once: a backlog gains nothing by settling.
         """
         self._leader.drain()
         try:
-            behind = self.store.head() > self.position
+            behind = self.store.head() - self.position
         except Exception:  # the database is away: the next step says so in status()
-            behind = False
-        if behind or self._leader.wait(self.poll, self._stopping):
+            behind = 0
+        if behind >= self.batch:
+            return
+        if behind > 0 or self._leader.wait(self.poll, self._stopping):
             self._stopping.wait(SETTLE_SECONDS)
 
     def _follow(self) -> None:

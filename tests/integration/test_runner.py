@@ -17,6 +17,7 @@ from billing_ledger.ledger import normalise
 from billing_ledger.ledger.records import Incoming
 from billing_ledger.ledger.store import Database, DatabaseUrl, EventStore, StorageError, guard
 from billing_ledger.ledger.verify import parse_event
+from billing_ledger.projections import runner as runner_module
 from billing_ledger.projections.runner import Runner, _content_failure
 from billing_ledger.projections.views import Views
 from tests.support.databases import postgres_url
@@ -325,6 +326,24 @@ def test_what_commits_while_a_batch_is_applied_is_read_without_another_wake_up(
     finally:
         runner.stop()
     assert runner.applied == 5 and len(views.rows().snapshots) == 5
+
+
+def test_a_full_batch_committed_while_one_is_applied_is_read_without_settling(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A settle longer than the test: only a backlog read at once lets the runner finish.
+    monkeypatch.setattr(runner_module, "SETTLE_SECONDS", 3600)
+    views = CommitsWhileApplying(store, subscription_events(3, "evt_during"))
+    views.create()
+    append(store, subscription_events(2))
+    runner = Runner(store, views, livemode=False, poll=3600, listen=False, batch=3)
+    runner.start()
+    try:
+        assert wait_until(lambda: views.appended is not None)
+        assert views.appended is not None and runner.wait_for(views.appended, 10)
+    finally:
+        runner.stop()
+    assert runner.applied == 5
 
 
 def test_stop_releases_quickly_when_idle(store: EventStore, views: Views) -> None:
