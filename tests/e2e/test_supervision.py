@@ -99,10 +99,14 @@ def test_the_runner_process_killed_under_serve_is_restarted_and_applies_each_eve
         assert runner_pids(server)[1] != first
     finally:
         server.stop()
-    # Every batch either committed whole or not at all: the committed ones tile (0, head].
+    # Every batch either committed whole or not at all, and none twice: the logged batches
+    # never overlap and tile (0, head], but for one gap at most: a batch the killed runner
+    # committed in the instant before it could log it (the rows below show it applied once).
     batches = sorted((int(a), int(p)) for _, a, p in APPLIED.findall(server.output()))
     assert batches[0][0] == 0 and batches[-1][1] == head
-    assert all(prev[1] == nxt[0] for prev, nxt in itertools.pairwise(batches))
+    pairs = list(itertools.pairwise(batches))
+    assert all(prev[1] <= nxt[0] for prev, nxt in pairs), batches
+    assert sum(prev[1] != nxt[0] for prev, nxt in pairs) <= 1, batches
     store = open_store(database_url)
     try:
         live = Views(store.db)
