@@ -368,6 +368,7 @@ class FeedProjector:
         clock: Callable[[], float] = time.time,
         wake: Callable[[int, float], bool] | None = None,
         plans_now: Callable[[], Plans] | None = None,
+        applied: Callable[[], int] | None = None,
     ) -> None:
         self.store = store
         self.views = views
@@ -378,6 +379,9 @@ class FeedProjector:
         self.tables = FeedTables(store.db)
         self.clock = clock
         self.wake = wake  # runner.wait_for: returns early once the views pass a position
+        # The position the views have applied: the runner's, kept in memory as it commits
+        # (no query); else read from the views' tracking.
+        self.applied = applied if applied is not None else views.position
         self.head = 0  # the feed position this process last committed or saw
         # The ledger position the feed's tracking stood at when this process last read or
         # moved it (None: read it); checked again in each step's one read of the feed's tables.
@@ -436,7 +440,7 @@ class FeedProjector:
 
     def _stretch(self, after: int) -> tuple[int, list[Recorded]]:
         """The next events the views have applied after `after`, and how far they reach."""
-        applied = self.views.position()
+        applied = self.applied()
         if applied <= after:
             return after, []
         events = [e for e in self.store.read(after, EVENTS_PER_STEP) if e.position <= applied]
