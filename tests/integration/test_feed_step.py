@@ -139,3 +139,26 @@ def test_a_step_with_nothing_applied_sends_two_reads_and_writes_nothing(
     assert sent.transactions == 2, sent.statements  # the views' position, the feed's tables
     assert not [s for s in sent.statements if s.lstrip().upper().startswith(("INSERT", "UPDATE"))]
     assert feed.head == 2
+
+
+def test_a_feed_whose_tracking_another_process_moved_reads_again_from_there(
+    parts: tuple[EventStore, Runner, FeedProjector],
+) -> None:
+    store, runner, feed = parts
+    other = FeedProjector(store, feed.views, PLANS, livemode=False, clock=lambda: NOW)
+    subscribe(store, 1)
+    runner.catch_up()
+    assert not feed.step()
+    subscribe(store, 2, 3)
+    runner.catch_up()
+    assert not other.step()  # the other process records u_2 and u_3 first
+    subscribe(store, 4)
+    runner.catch_up()
+    assert not feed.step()  # from where the other left the tracking, not from its own
+    assert [(c.position, c.user_id) for c in feed.tables.read(0, 10)] == [
+        (1, "u_1"),
+        (2, "u_2"),
+        (3, "u_3"),
+        (4, "u_4"),
+    ]
+    assert feed.head == 4 and feed.tables.tracked("changes") == (4, 4)
