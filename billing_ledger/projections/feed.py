@@ -282,18 +282,52 @@ class FeedTables:
             for change in seen.changes:
                 feed_position += 1
                 appended.append(_at_position(change, feed_position))
+        new = (ledger_position, feed_position)
+        rows = [_change_row(c) for c in appended]
+        users = [
+            (o.user_id, orjson.dumps(o.features).decode(), o.next_check, o.last_at)
+            for o in observed
+        ]
         with self.db.transaction() as cursor:
-            if not self._advance(cursor, FEED, expected, (ledger_position, feed_position)):
+            if self.db.dialect == "postgres" and expected != (0, 0):
+                return appended if self._write_at_once(cursor, expected, new, rows, users) else None
+            if not self._advance(cursor, FEED, expected, new):
                 return None
-            cursor.executemany(self._insert_change, [_change_row(c) for c in appended])
-            cursor.executemany(
-                self._upsert_user,
-                [
-                    (o.user_id, orjson.dumps(o.features).decode(), o.next_check, o.last_at)
-                    for o in observed
-                ],
-            )
+            cursor.executemany(self._insert_change, rows)
+            cursor.executemany(self._upsert_user, users)
         return appended
+
+    def _write_at_once(
+        self,
+        cursor: Any,
+        expected: tuple[int, int],
+        new: tuple[int, int],
+        rows: Sequence[tuple[Any, ...]],
+        users: Sequence[tuple[Any, ...]],
+    ) -> bool:
+        """PostgreSQL: move the tracking and write the rows and users in one statement (one
+        round trip); nothing is written when the tracking is not at `expected`."""
+        columns = [list(c) for c in zip(*rows, strict=True)] or [[]] * 8
+        user_columns = [list(c) for c in zip(*users, strict=True)] or [[]] * 4
+        cursor.execute(self._commit_at_once, (*new, FEED, *expected, *columns, *user_columns))
+        return bool(_rows(cursor))
+
+    @property
+    def _commit_at_once(self) -> str:
+        moved = "WHERE EXISTS (SELECT 1 FROM moved)"
+        return (
+            f"WITH moved AS (UPDATE {self.state} SET ledger_position = %s, feed_position = %s "
+            "WHERE name = %s AND ledger_position = %s AND feed_position = %s RETURNING name), "
+            f"written AS (INSERT INTO {self.changes} (position, user_id, at, event_id, "
+            "event_type, features_before, features_after, reason) SELECT * FROM unnest("
+            "%s::bigint[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], "
+            f"%s::text[], %s::text[]) {moved}), "
+            f"recorded AS (INSERT INTO {self.users} (user_id, features, next_check, last_at) "
+            f"SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[]) {moved} "
+            "ON CONFLICT (user_id) DO UPDATE SET features = excluded.features, "
+            "next_check = excluded.next_check, last_at = excluded.last_at) "
+            "SELECT name FROM moved"
+        )
 
     def _advance(
         self, cursor: Any, name: str, expected: tuple[int, int], new: tuple[int, int]
