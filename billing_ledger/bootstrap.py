@@ -136,15 +136,17 @@ def _wire_feed(deps: Deps) -> None:
 
     with deps.store.db.schema_lock():
         FeedTables(deps.store.db).create()
-    if not isinstance(deps.runner, Runner):
+    runner = deps.runner
+    if not isinstance(runner, Runner):
         return
     deps.feed = FeedProjector(
         deps.store,
         deps.views,
         deps.plans,
         deps.settings.livemode,
-        wake=deps.runner.wait_for,
+        wake=runner.wait_for,
         plans_now=deps.reads.current_plans,
+        applied=lambda: runner.position,
     )
     if deps.settings.notify_url:
         from billing_ledger.notify import Notifier

@@ -149,6 +149,16 @@ def _features(raw: str) -> tuple[str, ...]:
     return tuple(orjson.loads(raw))
 
 
+@dataclass(frozen=True)
+class _Start:
+    """What one step read of the feed's tables (FeedTables.begin)."""
+
+    expected: tuple[int, int]  # (ledger position, feed position) tracked
+    users: list[str]  # to evaluate: those the stretch touched and those due, sorted
+    last: dict[str, tuple[tuple[str, ...], int]]  # their recorded features and last `at`
+    due: int  # how many were due (DUE_PER_STEP: maybe more)
+
+
 class FeedTables:
     """The feed's tables: its rows, each user's last features, and tracking positions."""
 
@@ -220,28 +230,44 @@ class FeedTables:
 
     def last_features(self, users: Sequence[str]) -> dict[str, tuple[tuple[str, ...], int]]:
         """(features, `at` of the last change) recorded for these users (absent: never)."""
-        found: dict[str, tuple[tuple[str, ...], int]] = {}
         with self.db.transaction(commit=False) as cursor:
-            for start in range(0, len(users), 500):
-                chunk = users[start : start + 500]
-                marks = ", ".join([self.p] * len(chunk))
-                cursor.execute(
-                    f"SELECT user_id, features, last_at FROM {self.users} "
-                    f"WHERE user_id IN ({marks})",
-                    tuple(chunk),
-                )
-                found.update((r[0], (_features(r[1]), int(r[2]))) for r in _rows(cursor))
+            return self._last_features(cursor, users)
+
+    def _last_features(
+        self, cursor: Any, users: Sequence[str]
+    ) -> dict[str, tuple[tuple[str, ...], int]]:
+        found: dict[str, tuple[tuple[str, ...], int]] = {}
+        for start in range(0, len(users), 500):
+            chunk = users[start : start + 500]
+            marks = ", ".join([self.p] * len(chunk))
+            cursor.execute(
+                f"SELECT user_id, features, last_at FROM {self.users} WHERE user_id IN ({marks})",
+                tuple(chunk),
+            )
+            found.update((r[0], (_features(r[1]), int(r[2]))) for r in _rows(cursor))
         return found
+
+    def begin(self, touched: Sequence[str], now: int) -> _Start:
+        """What a step reads of the feed's own tables, in one transaction: the feed's tracking,
+        the users due (a rule's time passed) and the last features of those and `touched`."""
+        with self.db.transaction(commit=False) as cursor:
+            expected = self._tracked(cursor, FEED)
+            due = self._due(cursor, now, DUE_PER_STEP)
+            users = sorted({*touched, *due})
+            return _Start(expected, users, self._last_features(cursor, users), len(due))
 
     def due(self, now: int, limit: int = DUE_PER_STEP) -> list[str]:
         """Users whose next rule time has passed."""
         with self.db.transaction(commit=False) as cursor:
-            cursor.execute(
-                f"SELECT user_id FROM {self.users} WHERE next_check <= {self.p} "
-                f"ORDER BY next_check LIMIT {self.p}",
-                (now, limit),
-            )
-            return [r[0] for r in _rows(cursor)]
+            return self._due(cursor, now, limit)
+
+    def _due(self, cursor: Any, now: int, limit: int) -> list[str]:
+        cursor.execute(
+            f"SELECT user_id FROM {self.users} WHERE next_check <= {self.p} "
+            f"ORDER BY next_check LIMIT {self.p}",
+            (now, limit),
+        )
+        return [r[0] for r in _rows(cursor) if "\x00" not in r[0]]
 
     def commit(
         self, expected: tuple[int, int], ledger_position: int, observed: Sequence[_Observed]
@@ -256,18 +282,52 @@ class FeedTables:
             for change in seen.changes:
                 feed_position += 1
                 appended.append(_at_position(change, feed_position))
+        new = (ledger_position, feed_position)
+        rows = [_change_row(c) for c in appended]
+        users = [
+            (o.user_id, orjson.dumps(o.features).decode(), o.next_check, o.last_at)
+            for o in observed
+        ]
         with self.db.transaction() as cursor:
-            if not self._advance(cursor, FEED, expected, (ledger_position, feed_position)):
+            if self.db.dialect == "postgres" and expected != (0, 0):
+                return appended if self._write_at_once(cursor, expected, new, rows, users) else None
+            if not self._advance(cursor, FEED, expected, new):
                 return None
-            cursor.executemany(self._insert_change, [_change_row(c) for c in appended])
-            cursor.executemany(
-                self._upsert_user,
-                [
-                    (o.user_id, orjson.dumps(o.features).decode(), o.next_check, o.last_at)
-                    for o in observed
-                ],
-            )
+            cursor.executemany(self._insert_change, rows)
+            cursor.executemany(self._upsert_user, users)
         return appended
+
+    def _write_at_once(
+        self,
+        cursor: Any,
+        expected: tuple[int, int],
+        new: tuple[int, int],
+        rows: Sequence[tuple[Any, ...]],
+        users: Sequence[tuple[Any, ...]],
+    ) -> bool:
+        """PostgreSQL: move the tracking and write the rows and users in one statement (one
+        round trip); nothing is written when the tracking is not at `expected`."""
+        columns = [list(c) for c in zip(*rows, strict=True)] or [[]] * 8
+        user_columns = [list(c) for c in zip(*users, strict=True)] or [[]] * 4
+        cursor.execute(self._commit_at_once, (*new, FEED, *expected, *columns, *user_columns))
+        return bool(_rows(cursor))
+
+    @property
+    def _commit_at_once(self) -> str:
+        moved = "WHERE EXISTS (SELECT 1 FROM moved)"
+        return (
+            f"WITH moved AS (UPDATE {self.state} SET ledger_position = %s, feed_position = %s "
+            "WHERE name = %s AND ledger_position = %s AND feed_position = %s RETURNING name), "
+            f"written AS (INSERT INTO {self.changes} (position, user_id, at, event_id, "
+            "event_type, features_before, features_after, reason) SELECT * FROM unnest("
+            "%s::bigint[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], "
+            f"%s::text[], %s::text[]) {moved}), "
+            f"recorded AS (INSERT INTO {self.users} (user_id, features, next_check, last_at) "
+            f"SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[]) {moved} "
+            "ON CONFLICT (user_id) DO UPDATE SET features = excluded.features, "
+            "next_check = excluded.next_check, last_at = excluded.last_at) "
+            "SELECT name FROM moved"
+        )
 
     def _advance(
         self, cursor: Any, name: str, expected: tuple[int, int], new: tuple[int, int]
@@ -342,6 +402,7 @@ class FeedProjector:
         clock: Callable[[], float] = time.time,
         wake: Callable[[int, float], bool] | None = None,
         plans_now: Callable[[], Plans] | None = None,
+        applied: Callable[[], int] | None = None,
     ) -> None:
         self.store = store
         self.views = views
@@ -352,7 +413,13 @@ class FeedProjector:
         self.tables = FeedTables(store.db)
         self.clock = clock
         self.wake = wake  # runner.wait_for: returns early once the views pass a position
+        # The position the views have applied: the runner's, kept in memory as it commits
+        # (no query); else read from the views' tracking.
+        self.applied = applied if applied is not None else views.position
         self.head = 0  # the feed position this process last committed or saw
+        # The ledger position the feed's tracking stood at when this process last read or
+        # moved it (None: read it); checked again in each step's one read of the feed's tables.
+        self._ledger: int | None = None
         self.error: str | None = None
         self._background = Background("feed", self._run)
         self._stopping = self._background.stopping
@@ -373,46 +440,65 @@ class FeedProjector:
         return self.head
 
     def step(self) -> bool:
-        """Record what the next stretch of positions and the due rules change; True when it
-        moved (call again), False when there was nothing to do."""
+        """Record what the next stretch of positions and the due rules change; True when more
+        may be left at once (call again), False when this step reached what the views have
+        applied (it may have recorded changes: no empty step after it to find that out)."""
         with self._lock:
             for _ in range(10):  # another process committing first: read again
-                expected = self.tables.tracked(FEED)
-                self.head = max(self.head, expected[1])
-                now = int(self.clock())
-                target, events = self._stretch(expected[0])
-                users = self._users(events, now)
-                if target == expected[0] and not users:
-                    return False
-                observed = self._observe(users, now)
-                appended = self.tables.commit(expected, target, observed)
-                if appended is not None:
-                    self.head = max(self.head, expected[1] + len(appended))
-                    return True
+                more = self._attempt()
+                if more is not None:
+                    return more
             return True
+
+    def _attempt(self) -> bool | None:
+        """One try at a step; None when the feed's tracking was not where this process left
+        it (another process committed): nothing written, try again from where it is."""
+        if self._ledger is None:
+            self._ledger = self.tables.tracked(FEED)[0]
+        now, after = int(self.clock()), self._ledger
+        target, events = self._stretch(after)
+        start = self.tables.begin(self._touched(events), now)
+        self.head = max(self.head, start.expected[1])
+        if start.expected[0] != after:
+            self._ledger = start.expected[0]
+            return None
+        if target == after and not start.users:
+            return False
+        appended = self.tables.commit(start.expected, target, self._observe(start, now))
+        if appended is None:
+            self._ledger = None
+            return None
+        self._ledger = target
+        self.head = max(self.head, start.expected[1] + len(appended))
+        return len(events) >= EVENTS_PER_STEP or start.due >= DUE_PER_STEP
 
     def _stretch(self, after: int) -> tuple[int, list[Recorded]]:
         """The next events the views have applied after `after`, and how far they reach."""
-        applied = self.views.position()
+        applied = self.applied()
         if applied <= after:
             return after, []
         events = [e for e in self.store.read(after, EVENTS_PER_STEP) if e.position <= applied]
         full = len(events) >= EVENTS_PER_STEP
         return (events[-1].position if full else applied), events
 
-    def _users(self, events: Sequence[Recorded], now: int) -> list[str]:
+    def _touched(self, events: Sequence[Recorded]) -> list[str]:
+        """The users the events touch, through the views' links (no query when none)."""
+        if not events:
+            return []
         users, customers, charges = touched(events, self.livemode)
-        customers |= self.views.customers_of_charges(sorted(charges))
-        users.update(self.views.users_of_customers(sorted(customers)))
-        users.update(self.tables.due(now))
+        if charges:
+            customers |= self.views.customers_of_charges(sorted(charges))
+        if customers:
+            users.update(self.views.users_of_customers(sorted(customers)))
         return sorted(u for u in users if "\x00" not in u)
 
-    def _observe(self, users: Sequence[str], now: int) -> list[_Observed]:
-        last = self.tables.last_features(users)
-        never = (self.plans.default_features(), 0)
+    def _observe(self, start: _Start, now: int) -> list[_Observed]:
+        users, never = start.users, (self.plans.default_features(), 0)
+        if not users:
+            return []
         inputs = self.views.load_inputs_of(users)
         plans = self.plans_now() if self.plans_now is not None else self.plans
-        return [observe(u, inputs[u], plans, *last.get(u, never), now) for u in users]
+        return [observe(u, inputs[u], plans, *start.last.get(u, never), now) for u in users]
 
     def _run(self) -> None:
         while not self._stopping.is_set():
@@ -431,7 +517,7 @@ class FeedProjector:
     def _idle(self) -> None:
         """Wait for the views to move (or a short while, for rules coming due)."""
         if self.wake is not None:
-            after = self.tables.tracked(FEED)[0]
+            after = self._ledger if self._ledger is not None else self.tables.tracked(FEED)[0]
             self.wake(after + 1, 0.25)
             return
         self._stopping.wait(POLL_SECONDS)
