@@ -126,6 +126,8 @@ def _dict(obj: Json, key: str) -> Json:
 
 def _id_of(value: Any) -> str | None:
     """An id, whether Stripe sent it bare or as an expanded object."""
+    if value.__class__ is str and 0 < len(value) <= MAX_ID:
+        return value  # the common case, on the spot
     if isinstance(value, dict):
         value = value.get("id")
     return _text(value, MAX_ID)

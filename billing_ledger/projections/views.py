@@ -248,7 +248,7 @@ class Views:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
             self._insert(cursor, rows, links)
             if cards:
-                cursor.executemany(self._sql.insert_cards, [self._card_row(c) for c in cards])
+                self._insert_cards(cursor, [self._card_row(c) for c in cards])
             tracked = self._tracked(cursor, lock=True)
             # A gap (tracked < after) or a batch already covered: another runner, or a
             # swap by replay, moved the position. Roll back and read again from there.
@@ -299,7 +299,17 @@ class Views:
             cursor.execute(self._sql.history_of_objects + where, params)
             rows = self._present_rows([_values(r) for r in cursor.fetchall()], known)
             if rows:
-                cursor.executemany(self._sql.insert_current, rows)
+                self._insert_current(cursor, rows)
+
+    def _insert_current(self, cursor: Any, rows: list[tuple[Any, ...]]) -> None:
+        if self.db.dialect == "sqlite":
+            cursor.executemany(self._sql.insert_current, rows)
+            return
+        # COPY, several times faster than an INSERT a row: the DELETE before it in this
+        # transaction left none of these rows to conflict with.
+        with cursor.copy(f"COPY {self.current} ({', '.join(_CURRENT_COLUMNS)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
 
     def _attach_disputes(self, cursor: Any, batch: Sequence[Snapshot]) -> dict[str, str]:
         """Give each dispute row its charge's customer (a dispute names only its charge), once
@@ -417,6 +427,12 @@ class Views:
         keys = (fact.event_id, fact.kind, fact.object_id, fact.customer_id, fact.payment_method)
         escaped = tuple(None if k is None else self._text(k) for k in keys)
         return (*escaped, fact.created, fact.to_json().decode())
+
+    def _insert_cards(self, cursor: Any, rows: list[tuple[Any, ...]]) -> None:
+        if self.db.dialect == "sqlite":
+            cursor.executemany(self._sql.insert_cards, rows)
+        else:  # the keys are escaped already (_card_row)
+            _copy_insert(cursor, self.cards, "_billing_cards_in", rows, _CARD_COLUMNS)
 
     def card_facts(self, customers: Sequence[str]) -> list[CardFact]:
         """Every payment-method fact of these customers, and of the payment methods they name."""
@@ -876,6 +892,16 @@ _SNAPSHOT_COLUMNS = (
     "json",
 )
 _LINK_COLUMNS = ("user_id", "customer_id", "created", "event_id", "via")
+_CURRENT_COLUMNS = ("kind", "object_id", "customer_id", "event_id", "latest", "json")
+_CARD_COLUMNS = (
+    "event_id",
+    "kind",
+    "object_id",
+    "customer_id",
+    "payment_method",
+    "created",
+    "json",
+)
 
 
 _T = TypeVar("_T", bound=tuple[Any, ...])
