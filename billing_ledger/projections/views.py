@@ -63,6 +63,9 @@ SWAPPED = (LINKS, SNAPSHOTS, CARDS, CURRENT, TRACKING, SKIPPED, CATALOG)
 CACHE_SIZE = read_cache.CACHE_SIZE
 CACHE_SNAPSHOTS = read_cache.CACHE_SNAPSHOTS
 KEYS_PER_STATEMENT = 200  # objects named in one statement (SQLite's parameter limit)
+# PostgreSQL takes them as two arrays, one parameter each: a batch's objects in one go
+# (a catch-up's round trips and plans per batch were a third of its commit stage).
+PG_KEYS_PER_STATEMENT = 5000
 # How long a read waits for a table lock before answering "unavailable": a swap holds the
 # tables for milliseconds, an idle transaction of someone else's could hold them for ever.
 READ_LOCK_TIMEOUT = 2.0
@@ -292,9 +295,9 @@ class Views:
             (self._text(s.event_id), self._text(s.kind), self._text(s.object_id)): s for s in batch
         }
         keys = sorted((self._text(kind), self._text(oid)) for kind, oid in objects)
-        for start in range(0, len(keys), KEYS_PER_STATEMENT):
-            chunk = keys[start : start + KEYS_PER_STATEMENT]
-            where, params = self._sql.objects_in(chunk)
+        step = KEYS_PER_STATEMENT if self.db.dialect == "sqlite" else PG_KEYS_PER_STATEMENT
+        for start in range(0, len(keys), step):
+            where, params = self._sql.objects_in(keys[start : start + step])
             cursor.execute(f"DELETE FROM {self.current} WHERE {where}", params)
             cursor.execute(self._sql.history_of_objects + where, params)
             rows = self._present_rows([_values(r) for r in cursor.fetchall()], known)
