@@ -84,39 +84,11 @@ def _str(obj: Json, key: str) -> str | None:
 
 
 def _int(obj: Json, key: str) -> int | None:
-    return _int_value(obj.get(key))
-
-
-def _int_value(value: Any) -> int | None:
+    value = obj.get(key)
     # bool is an int in Python; a boolean is never a timestamp or an amount.
     if isinstance(value, int) and not isinstance(value, bool) and -MAX_INT <= value <= MAX_INT:
         return value
     return None
-
-
-# A catch-up reads millions of fields: these read many of one object's at once, taking the
-# common well-typed value on the spot and leaving the full checks (the same rule as _text and
-# _int_value) to the other values.
-
-
-def _texts(obj: Json, keys: tuple[str, ...]) -> list[str | None]:
-    """`_str(obj, key)` of each key."""
-    return [
-        v if v.__class__ is str and 0 < len(v) <= MAX_TEXT else None if v is None else _text(v)
-        for v in map(obj.get, keys)
-    ]
-
-
-def _ints(obj: Json, keys: tuple[str, ...]) -> list[int | None]:
-    """`_int(obj, key)` of each key."""
-    return [
-        v
-        if v.__class__ is int and -MAX_INT <= v <= MAX_INT
-        else None
-        if v is None
-        else _int_value(v)
-        for v in map(obj.get, keys)
-    ]
 
 
 def _dict(obj: Json, key: str) -> Json:
@@ -126,8 +98,6 @@ def _dict(obj: Json, key: str) -> Json:
 
 def _id_of(value: Any) -> str | None:
     """An id, whether Stripe sent it bare or as an expanded object."""
-    if value.__class__ is str and 0 < len(value) <= MAX_ID:
-        return value  # the common case, on the spot
     if isinstance(value, dict):
         value = value.get("id")
     return _text(value, MAX_ID)
@@ -160,18 +130,14 @@ def _item(raw: Json) -> Item:
     )
 
 
-_ITEM_INTS = ("current_period_start", "current_period_end", "quantity")
-
-
 def _item_period(raw: Json, price_id: str | None, lookup: str | None, product: str | None) -> Item:
-    start, end, quantity = _ints(raw, _ITEM_INTS)
     return Item(
         price_id=price_id,
         lookup_key=lookup,
         product_id=product,
-        current_period_start=start,
-        current_period_end=end,
-        quantity=quantity,
+        current_period_start=_int(raw, "current_period_start"),
+        current_period_end=_int(raw, "current_period_end"),
+        quantity=_int(raw, "quantity"),
     )
 
 
@@ -193,27 +159,23 @@ def _period_end(obj: Json, items: tuple[Item, ...]) -> int | None:
     return max(ends) if ends else _int(obj, "current_period_end")
 
 
-_SUBSCRIPTION_TIMES = ("cancel_at", "canceled_at", "ended_at", "trial_end")
-
-
 def subscription_state(event_type: str, obj: Json) -> Subscription:
     """Read a Stripe subscription object of any supported version."""
     status = _str(obj, "status")
     if status is None:
         raise _Malformed("subscription has no status")
     items = _items(obj)
-    cancel_at, canceled_at, ended_at, trial_end = _ints(obj, _SUBSCRIPTION_TIMES)
     return Subscription(
         id=_required_id(obj),
         customer_id=_id_of(obj.get("customer")),
         status=status,
         items=items,
         current_period_end=_period_end(obj, items),
-        cancel_at=cancel_at,
+        cancel_at=_int(obj, "cancel_at"),
         cancel_at_period_end=obj.get("cancel_at_period_end") is True,
-        canceled_at=canceled_at,
-        ended_at=ended_at,
-        trial_end=trial_end,
+        canceled_at=_int(obj, "canceled_at"),
+        ended_at=_int(obj, "ended_at"),
+        trial_end=_int(obj, "trial_end"),
         app_user_id=_app_user_id(obj),
         cancellation_reason=_str(_dict(obj, "cancellation_details"), "reason"),
         pause_collection=bool(obj.get("pause_collection")),
@@ -235,36 +197,21 @@ def _invoice_subscription(obj: Json) -> str | None:
     return _id_of(_dict(parent, "subscription_details").get("subscription"))
 
 
-def _invoice_status(obj: Json, status: str | None) -> str | None:
+def _invoice_status(obj: Json) -> str | None:
+    status = _str(obj, "status")
     # Invoices older than 2017 have no status, only the `paid` boolean.
     if status is None and obj.get("paid") is True:
         return "paid"
     return status
 
 
-_INVOICE_TEXTS = (
-    "status",
-    "currency",
-    "billing_reason",
-    "hosted_invoice_url",
-    "number",
-    "invoice_pdf",
-)
-_INVOICE_INTS = ("amount_due", "amount_paid", "amount_remaining", "attempt_count")
-_INVOICE_TIMES = ("next_payment_attempt", "created", "date")
-_TRANSITIONS = ("paid_at", "voided_at", "finalized_at", "marked_uncollectible_at")
-
-
 def invoice_state(event_type: str, obj: Json) -> Invoice:
     """Read a Stripe invoice object of any supported version."""
-    raw_status, currency, reason, url, number, pdf = _texts(obj, _INVOICE_TEXTS)
-    status = _invoice_status(obj, raw_status)
-    due, paid, remaining, attempts = _ints(obj, _INVOICE_INTS)
-    next_attempt, created, date = _ints(obj, _INVOICE_TIMES)
-    paid_at, voided_at, finalized_at, uncollectible_at = _ints(
-        _dict(obj, "status_transitions"), _TRANSITIONS
-    )
-    amount_due, amount_paid = due or 0, paid or 0
+    status = _invoice_status(obj)
+    transitions = _dict(obj, "status_transitions")
+    amount_due = _int(obj, "amount_due") or 0
+    amount_paid = _int(obj, "amount_paid") or 0
+    remaining = _int(obj, "amount_remaining")
     return Invoice(
         id=_required_id(obj),
         customer_id=_id_of(obj.get("customer")),
@@ -275,19 +222,19 @@ def invoice_state(event_type: str, obj: Json) -> Invoice:
         amount_due=amount_due,
         amount_paid=amount_paid,
         amount_remaining=remaining if remaining is not None else amount_due - amount_paid,
-        currency=currency,
-        attempt_count=attempts or 0,
-        next_payment_attempt=next_attempt,
-        billing_reason=reason,
-        hosted_invoice_url=url,
-        created=created or date,  # `date` before 2019
-        paid_at=paid_at,
-        voided_at=voided_at,
-        finalized_at=finalized_at,
-        marked_uncollectible_at=uncollectible_at,
+        currency=_str(obj, "currency"),
+        attempt_count=_int(obj, "attempt_count") or 0,
+        next_payment_attempt=_int(obj, "next_payment_attempt"),
+        billing_reason=_str(obj, "billing_reason"),
+        hosted_invoice_url=_str(obj, "hosted_invoice_url"),
+        created=_int(obj, "created") or _int(obj, "date"),  # `date` before 2019
+        paid_at=_int(transitions, "paid_at"),
+        voided_at=_int(transitions, "voided_at"),
+        finalized_at=_int(transitions, "finalized_at"),
+        marked_uncollectible_at=_int(transitions, "marked_uncollectible_at"),
         deleted=event_type == "invoice.deleted" or obj.get("deleted") is True,
-        number=number,
-        invoice_pdf=pdf,
+        number=_str(obj, "number"),
+        invoice_pdf=_str(obj, "invoice_pdf"),
     )
 
 
