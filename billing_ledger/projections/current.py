@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from billing_ledger.ledger.canonical import Snapshot
-from billing_ledger.projections.fold import Attempt, attempts, ordered, past_due_since
+from billing_ledger.projections.fold import Attempt, attempts, ordered, past_due_in
 from billing_ledger.projections.links import customer_of
 from billing_ledger.projections.policy import rule_witnesses
 from billing_ledger.projections.purchases import attached
@@ -21,7 +21,9 @@ from billing_ledger.projections.purchases import attached
 def _seconds_kept(order: Sequence[Snapshot]) -> int:
     """The earliest `created` whose whole second must be kept."""
     top = order[-1]
-    since = past_due_since(order, top.created)
+    # past_due_since(order, top.created) without keying again: dropping whole seconds leaves
+    # the other snapshots' keys (and so their order) as they were.
+    since = past_due_in([s for s in order if s.created <= top.created])
     # A past_due run holds no terminal state (one would be the greatest), so it is exactly
     # the snapshots of its seconds: keep them whole to keep their keys.
     return min(since, top.created) if since is not None else top.created
@@ -38,6 +40,8 @@ def _attempt_witnesses(snapshots: Iterable[Snapshot]) -> list[Snapshot]:
 
 def present(snapshots: Iterable[Snapshot]) -> list[Snapshot]:
     """The object's snapshots a read at or after its latest `created` needs, sorted."""
+    if isinstance(snapshots, Sequence) and len(snapshots) == 1:
+        return [snapshots[0]]  # the one snapshot is its own present (most objects of a batch)
     order = ordered(snapshots)
     if not order:
         return []
