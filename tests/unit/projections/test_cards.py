@@ -9,7 +9,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from billing_ledger.ledger.records import Recorded
-from billing_ledger.projections.cards import Card, CardFact, card_facts, card_on_file
+from billing_ledger.projections.cards import (
+    Card,
+    CardFact,
+    card_facts,
+    card_on_file,
+    fact_from_json,
+)
 from tests.unit.builders import event
 
 Json = dict[str, Any]
@@ -140,3 +146,13 @@ def test_any_order_of_the_same_events_shows_the_same_card(order: list[int], n: i
     chosen = sorted(order[:n])
     expected = fold(*(EVENTS[i] for i in chosen))
     assert fold(*(EVENTS[i] for i in order if i in chosen)) == expected
+
+
+def test_a_fact_is_stored_as_an_object_of_every_field_in_order_and_read_back_whole() -> None:
+    fact = CardFact(
+        "payment_method", "pm_1", "evt_1", 5, "cus_1", "pm_1", False, "visa", "4242", 12, 2030
+    )
+    stored = fact.to_json()
+    assert list(orjson.loads(stored)) == list(CardFact.__dataclass_fields__)
+    assert orjson.loads(stored)["attached"] is False
+    assert fact_from_json(stored) == fact
