@@ -260,6 +260,7 @@ class Reads:
         read = views.position if follow is None else lambda: int(runner.position)
         self.watch = PositionWatch(read, wait_for=follow)
         self._catalog: tuple[tuple[Any, ...], Catalog] | None = None
+        self._seen = 0  # the highest position a read or a wait saw (a hint, never trusted)
 
     # -- the catalog --
 
@@ -332,6 +333,7 @@ class Reads:
         reached = await self.watch.wait(position, timeout)
         if reached is None:
             raise NotCaughtUpError(f"the projections have not reached position {position}")
+        self._seen = max(self._seen, reached)
         return reached
 
     async def caught_up(self, timeout: float) -> bool:
@@ -358,7 +360,7 @@ class Reads:
             if entry is not None and at >= entry.since:
                 return UserRead(inputs=entry.inputs, at=at, position=known)
         found = None
-        if known is not None or self.runner is None:  # else: no need to ask yet
+        if known is not None or self._ask_first(min_position):
             found = await run_in_threadpool(self._read_now, user_id, at, min_position)
         if found is None and min_position is not None:
             await self.wait(min_position, timeout)
@@ -375,10 +377,19 @@ class Reads:
         position: int = self.runner.position
         return position if min_position is None or position >= min_position else None
 
+    def _ask_first(self, min_position: int | None) -> bool:
+        """Without a runner in process, whether to read before waiting: when the position
+        seen last satisfies `min_position`, or when no wait polls (the read checks the
+        position itself). While others wait, a read joins them: their one poll is shared,
+        a read short of its position would be a statement of its own."""
+        seen = min_position is None or self._seen >= min_position
+        return self.runner is None and (seen or not self.watch.waiting)
+
     def _read_now(self, user_id: str, at: int, min_position: int | None) -> UserRead | None:
         """One statement for the user at the views' position now (the history's too when
         `at` is before their latest change); None when it is short of `min_position`."""
         read = self.views.present_read(user_id)
+        self._seen = max(self._seen, read.position)
         if min_position is not None and read.position < min_position:
             return None
         states = self.views.catalog_current(read.position, read.catalog_version)
