@@ -330,6 +330,10 @@ class Reads:
         now = await self.position()
         if now >= position:
             return now
+        return await self._reach(position, timeout)
+
+    async def _reach(self, position: int, timeout: float) -> int:
+        """`wait` without asking the position first: the poll the waits share asks."""
         reached = await self.watch.wait(position, timeout)
         if reached is None:
             raise NotCaughtUpError(f"the projections have not reached position {position}")
@@ -363,7 +367,7 @@ class Reads:
         if known is not None or self._ask_first(min_position):
             found = await run_in_threadpool(self._read_now, user_id, at, min_position)
         if found is None and min_position is not None:
-            await self.wait(min_position, timeout)
+            await self._reach(min_position, timeout)
             found = await run_in_threadpool(self._read_now, user_id, at, min_position)
         if found is None:  # the position went back: a swap by replay (rare)
             raise NotCaughtUpError(f"the projections have not reached position {min_position}")
