@@ -225,6 +225,8 @@ def test_under_steady_ingest_a_cold_read_at_now_sends_one_statement(
         read = asyncio.run(reads.user(f"u_{n}", LATER))
         assert len(seen) - before == 1, seen[before:]
         assert (read.position, len(read.inputs.snapshots)) == (position, len(batch))
+        again = asyncio.run(reads.user(f"u_{n}", LATER))  # cached at the runner's position
+        assert len(seen) - before == 1 and again.inputs == read.inputs
 
 
 def test_a_read_whose_min_position_is_reached_sends_one_statement(
