@@ -3,9 +3,11 @@ the monetization flows, and the one wait for a position.
 
 A read takes the views' position first, then the user's inputs as of that position (each
 object's present for a read at "now", the whole history for `at` in the past or history),
-then evaluates the pure policy at `at`. Waits for a position run on the event loop: one
-poller per process reads the tracked position in a thread of its own while anyone waits,
-so a thousand waiting requests hold no worker thread and delay no other read.
+then evaluates the pure policy at `at`. A read at now that misses the cache sends one
+statement: the position, the catalog's version and the user's present together. Waits for
+a position run on the event loop: one poller per process, only while anyone waits, in a
+thread of its own (woken by the runner in process as it commits, else reading the tracked
+position), so a thousand waiting requests hold no worker thread and delay no other read.
 """
 
 from __future__ import annotations
@@ -152,11 +154,23 @@ class Account:
 
 
 class PositionWatch:
-    """Waiters for a position, woken by one poller that reads it in a thread of its own."""
+    """Waiters for a position, woken by one poller that reads it in a thread of its own.
 
-    def __init__(self, read: Callable[[], int], interval: float = POLL_SECONDS) -> None:
+    With `wait_for` (a runner in process: `Runner.wait_for`), the poller waits on it for
+    the lowest position wanted instead of reading the database: a runner that applies here
+    wakes it as it commits, with no query; one that follows another process reads the
+    position itself as often as the poller would. `read` then gives the runner's position.
+    """
+
+    def __init__(
+        self,
+        read: Callable[[], int],
+        interval: float = POLL_SECONDS,
+        wait_for: Callable[[int, float], bool] | None = None,
+    ) -> None:
         self._read = read
         self.interval = interval
+        self._wait_for = wait_for
         # Per event loop (each TestClient block, each server has its own): its poller and
         # its waiters, so a loop that ended leaves nothing behind for the next one.
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Waiters] = (
@@ -189,16 +203,23 @@ class PositionWatch:
     async def _poll(self, mine: _Waiters) -> None:
         loop = asyncio.get_running_loop()
         while mine.waiters:
+            lowest = min(w[0] for w in mine.waiters)
             try:
-                position = await loop.run_in_executor(self._pool, self._read)
+                position = await loop.run_in_executor(self._pool, self._next, lowest)
             except Exception:  # the database is away: the waiters time out by themselves
                 position = -1
             for waiter in [w for w in mine.waiters if w[0] <= position]:
                 mine.waiters.remove(waiter)
                 if not waiter[1].done():
                     waiter[1].set_result(position)
-            if mine.waiters:
+            if mine.waiters and (self._wait_for is None or position < 0):
                 await asyncio.sleep(self.interval)
+
+    def _next(self, lowest: int) -> int:
+        """The position, once it reaches `lowest` or after at most `interval` (wait_for)."""
+        if self._wait_for is not None:
+            self._wait_for(lowest, self.interval)
+        return self._read()
 
     def close(self) -> None:
         """Let the poller's thread go (it ends once a hung read returns)."""
@@ -235,8 +256,11 @@ class Reads:
         self.plans = plans
         self.store = store
         self.answers = Answers(plans)
-        self.watch = PositionWatch(views.position)
+        follow = getattr(runner, "wait_for", None)  # a runner in process wakes the waits
+        read = views.position if follow is None else lambda: int(runner.position)
+        self.watch = PositionWatch(read, wait_for=follow)
         self._catalog: tuple[tuple[Any, ...], Catalog] | None = None
+        self._seen = 0  # the highest position a read or a wait saw (a hint, never trusted)
 
     # -- the catalog --
 
@@ -246,7 +270,10 @@ class Reads:
         when the views moved since the last call): from async code, use `catalog_now`."""
         if position is None:
             position = self.runner.position if self.runner is not None else None
-        states = self.views.catalog_states(position)
+        return self._built(self.views.catalog_states(position))
+
+    def _built(self, states: tuple[Any, ...]) -> Catalog:
+        """The catalog of `states`, folded again only when they are not the ones last seen."""
         known = self._catalog
         if known is not None and known[0] is states:
             return known[1]
@@ -303,9 +330,14 @@ class Reads:
         now = await self.position()
         if now >= position:
             return now
+        return await self._reach(position, timeout)
+
+    async def _reach(self, position: int, timeout: float) -> int:
+        """`wait` without asking the position first: the poll the waits share asks."""
         reached = await self.watch.wait(position, timeout)
         if reached is None:
             raise NotCaughtUpError(f"the projections have not reached position {position}")
+        self._seen = max(self._seen, reached)
         return reached
 
     async def caught_up(self, timeout: float) -> bool:
@@ -321,25 +353,58 @@ class Reads:
 
     async def user(self, user_id: str, at: int, min_position: int | None = None,
                    timeout: float = 5.0) -> UserRead:  # fmt: skip
-        """The user's inputs for a read at `at`, once the views reach `min_position`."""
-        position = await (
-            self.wait(min_position, timeout) if min_position is not None else self.position()
-        )
-        await self.catalog_now(position)  # the plans match through the catalog at `position`
-        entry = self.views.present_cache.get(user_id, position)
-        if entry is not None and at >= entry.since:
-            return UserRead(inputs=entry.inputs, at=at, position=position)
-        if entry is not None:  # `at` before the user's latest snapshot: the history decides
-            found = self.views.cached_inputs(user_id, position)
-            if found is None:
-                found = await run_in_threadpool(self.views.inputs, user_id, position)
-        else:
-            found = await run_in_threadpool(self._inputs, user_id, position, at)
-        return UserRead(inputs=found, at=at, position=position)
+        """The user's inputs for a read at `at`, once the views reach `min_position`.
 
-    def _inputs(self, user_id: str, position: int, at: int) -> UserInputs:
-        present = self.views.present_inputs(user_id, position, at, cached=False)
-        return present if present is not None else self.views.inputs(user_id, position)
+        A user cached at the runner's position, with the catalog checked there, costs no
+        query; otherwise one statement reads the position, the catalog's version and the
+        user's present together (the catalog itself is read only when its version moved)."""
+        known = await self._known(min_position)
+        if known is not None and self.views.catalog_position() == known:
+            entry = self.views.present_cache.get(user_id, known)
+            if entry is not None and at >= entry.since:
+                return UserRead(inputs=entry.inputs, at=at, position=known)
+        found = None
+        if known is not None or self._ask_first(min_position):
+            found = await run_in_threadpool(self._read_now, user_id, at, min_position)
+        if found is None and min_position is not None:
+            await self._reach(min_position, timeout)
+            found = await run_in_threadpool(self._read_now, user_id, at, min_position)
+        if found is None:  # the position went back: a swap by replay (rare)
+            raise NotCaughtUpError(f"the projections have not reached position {min_position}")
+        return found
+
+    async def _known(self, min_position: int | None) -> int | None:
+        """A position the views reached, known without a query of our own (the runner's,
+        or the recent one without a `min_position`); None when it does not satisfy it."""
+        if self.runner is None:
+            return await self.position() if min_position is None else None
+        position: int = self.runner.position
+        return position if min_position is None or position >= min_position else None
+
+    def _ask_first(self, min_position: int | None) -> bool:
+        """Without a runner in process, whether to read before waiting: when the position
+        seen last satisfies `min_position`, or when no wait polls (the read checks the
+        position itself). While others wait, a read joins them: their one poll is shared,
+        a read short of its position would be a statement of its own."""
+        seen = min_position is None or self._seen >= min_position
+        return self.runner is None and (seen or not self.watch.waiting)
+
+    def _read_now(self, user_id: str, at: int, min_position: int | None) -> UserRead | None:
+        """One statement for the user at the views' position now (the history's too when
+        `at` is before their latest change); None when it is short of `min_position`."""
+        read = self.views.present_read(user_id)
+        self._seen = max(self._seen, read.position)
+        if min_position is not None and read.position < min_position:
+            return None
+        states = self.views.catalog_current(read.position, read.catalog_version)
+        self._built(states if states is not None else self.views.catalog_states(read.position))
+        entry = read.entry
+        if entry is not None:
+            self.views.present_cache.put(user_id, entry)
+            if at >= entry.since:
+                return UserRead(inputs=entry.inputs, at=at, position=read.position)
+        inputs = self.views.inputs(user_id, read.position)
+        return UserRead(inputs=inputs, at=at, position=read.position)
 
     async def history_inputs(self, user_id: str, position: int) -> UserInputs:
         """The user's whole history at `position`."""

@@ -79,6 +79,16 @@ SnapshotRow = tuple[str, str, str | None, str, str, int, bool, str]
 LinkTuple = tuple[str, str, int, str, str]
 
 
+@dataclass(frozen=True)
+class PresentRead:
+    """What one read at now found: the views' position, the catalog's version (the position
+    of the last batch that changed it) and the user's present (None: the history decides)."""
+
+    position: int
+    catalog_version: int
+    entry: Entry | None
+
+
 class PositionMovedError(RuntimeError):
     """The tracked position is not where the batch expected it: read again from `tracked`."""
 
@@ -382,6 +392,16 @@ class Views:
         self._catalog = (position if position is not None else -1, version, states)
         return states
 
+    def catalog_current(self, position: int, version: int) -> tuple[Snapshot, ...] | None:
+        """The cached catalog when `version` (read with `position`, see `present_read`) is
+        still the one it was loaded at, now noted as checked at `position`; else None."""
+        known = self._catalog
+        if known is None or known[1] != version:
+            return None
+        if known[0] < position:
+            self._catalog = (position, version, known[2])
+        return known[2]
+
     def catalog_position(self) -> int | None:
         """The position the cached catalog was last checked at (None: not read yet)."""
         return self._catalog[0] if self._catalog is not None else None
@@ -589,9 +609,28 @@ class Views:
                 self.present_cache.put(user_id, found)
         return found.inputs if found is not None and at >= found.since else None
 
+    def present_read(self, user_id: str) -> PresentRead:
+        """The views' position, the catalog's version and the user's present, in one
+        statement (one consistent snapshot, one round trip); the entry is not cached."""
+        key, names = self._text(user_id), self._tracking_names()
+        rows = self._read_rows(self._sql.present_and_tracked, (key, key, *names))
+        found = {str(r[1]): int(r[3]) for r in rows if r[0] == "t"}
+        position = found.get(self.name, 0)
+        self._saw(found.get(self.name + GENERATION, 0))
+        entry = self._present_entry(user_id, position, [r for r in rows if r[0] != "t"])
+        return PresentRead(position, found.get(self.name + CATALOG_VERSION, 0), entry)
+
+    def _tracking_names(self) -> tuple[str, str, str]:
+        return (self.name, self.name + GENERATION, self.name + CATALOG_VERSION)
+
     def _load_present(self, user_id: str, position: int) -> Entry | None:
         key = self._text(user_id)
         rows = self._read_rows(self._sql.present_of_user, (key, key))
+        return self._present_entry(user_id, position, rows)
+
+    def _present_entry(
+        self, user_id: str, position: int, rows: list[tuple[Any, ...]]
+    ) -> Entry | None:
         links = [r for r in rows if r[0] == "l"]
         inputs, size = self._inputs(user_id, links, [r for r in rows if r[0] == "s"])
         if len({(s.kind, s.object_id, customer_of(s)) for s in inputs.snapshots}) != len(
@@ -1100,6 +1139,13 @@ class _Statements:
         self.present_of_user = (
             f"{links_of_user}SELECT 's', NULL, customer_id, latest, event_id, NULL, json "
             f"FROM {views.current} WHERE {customer_in}"
+        )
+        # ...with the tracking rows (position, generation, catalog version) of the same
+        # snapshot: a read at now checks all three in its one statement.
+        self.present_and_tracked = (
+            f"{self.present_of_user} UNION ALL SELECT 't', application_name, NULL, "
+            f"notification_id, NULL, NULL, NULL FROM {views.tracking} "
+            f"WHERE application_name IN ({p}, {p}, {p})"
         )
 
     def _any(self, column: str, count: int) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +17,7 @@ from eventsourcing.sqlite import SQLiteConnection
 from billing_ledger.ledger.canonical import Snapshot
 from billing_ledger.ledger.store import Database, DatabaseUrl
 from billing_ledger.projections.policy import evaluate
-from billing_ledger.projections.queries import Reads
+from billing_ledger.projections.queries import NotCaughtUpError, Reads
 from billing_ledger.projections.views import Views
 from tests.unit.builders import (
     DAY,
@@ -24,6 +26,7 @@ from tests.unit.builders import (
     event,
     example_plans,
     invoice,
+    price,
     subscription,
 )
 from tests.unit.builders import snapshots as built
@@ -171,3 +174,114 @@ def test_a_cold_read_at_now_sends_one_statement_once_the_catalog_is_read(
     assert len(read.inputs.snapshots) == 3  # each object's present, not the history
     whole = views.load_inputs("u_1")
     assert reads.entitlements(read) == evaluate(whole, reads.plans, LATER)
+
+
+class MovingRunner:
+    """A runner in process as Reads sees it: its position, moved by the test, and the wait
+    a runner that applies here wakes as it commits (Runner.wait_for)."""
+
+    def __init__(self, position: int) -> None:
+        self.position = position
+        self._moved = threading.Condition()
+
+    def move(self, position: int) -> None:
+        with self._moved:
+            self.position = position
+            self._moved.notify_all()
+
+    def wait_for(self, position: int, timeout: float) -> bool:
+        with self._moved:
+            return self._moved.wait_for(lambda: self.position >= position, timeout)
+
+
+def signup(n: int) -> list[Snapshot]:
+    """u_n subscribes (a batch of another user, touching neither u_1 nor the catalog)."""
+    sub = subscription(id=f"sub_{n}", customer=f"cus_{n}", app_user_id=f"u_{n}")
+    return built([event("customer.subscription.created", sub, id=f"evt_{n}", created=T)])
+
+
+def steady(views: Views, runner: Any) -> tuple[Reads, Views, int]:
+    """Reads over `views` with the catalog read once; the batches that follow are applied
+    by another process (its own Views), so this one learns of them from the database."""
+    applied = renewals(3)
+    views.apply(applied, 0, len(applied))
+    reads = Reads(views, runner, PLANS)
+    asyncio.run(reads.user("u_1", LATER))
+    return reads, Views(views.db), len(applied)
+
+
+def test_under_steady_ingest_a_cold_read_at_now_sends_one_statement(
+    views: Views, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = StandingRunner(0)
+    reads, writer, position = steady(views, runner)
+    seen = sent_statements(monkeypatch)
+    for n in range(2, 6):
+        batch = signup(n)
+        writer.apply(batch, position, position + 1)
+        position += 1
+        runner.position = position  # the position moved, the catalog did not
+        before = len(seen)
+        read = asyncio.run(reads.user(f"u_{n}", LATER))
+        assert len(seen) - before == 1, seen[before:]
+        assert (read.position, len(read.inputs.snapshots)) == (position, len(batch))
+        again = asyncio.run(reads.user(f"u_{n}", LATER))  # cached at the runner's position
+        assert len(seen) - before == 1 and again.inputs == read.inputs
+
+
+def test_a_read_whose_min_position_is_reached_sends_one_statement(
+    views: Views, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads, writer, position = steady(views, None)  # the runner applies in another process
+    writer.apply(signup(2), position, position + 1)
+    seen = sent_statements(monkeypatch)
+    read = asyncio.run(reads.user("u_2", LATER, min_position=position + 1))
+    assert len(seen) == 1, seen
+    assert read.position == position + 1 and read.inputs.links
+
+
+def test_a_read_never_answers_before_its_min_position(views: Views) -> None:
+    reads, writer, position = steady(views, None)
+    with pytest.raises(NotCaughtUpError):
+        asyncio.run(reads.user("u_2", LATER, min_position=position + 1, timeout=0.2))
+    writer.apply(signup(2), position, position + 1)
+    read = asyncio.run(reads.user("u_2", LATER, min_position=position + 1, timeout=5))
+    assert read.position == position + 1 and read.inputs.links
+
+
+def test_a_batch_that_changes_the_catalog_is_read_by_the_next_read(views: Views) -> None:
+    runner = StandingRunner(0)
+    reads, writer, position = steady(views, runner)
+    assert "price_new" not in {s.object_id for s in views.catalog_states()}
+    batch = built([event("price.created", price("price_new"), id="evt_pn", created=T)])
+    writer.apply(batch, position, position + 1)
+    runner.position = position + 1
+    asyncio.run(reads.user("u_1", LATER))
+    assert views.catalog_position() == position + 1
+    assert "price_new" in {s.object_id for s in views.catalog_states(position + 1)}
+
+
+def test_a_wait_woken_by_the_runner_in_process_polls_no_statement(
+    views: Views, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = MovingRunner(0)
+    reads, writer, position = steady(views, runner)
+    runner.move(position)
+    writer.apply(signup(2), position, position + 1)  # applied, not yet seen by the runner
+    seen = sent_statements(monkeypatch)
+
+    def commit_once_waited() -> None:
+        deadline = time.monotonic() + 5
+        while reads.watch.waiting == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)  # waiting for the read to wait, not for a time
+        while_waiting.extend(seen)
+        runner.move(position + 1)
+
+    while_waiting: list[str] = []
+    moving = threading.Thread(target=commit_once_waited)
+    moving.start()
+    read = asyncio.run(reads.user("u_2", LATER, min_position=position + 1))
+    moving.join()
+    reads.close()
+    assert while_waiting == [] and len(seen) == 1, seen
+    assert read.position == position + 1 and read.inputs.links
