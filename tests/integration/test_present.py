@@ -3,7 +3,6 @@ of snapshots, filled for old tables, swapped with the rest, and what a read at n
 
 from __future__ import annotations
 
-import asyncio
 import random
 import threading
 import time
@@ -19,6 +18,7 @@ from billing_ledger.ledger.store import Database, DatabaseUrl
 from billing_ledger.projections.policy import evaluate
 from billing_ledger.projections.queries import NotCaughtUpError, Reads
 from billing_ledger.projections.views import Views
+from tests.support.aio import run
 from tests.unit.builders import (
     DAY,
     T,
@@ -169,7 +169,7 @@ def test_a_cold_read_at_now_sends_one_statement_once_the_catalog_is_read(
     reads = Reads(views, StandingRunner(len(applied)), PLANS)
     reads.catalog()  # read once per position, not once per user
     seen = sent_statements(monkeypatch)
-    read = asyncio.run(reads.user("u_1", LATER))  # nobody's inputs are cached yet
+    read = run(reads.user("u_1", LATER))  # nobody's inputs are cached yet
     assert len(seen) == 1, seen
     assert len(read.inputs.snapshots) == 3  # each object's present, not the history
     whole = views.load_inputs("u_1")
@@ -206,7 +206,7 @@ def steady(views: Views, runner: Any) -> tuple[Reads, Views, int]:
     applied = renewals(3)
     views.apply(applied, 0, len(applied))
     reads = Reads(views, runner, PLANS)
-    asyncio.run(reads.user("u_1", LATER))
+    run(reads.user("u_1", LATER))
     return reads, Views(views.db), len(applied)
 
 
@@ -222,10 +222,10 @@ def test_under_steady_ingest_a_cold_read_at_now_sends_one_statement(
         position += 1
         runner.position = position  # the position moved, the catalog did not
         before = len(seen)
-        read = asyncio.run(reads.user(f"u_{n}", LATER))
+        read = run(reads.user(f"u_{n}", LATER))
         assert len(seen) - before == 1, seen[before:]
         assert (read.position, len(read.inputs.snapshots)) == (position, len(batch))
-        again = asyncio.run(reads.user(f"u_{n}", LATER))  # cached at the runner's position
+        again = run(reads.user(f"u_{n}", LATER))  # cached at the runner's position
         assert len(seen) - before == 1 and again.inputs == read.inputs
 
 
@@ -235,7 +235,7 @@ def test_a_read_whose_min_position_is_reached_sends_one_statement(
     reads, writer, position = steady(views, None)  # the runner applies in another process
     writer.apply(signup(2), position, position + 1)
     seen = sent_statements(monkeypatch)
-    read = asyncio.run(reads.user("u_2", LATER, min_position=position + 1))
+    read = run(reads.user("u_2", LATER, min_position=position + 1))
     assert len(seen) == 1, seen
     assert read.position == position + 1 and read.inputs.links
 
@@ -243,9 +243,9 @@ def test_a_read_whose_min_position_is_reached_sends_one_statement(
 def test_a_read_never_answers_before_its_min_position(views: Views) -> None:
     reads, writer, position = steady(views, None)
     with pytest.raises(NotCaughtUpError):
-        asyncio.run(reads.user("u_2", LATER, min_position=position + 1, timeout=0.2))
+        run(reads.user("u_2", LATER, min_position=position + 1, timeout=0.2))
     writer.apply(signup(2), position, position + 1)
-    read = asyncio.run(reads.user("u_2", LATER, min_position=position + 1, timeout=5))
+    read = run(reads.user("u_2", LATER, min_position=position + 1, timeout=5))
     assert read.position == position + 1 and read.inputs.links
 
 
@@ -256,7 +256,7 @@ def test_a_batch_that_changes_the_catalog_is_read_by_the_next_read(views: Views)
     batch = built([event("price.created", price("price_new"), id="evt_pn", created=T)])
     writer.apply(batch, position, position + 1)
     runner.position = position + 1
-    asyncio.run(reads.user("u_1", LATER))
+    run(reads.user("u_1", LATER))
     assert views.catalog_position() == position + 1
     assert "price_new" in {s.object_id for s in views.catalog_states(position + 1)}
 
@@ -280,7 +280,7 @@ def test_a_wait_woken_by_the_runner_in_process_polls_no_statement(
     while_waiting: list[str] = []
     moving = threading.Thread(target=commit_once_waited)
     moving.start()
-    read = asyncio.run(reads.user("u_2", LATER, min_position=position + 1))
+    read = run(reads.user("u_2", LATER, min_position=position + 1))
     moving.join()
     reads.close()
     assert while_waiting == [] and len(seen) == 1, seen
