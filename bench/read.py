@@ -6,7 +6,8 @@ no-op route mounted by this bench, and measures both routes with the same load c
 the same run. Goals: warm reads at least 0.7 of the no-op rate, p99 <= 20 ms; first (cold)
 reads, each loading the user's objects' present rows, at least 2,500/s.
 Reproduce: `make bench`, or `PYTHONPATH=. .venv/bin/python bench/read.py`
-(BENCH_READ_USERS=N for a quicker run; default 10,000 users, 10 events each).
+(BENCH_READ_USERS=N for a quicker run; default 10,000 users, 10 events each;
+BENCH_READ_WORKERS=2 serves from two uvicorn workers, serve's default on two cores).
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ REQUESTS = int(os.environ.get("BENCH_READ_REQUESTS", "30000"))
 # Latency is concurrency / throughput (Little's law): 8 connections keep one worker busy
 # without measuring only the queue in front of it.
 CONCURRENCY = int(os.environ.get("BENCH_READ_CONCURRENCY", "8"))
+# uvicorn workers: 1 by default (the warm rounds read through one cache); 2 is serve's
+# default on two cores, each worker with a cache of its own (first reads are cold in any).
+WORKERS = int(os.environ.get("BENCH_READ_WORKERS", "1"))
 APPEND_BATCH = 1000
 NOOP_PATH = "/bench/noop"
 
@@ -124,11 +128,11 @@ def project(url: str, users: int) -> int:
 
 
 def serve(url: str, port: int) -> subprocess.Popen[bytes]:
-    """One uvicorn worker on 127.0.0.1 serving `bench_app`."""
+    """WORKERS uvicorn workers on 127.0.0.1 serving `bench_app`."""
     env = {**os.environ, "LEDGER_DATABASE_URL": url, "PYTHONPATH": os.getcwd()}
     env.pop("LEDGER_API_TOKEN", None)
     command = [sys.executable, "-m", "uvicorn", "bench.read:bench_app", "--factory",
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+               "--host", "127.0.0.1", "--port", str(port), "--workers", str(WORKERS),
                "--log-level", "warning", "--no-access-log"]  # fmt: skip
     process = subprocess.Popen(command, env=env)
     deadline = time.monotonic() + 30
@@ -181,6 +185,7 @@ def main() -> int:
         began = time.perf_counter()
         head = project(url, USERS)
         print(f"projected {USERS:,} users, {head:,} events in {time.perf_counter() - began:.1f} s")
+        print(f"serving from {WORKERS} uvicorn worker(s), {CONCURRENCY} connections")
         port = free_port()
         server = serve(url, port)
         try:
