@@ -218,14 +218,33 @@ class Views:
         return Views(self.db, name=self.name, suffix=suffix)
 
     def create(self) -> None:
-        """Create the tables and indexes (idempotent)."""
+        """Create the tables and indexes (idempotent).
+
+        On PostgreSQL nothing runs when they all exist: `CREATE INDEX IF NOT EXISTS` still
+        takes its table's SHARE lock, and a command starting beside a runner that was
+        applying a batch deadlocked with it."""
         self.db.ensure_schema()
-        with self.db.transaction() as cursor:
-            for statement in self._sql.create:
-                cursor.execute(statement)
+        if not self._created():
+            with self.db.transaction() as cursor:
+                for statement in self._sql.create:
+                    cursor.execute(statement)
         with guard():
             self.tracker.create_table()
         self._fill_current()
+
+    def _created(self) -> bool:
+        """Whether every table and index of `create` exists already (PostgreSQL; on SQLite
+        the statements run, under its one writer lock)."""
+        if self.db.dialect != "postgres":
+            return False
+        names = [self.db.table(name) for name in _created_names(self._sql.create)]
+        with self.db.transaction(commit=False) as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM unnest(%s::text[]) AS r(name) WHERE to_regclass(r.name) IS NULL",
+                (names,),
+            )
+            missing = _values(cursor.fetchall()[0])[0]
+        return bool(missing == 0)
 
     def drop(self) -> None:
         """Drop the tables (replay's shadow, or a rebuild from nothing)."""
@@ -1022,6 +1041,14 @@ def _copy_insert(
     cursor.execute(
         f"INSERT INTO {table} ({names}) SELECT {names} FROM {temp} ON CONFLICT DO NOTHING"
     )
+
+
+_CREATES = re.compile(r'CREATE (?:TABLE|INDEX) IF NOT EXISTS (?:"[^"]+"\.)?"?([^"\s]+)"?')
+
+
+def _created_names(statements: Sequence[str]) -> list[str]:
+    """The unqualified names of the relations these CREATE ... IF NOT EXISTS make."""
+    return [m.group(1) for m in map(_CREATES.match, statements) if m]
 
 
 class _Statements:

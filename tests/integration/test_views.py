@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 
 from billing_ledger.ledger.canonical import Snapshot
 from billing_ledger.ledger.store import Database, DatabaseUrl
 from billing_ledger.projections.views import KEYS_PER_STATEMENT, PositionMovedError, Views
+from tests.support.databases import postgres_url
 from tests.unit.builders import (
     DAY,
     T,
@@ -297,3 +300,26 @@ def test_ids_with_nul_or_backslashes_round_trip_without_colliding(views: Views, 
     assert views.load_inputs_of([user, "u"]) == {user: odd_inputs, "u": views.load_inputs("u")}
     assert views.users_of_customers([f"cus{odd}"]) == {user}
     assert {row[3] for row in views.rows().snapshots} == {f"evt{odd}", "evt_plain"}
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    yield from postgres_url()
+
+
+@pytest.mark.postgres
+def test_creating_views_that_exist_takes_no_lock_a_running_batch_holds(pg_url: str) -> None:
+    # A runner applying a batch holds ROW EXCLUSIVE on the view tables; CREATE INDEX IF NOT
+    # EXISTS would wait for it (SHARE), and a command starting then deadlocked with it.
+    url = pg_url
+    db = Database(DatabaseUrl.parse(url))
+    Views(db).create()
+    again = Views(Database(DatabaseUrl.parse(url)))
+    with psycopg.connect(DatabaseUrl.parse(url).conninfo()) as batch:
+        batch.execute(f"LOCK TABLE {again.snapshots}, {again.current} IN ROW EXCLUSIVE MODE")
+        done = threading.Thread(target=again.create, daemon=True)
+        done.start()
+        done.join(timeout=30)
+        assert not done.is_alive(), "create() waited for the batch's lock"
+    again.db.close()
+    db.close()
