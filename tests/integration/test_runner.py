@@ -310,22 +310,29 @@ class CommitsWhileApplying(Views):
         super().apply(snapshots, after, position, skipped, cards)
 
 
-@pytest.mark.parametrize("listen", [False, True])
-def test_what_commits_while_a_batch_is_applied_is_read_without_another_wake_up(
-    store: EventStore, listen: bool
-) -> None:
+def _applied_with_more_during_the_first_batch(store: EventStore, **options: Any) -> int:
+    """Two events, then three more committed while the first batch is applied; the runner
+    (never polling within the test's time) must apply all five."""
     views = CommitsWhileApplying(store, subscription_events(3, "evt_during"))
     views.create()
     append(store, subscription_events(2))
-    # No poll within the test's time; with listen=False no notification either.
-    runner = Runner(store, views, livemode=False, poll=3600, listen=listen)
+    runner = Runner(store, views, livemode=False, poll=3600, **options)
     runner.start()
     try:
         assert wait_until(lambda: views.appended is not None)
         assert views.appended is not None and runner.wait_for(views.appended, 10)
     finally:
         runner.stop()
-    assert runner.applied == 5 and len(views.rows().snapshots) == 5
+    assert len(views.rows().snapshots) == 5
+    return runner.applied
+
+
+@pytest.mark.parametrize("listen", [False, True])
+def test_what_commits_while_a_batch_is_applied_is_read_without_another_wake_up(
+    store: EventStore, listen: bool
+) -> None:
+    # With listen=False no notification either.
+    assert _applied_with_more_during_the_first_batch(store, listen=listen) == 5
 
 
 def test_a_full_batch_committed_while_one_is_applied_is_read_without_settling(
@@ -333,17 +340,7 @@ def test_a_full_batch_committed_while_one_is_applied_is_read_without_settling(
 ) -> None:
     # A settle longer than the test: only a backlog read at once lets the runner finish.
     monkeypatch.setattr(runner_module, "SETTLE_SECONDS", 3600)
-    views = CommitsWhileApplying(store, subscription_events(3, "evt_during"))
-    views.create()
-    append(store, subscription_events(2))
-    runner = Runner(store, views, livemode=False, poll=3600, listen=False, batch=3)
-    runner.start()
-    try:
-        assert wait_until(lambda: views.appended is not None)
-        assert views.appended is not None and runner.wait_for(views.appended, 10)
-    finally:
-        runner.stop()
-    assert runner.applied == 5
+    assert _applied_with_more_during_the_first_batch(store, listen=False, batch=3) == 5
 
 
 def test_stop_releases_quickly_when_idle(store: EventStore, views: Views) -> None:
