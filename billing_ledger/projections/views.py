@@ -612,22 +612,6 @@ class Views:
         self.cache.put(user_id, Entry(position, loaded, size))
         return loaded
 
-    def present_inputs(
-        self, user_id: str, position: int, at: int, *, cached: bool = True
-    ) -> UserInputs | None:
-        """The user's inputs from each object's present, when they answer reads at `at`.
-
-        None when `at` is earlier than some snapshot or link of the user (the whole history
-        decides then) or when an object is shared by two of the user's customers.
-        `cached=False`: the caller has just missed the cache; load without asking again.
-        """
-        found = self.present_cache.get(user_id, position) if cached else None
-        if found is None:
-            found = self._load_present(user_id, position)
-            if found is not None:
-                self.present_cache.put(user_id, found)
-        return found.inputs if found is not None and at >= found.since else None
-
     def present_read(self, user_id: str) -> PresentRead:
         """The views' position, the catalog's version and the user's present, in one
         statement (one consistent snapshot, one round trip); the entry is not cached."""
@@ -641,11 +625,6 @@ class Views:
 
     def _tracking_names(self) -> tuple[str, str, str]:
         return (self.name, self.name + GENERATION, self.name + CATALOG_VERSION)
-
-    def _load_present(self, user_id: str, position: int) -> Entry | None:
-        key = self._text(user_id)
-        rows = self._read_rows(self._sql.present_of_user, (key, key))
-        return self._present_entry(user_id, position, rows)
 
     def _present_entry(
         self, user_id: str, position: int, rows: list[tuple[Any, ...]]
