@@ -26,7 +26,8 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastor
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
 from psycopg import Cursor
 from psycopg.conninfo import make_conninfo
-from psycopg.rows import DictRow
+from psycopg.rows import DictRow, TupleRow
+from psycopg_pool import ConnectionPool
 
 from billing_ledger.ledger.chain import Chain, Head
 from billing_ledger.ledger.errors import StorageError as StorageError
@@ -40,6 +41,10 @@ from billing_ledger.ledger.records import (
 )
 
 TABLE = "ledger_events"
+# How long a read waits for a table lock before answering "unavailable": a swap holds the
+# tables for milliseconds, an idle transaction of someone else's could hold them for ever.
+READ_LOCK_TIMEOUT = 2.0
+READ_CONNECTIONS = 8  # the most one process's read pool opens (PostgreSQL)
 log = logging.getLogger("billing_ledger.ledger")
 _T = TypeVar("_T")
 
@@ -221,6 +226,21 @@ class Database:
                 originator_id_type="text",
             )
             self.datastore = self.postgres
+            # The reads' own connections: each session waits at most READ_LOCK_TIMEOUT for
+            # a lock, so a read is one statement, prepared once per connection (no SET
+            # LOCAL beside it), its rows plain tuples. Opened at the first read.
+            self.read_pool: ConnectionPool[psycopg.Connection[TupleRow]] = ConnectionPool(
+                make_conninfo(**url.connect_args()),
+                kwargs={
+                    "autocommit": True,
+                    "options": f"-c lock_timeout={round(READ_LOCK_TIMEOUT * 1000)}",
+                },
+                min_size=1,
+                max_size=READ_CONNECTIONS,
+                max_idle=60,
+                timeout=url.connect_args()["connect_timeout"],  # as the store's pool
+                open=False,
+            )
 
     @property
     def param(self) -> str:
@@ -262,8 +282,19 @@ class Database:
             with guard(), self.postgres.get_connection() as conn:
                 conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.url.schema}"')
 
+    @contextmanager
+    def read_connection(self) -> Iterator[psycopg.Connection[TupleRow]]:
+        """A connection of the read pool (PostgreSQL): autocommit, tuple rows, its lock
+        waits bounded by READ_LOCK_TIMEOUT; for statements that only read."""
+        with guard():
+            self.read_pool.open(wait=False)
+            with self.read_pool.connection() as conn:
+                yield conn
+
     def close(self) -> None:
         """Release every connection."""
+        if self.dialect == "postgres":
+            self.read_pool.close()
         self.datastore.close()
 
 

@@ -30,6 +30,7 @@ from billing_ledger.ledger.canonical import (
     Customer,
     Subscription,
 )
+from billing_ledger.ledger.store import READ_CONNECTIONS
 from billing_ledger.projections import catalog as catalog_fold
 from billing_ledger.projections.answers import Answers
 from billing_ledger.projections.cache import CacheStats
@@ -260,6 +261,10 @@ class Reads:
         read = views.position if follow is None else lambda: int(runner.position)
         self.watch = PositionWatch(read, wait_for=follow)
         self._catalog: tuple[tuple[Any, ...], Catalog] | None = None
+        # The threads of the reads at now that miss the cache: a plain executor hop costs
+        # a read less than half of starlette's (anyio's) threadpool; as many as the read
+        # pool has connections (store.READ_CONNECTIONS), more would wait for one.
+        self._threads = ThreadPoolExecutor(READ_CONNECTIONS, thread_name_prefix="reads")
         self._seen = 0  # the highest position a read or a wait saw (a hint, never trusted)
 
     # -- the catalog --
@@ -365,13 +370,18 @@ class Reads:
                 return UserRead(inputs=entry.inputs, at=at, position=known)
         found = None
         if known is not None or self._ask_first(min_position):
-            found = await run_in_threadpool(self._read_now, user_id, at, min_position)
+            found = await self._read_off(user_id, at, min_position)
         if found is None and min_position is not None:
             await self._reach(min_position, timeout)
-            found = await run_in_threadpool(self._read_now, user_id, at, min_position)
+            found = await self._read_off(user_id, at, min_position)
         if found is None:  # the position went back: a swap by replay (rare)
             raise NotCaughtUpError(f"the projections have not reached position {min_position}")
         return found
+
+    async def _read_off(self, user_id: str, at: int, min_position: int | None) -> UserRead | None:
+        """`_read_now` in one of the reads' threads, awaited on the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, self._read_now, user_id, at, min_position)
 
     async def _known(self, min_position: int | None) -> int | None:
         """A position the views reached, known without a query of our own (the runner's,
@@ -458,5 +468,6 @@ class Reads:
         return self.views.cache_stats()
 
     def close(self) -> None:
-        """Release the poller's thread."""
+        """Release the poller's thread and the reads' threads."""
         self.watch.close()
+        self._threads.shutdown(wait=False)

@@ -292,3 +292,23 @@ def test_a_wait_woken_by_the_runner_in_process_polls_no_statement(
     reads.close()
     assert while_waiting == [] and len(seen) == 1, seen
     assert read.position == position + 1 and read.inputs.links
+
+
+def test_a_read_at_now_on_postgresql_is_prepared_once_in_a_session_bounding_lock_waits(
+    views: Views, db: Database
+) -> None:
+    if db.dialect != "postgres":
+        pytest.skip("SQLite has no server to plan statements, nor lock waits to bound")
+    applied = renewals(3)
+    views.apply(applied, 0, len(applied))
+    first = views.present_read("u_1")
+    for _ in range(6):  # past psycopg's threshold: the connection prepares it
+        assert views.present_read("u_1") == first
+    with db.read_connection() as conn:
+        prepared = conn.execute(
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s",
+            (f"%FROM {views.current}%",),
+        ).fetchone()
+        timeout = conn.execute("SHOW lock_timeout").fetchone()
+    assert prepared == (1,)  # one statement, planned once for every later read
+    assert timeout == ("2s",)  # what SET LOCAL bounded before: store.READ_LOCK_TIMEOUT
