@@ -206,17 +206,21 @@ def denies(s: Snapshot, plans: Plans) -> bool:
 def fold_object(snapshots: Iterable[Snapshot], plans: Plans, at: int) -> Folded | None:
     """One object's fold at `at`, or None when no snapshot of it is created by then."""
     snaps = eligible(snapshots, at)
-    keyed = ranked(snaps)  # one sort serves the choice, the episode and the tie
-    if not keyed:
-        return None
-    chosen = keyed[-1][1]
+    if len(snaps) == 1:  # each object of a read at now: its one snapshot, no tie to judge
+        order, ambiguous = snaps, False
+    else:
+        keyed = ranked(snaps)  # one sort serves the choice, the episode and the tie
+        if not keyed:
+            return None
+        order, ambiguous = [s for _, s in keyed], ambiguous_in(keyed)
+    chosen = order[-1]
     denied = [s.created for s in snaps if denies(s, plans)]
     kind = chosen.kind
     return Folded(
         chosen=chosen,
-        past_due_since=past_due_in([s for _, s in keyed]) if kind == SUBSCRIPTION else None,
+        past_due_since=past_due_in(order) if kind == SUBSCRIPTION else None,
         attempts=attempts(snaps, at) if kind == INVOICE else (),
-        ambiguous=ambiguous_in(keyed),
+        ambiguous=ambiguous,
         denied_since=max(denied, default=None),
     )
 

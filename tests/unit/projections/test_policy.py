@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from billing_ledger.projections.links import LinkRow, links_of
 from billing_ledger.projections.plans import Plan, Plans
-from billing_ledger.projections.policy import UserInputs, access, evaluate
+from billing_ledger.projections.policy import UserInputs, access, evaluate, fold_object
 from tests.unit.builders import (
     DAY,
     Json,
@@ -19,6 +19,7 @@ from tests.unit.builders import (
     link,
     snap,
     sub_event,
+    subscription,
     summary_event,
 )
 
@@ -197,3 +198,19 @@ def test_entitlements_json_is_sorted_and_complete() -> None:
         "export": "plan addon via sub_1 (active)",
         "pro": "plan pro via sub_1 (active)",
     }
+
+
+def test_an_object_of_one_snapshot_folds_as_the_general_way_folds_it() -> None:
+    past_due = subscription(status="past_due")
+    envelopes = [
+        event("customer.subscription.created", subscription(), id="evt_a", created=T),
+        event("customer.subscription.updated", past_due, id="evt_b", created=T),
+        event("customer.subscription.deleted", subscription(status="canceled"), id="c", created=T),
+        invoice_event("payment_failed", "evt_d", T, status="open", attempt_count=2),
+        event("checkout.session.completed", checkout_session(), id="evt_e", created=T),
+    ]
+    for envelope in envelopes:
+        one = snap(envelope)
+        for at in (T - 1, T, T + 40 * DAY):
+            # Two of the same snapshot go the general way: sorted, tied, judged for a rival.
+            assert fold_object([one], PLANS, at) == fold_object([one, one], PLANS, at)
