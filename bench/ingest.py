@@ -206,7 +206,7 @@ def peer_round(peer: ModuleType, signed: list[bytes]) -> tuple[LoadResult, CpuUs
     server = peer.PeerServer(PEER_PORT, peer.DEFAULT_SECRET, log)
     server.start()
     try:
-        return measured(server.pid(), PEER_PORT, signed)
+        return measured(server.pid, PEER_PORT, signed)
     finally:
         server.stop()
 
