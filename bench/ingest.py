@@ -5,7 +5,8 @@ and the same service with group commit off (one event per transaction). Then, wh
 (@supabase/stripe-sync-engine) is installed under build/peer (the README's benchmark section
 says how), alternating rounds of the peer and `billing-ledger serve` (its defaults), the same
 client posting the same signed payloads to each: the ratio of events/s, and how far our
-projection is two seconds after each round.
+projection is two seconds after each round, and the CPU each side spent per event (the
+client, the server's processes, PostgreSQL's): against two cores, what a rate would need.
 Reproduce: `make bench`, or `PYTHONPATH=. .venv/bin/python bench/ingest.py` (BENCH_EVENTS=N;
 BENCH_PEER_ROUNDS=R and BENCH_PEER_EVENTS=N for the peer's rounds, BENCH_PEER_ROUNDS=0 skips).
 """
@@ -13,12 +14,14 @@ BENCH_PEER_ROUNDS=R and BENCH_PEER_EVENTS=N for the peer's rounds, BENCH_PEER_RO
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -50,6 +53,80 @@ def signed_requests(prefix: str, count: int) -> list[bytes]:
 def measure(port: int, requests: list[bytes]) -> LoadResult:
     make: Callable[[int], bytes] = requests.__getitem__
     return run_load("127.0.0.1", port, make, len(requests), CONCURRENCY, max_seconds=120)
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(pid: int) -> float:
+    """Seconds of CPU (user + system) a process has used so far; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """Every process: its parent and its command name."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                    head, tail = f.read().rsplit(")", 1)
+            except OSError:
+                continue
+            found[int(entry)] = (int(tail.split()[1]), head.split("(", 1)[1])
+    return found
+
+
+def _groups(root: int) -> dict[str, list[int]]:
+    """The server's processes (`root` and its descendants) and PostgreSQL's (all of them)."""
+    table = _processes()
+    tree, grown = {root}, True
+    while grown:
+        more = {pid for pid, (parent, _) in table.items() if parent in tree} - tree
+        tree |= more
+        grown = bool(more)
+    postgres = [pid for pid, (_, name) in table.items() if name == "postgres"]
+    return {"server": sorted(tree), "PostgreSQL": postgres}
+
+
+@dataclass
+class CpuUse:
+    """CPU seconds per event of the client, the server and PostgreSQL over one load."""
+
+    client: float
+    server: float
+    postgres: float
+
+    @property
+    def total(self) -> float:
+        return self.client + self.server + self.postgres
+
+    def line(self) -> str:
+        rate = 2 / self.total if self.total else float("nan")
+        return (
+            f"CPU per event: client {self.client * 1e6:.0f} us, server {self.server * 1e6:.0f} us, "
+            f"PostgreSQL {self.postgres * 1e6:.0f} us: {self.total * 1e6:.0f} us "
+            f"(two cores of it: {rate:,.0f} events/s)"
+        )
+
+
+def measured(root: int, port: int, requests: list[bytes]) -> tuple[LoadResult, CpuUse]:
+    """The load, and the CPU each side spent on it (PostgreSQL: all its processes, so the
+    figure is the service's only on a machine doing nothing else)."""
+    groups = _groups(root)
+    before = {name: sum(_cpu(p) for p in pids) for name, pids in groups.items()}
+    mine = resource.getrusage(resource.RUSAGE_SELF)
+    result = measure(port, requests)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    used = {name: sum(_cpu(p) for p in pids) - before[name] for name, pids in groups.items()}
+    client = after.ru_utime - mine.ru_utime + after.ru_stime - mine.ru_stime
+    events = max(1, result.requests)
+    return result, CpuUse(client / events, used["server"] / events, used["PostgreSQL"] / events)
 
 
 def ledger_run(schema: str, batch: int, count: int) -> LoadResult:
@@ -121,7 +198,7 @@ def peer_module() -> ModuleType | None:
     return module
 
 
-def peer_round(peer: ModuleType, signed: list[bytes]) -> LoadResult:
+def peer_round(peer: ModuleType, signed: list[bytes]) -> tuple[LoadResult, CpuUse]:
     """The peer on a fresh database with its migrations, then the load."""
     peer.reset_db()
     peer.migrate()
@@ -129,22 +206,23 @@ def peer_round(peer: ModuleType, signed: list[bytes]) -> LoadResult:
     server = peer.PeerServer(PEER_PORT, peer.DEFAULT_SECRET, log)
     server.start()
     try:
-        return measure(PEER_PORT, signed)
+        return measured(server.pid, PEER_PORT, signed)
     finally:
         server.stop()
 
 
-def ledger_round(secret: str, signed: list[bytes]) -> tuple[LoadResult, int, int]:
+def ledger_round(secret: str, signed: list[bytes]) -> tuple[LoadResult, CpuUse, int, int]:
     """`serve` with its defaults on a fresh schema; the load, then (position, head) 2 s later."""
     schema = f"bench_peer_{uuid.uuid4().hex[:8]}"
     env = {"LEDGER_DATABASE_URL": f"{PG}?schema={schema}", "STRIPE_WEBHOOK_SECRET": secret}
     server = Server(env, workers=None).start()
+    assert server.process is not None
     try:
-        result = measure(server.port, signed)
+        result, cpu = measured(server.process.pid, server.port, signed)
         time.sleep(2)  # the figure asked for: how far the projection is two seconds later
         health = httpx.get(f"{server.url}/healthz", timeout=10).json()
         position = int(health["projections"]["billing"]["position"])
-        return result, position, int(health["head"])
+        return result, cpu, position, int(health["head"])
     finally:
         server.stop()
         with psycopg.connect(PG, autocommit=True) as conn:
@@ -164,10 +242,12 @@ def side_by_side() -> None:
             post_request("/webhooks/stripe", body, {"Stripe-Signature": sig})
             for body, sig in peer.sign_all(payloads, peer.DEFAULT_SECRET)
         ]
-        theirs = peer_round(peer, signed)
-        ours, position, head = ledger_round(peer.DEFAULT_SECRET, signed)
+        theirs, their_cpu = peer_round(peer, signed)
+        ours, our_cpu, position, head = ledger_round(peer.DEFAULT_SECRET, signed)
         print(line(f"round {r}: peer", theirs))
+        print(f"round {r}: peer   {their_cpu.line()}")
         print(line(f"round {r}: ledger (serve defaults)", ours))
+        print(f"round {r}: ledger {our_cpu.line()}")
         print(
             f"round {r}: ledger / peer {ours.rate / theirs.rate:.2f}x   "
             f"projected 2 s after: {position} of {head} ({position / max(1, head):.0%})"

@@ -1,21 +1,25 @@
-"""POST /webhooks/stripe: verify, record, answer. A 2xx only after the commit."""
+"""POST /webhooks/stripe: verify, record, answer. A 2xx only after the commit.
+
+A plain ASGI app under its route, not a Starlette endpoint: the headers are read from the
+scope, the body from the server's messages and the answer sent as two messages, without the
+Request, the Response and the route's second exception layer around each delivery (a
+refusal raised here reaches the app's handlers in http/errors.py all the same).
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from billing_ledger.http import wire
 from billing_ledger.http.errors import NotStoredError, answer_for
-from billing_ledger.http.wire import answer, shaped
+from billing_ledger.http.wire import encode, shaped
 from billing_ledger.ledger.intake import (
     BodyReads,
     IntakeError,
     SecretNotSetError,
-    SenderGoneError,
     read_body,
     verified_event,
 )
@@ -32,46 +36,64 @@ log = logging.getLogger("billing_ledger.webhooks")
 # What each refusal answers is its row in http/errors.py; nothing refused is stored.
 REFUSED = (IntakeError, InvalidSignatureError, MalformedEventError)
 
+_JSON_HEADERS = [(b"content-type", b"application/json")]
 
-async def receive_webhook(request: Request) -> Response:
+
+class WebhookEndpoint:
     """Verify the signature, append the event once, answer with its position."""
-    deps: Services = request.state.deps
-    try:
-        event = await _intake(request, deps)
-    except REFUSED as e:
-        _refused(deps, e)
-        raise
-    try:
-        result = await deps.writer.append(event)
-    except StorageError as e:
-        _unstored(deps, event, e)
-        raise NotStoredError("the ledger could not store the event; retry later") from None
-    return _stored(deps, event, result)
+
+    __name__ = "receive_webhook"  # the route's name, as when it was a function
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        deps: Services = scope["state"]["deps"]
+        try:
+            event = await _intake(scope, receive, deps)
+        except REFUSED as e:
+            _refused(deps, e)
+            raise
+        try:
+            result = await deps.writer.append(event)
+        except StorageError as e:
+            _unstored(deps, event, e)
+            raise NotStoredError("the ledger could not store the event; retry later") from None
+        body = _stored(deps, event, result)
+        headers = [(b"content-length", str(len(body)).encode()), *_JSON_HEADERS]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
-def body_reads(request: Request, limit: int) -> BodyReads:
+receive_webhook = WebhookEndpoint()
+
+
+def body_reads(app: Any, limit: int) -> BodyReads:
     """The app's bound on unverified body reads, made on first use."""
-    state = request.app.state
+    state = app.state
     if not hasattr(state, "body_reads"):
         state.body_reads = BodyReads(limit)
     reads: BodyReads = state.body_reads
     return reads
 
 
-async def _intake(request: Request, deps: Services) -> Incoming:
+def _header(scope: Scope, name: bytes) -> str | None:
+    """One request header's value (the first, as Starlette's Headers.get), None when absent."""
+    for key, value in scope["headers"]:
+        if key == name:
+            text: str = value.decode("latin-1")
+            return text
+    return None
+
+
+async def _intake(scope: Scope, receive: Receive, deps: Services) -> Incoming:
     """Read the body (within the bounds), verify its signature, parse it as an event."""
     settings = deps.settings
     if not settings.webhook_secrets:
         raise SecretNotSetError("STRIPE_WEBHOOK_SECRET is not set")
-    header = request.headers.get("stripe-signature")
+    header = _header(scope, b"stripe-signature")
     if not header:  # refused before a byte of the body is read
         raise InvalidSignatureError("missing Stripe-Signature header")
-    declared = request.headers.get("content-length")
-    try:
-        with body_reads(request, settings.max_body_reads).slot():
-            body = await read_body(request.stream(), declared, settings.max_body_bytes)
-    except ClientDisconnect:
-        raise SenderGoneError("the sender closed the connection") from None
+    declared = _header(scope, b"content-length")
+    with body_reads(scope["app"], settings.max_body_reads).slot():
+        body = await read_body(receive, declared, settings.max_body_bytes)
     return verified_event(body, header, settings.webhook_secrets, settings.webhook_tolerance)
 
 
@@ -107,7 +129,8 @@ def _unstored(deps: Services, event: Incoming, failure: StorageError) -> None:
     deps.metrics.rejections.labels("storage_unavailable").inc()
 
 
-def _stored(deps: Services, event: Incoming, result: AppendResult) -> Response:
+def _stored(deps: Services, event: Incoming, result: AppendResult) -> bytes:
+    """Count and log the stored event; the answer's body."""
     deps.metrics.events.labels(result.status).inc()
     log.info(
         "%s",
@@ -119,4 +142,4 @@ def _stored(deps: Services, event: Incoming, result: AppendResult) -> Response:
             livemode=event.livemode,
         ),
     )
-    return answer(shaped(wire.WebhookAccepted, result))
+    return encode(shaped(wire.WebhookAccepted, result))

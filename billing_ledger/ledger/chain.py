@@ -114,8 +114,12 @@ class Chain:
         """Chain `rows`, just inserted by this transaction, after whatever is chained already.
 
         Call it holding the store's write lock, after the insert (positions assigned)."""
+        self._insert(cursor, self.following(cursor, self.head(cursor), rows))
+
+    def following(self, cursor: Any, head: Head, rows: Sequence[Row]) -> list[tuple[int, bytes]]:
+        """The hashes of `rows`, just inserted, chained after `head` (read under the same
+        write lock); events stored between them with no hash are chained first."""
         ordered = sorted(rows)
-        head = self.head(cursor)
         if ordered[0][0] <= head.position:
             raise ChainError(
                 f"storage unavailable: position {ordered[0][0]} is already chained "
@@ -124,13 +128,23 @@ class Chain:
             )
         if ordered[0][0] > head.position + 1:  # a gap, or events stored before the chain
             ordered = self._unchained(cursor, head.position, ordered[0][0]) + ordered
-        self._insert(cursor, _hashes(head.hash, ordered))
+        return _hashes(head.hash, ordered)
 
     def head(self, cursor: Any) -> Head:
         """The last chained position and its hash."""
         cursor.execute(self.head_sql)
-        row = cursor.fetchone()
+        return self.head_of(cursor.fetchone())
+
+    @staticmethod
+    def head_of(row: Any) -> Head:
+        """The head from a row of `head_sql` (None: nothing is chained)."""
         return Head(int(row["position"]), bytes(row["hash"])) if row else Head(0, GENESIS)
+
+    def insert_literal(self, hashes: Sequence[tuple[int, bytes]]) -> str:
+        """PostgreSQL: the INSERT of `hashes` as one statement of literals (integers and hex
+        of the ledger's own hashes, nothing received), to share a message with COMMIT."""
+        values = ", ".join(f"({int(p)}, decode('{h.hex()}', 'hex'))" for p, h in hashes)
+        return f"INSERT INTO {self.table} (position, hash) VALUES {values}"
 
     def _unchained(self, cursor: Any, after: int, before: int) -> list[Row]:
         found: list[Row] = []

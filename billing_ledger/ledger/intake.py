@@ -7,11 +7,15 @@ webhook may not claim one.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from billing_ledger.ledger.records import RESERVED_TYPE_PREFIX, Incoming
 from billing_ledger.ledger.verify import MalformedEventError, parse_event, verify
+
+# An ASGI server's receive(): the ledger reads a body from its messages, no framework between.
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 
 class IntakeError(ValueError):
@@ -66,18 +70,24 @@ def refuse_reserved_type(event_type: str) -> None:
         )
 
 
-async def read_body(chunks: AsyncIterator[bytes], declared: str | None, limit: int) -> bytes:
-    """The whole body, refused as soon as it (or its declared length) passes `limit`."""
+async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
+    """The whole body from the ASGI messages, refused as soon as it (or its declared length)
+    passes `limit`; SenderGoneError when the sender disconnects first."""
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"body of {declared} bytes exceeds the {limit}-byte limit")
     parts: list[bytes] = []
     size = 0
-    async for chunk in chunks:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect
+            raise SenderGoneError("the sender closed the connection")
+        chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise PayloadTooLargeError(f"body exceeds the {limit}-byte limit")
         parts.append(chunk)
-    return b"".join(parts)
+        if not message.get("more_body", False):
+            return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def verified_event(body: bytes, header: str, secrets: Sequence[str], tolerance: int) -> Incoming:

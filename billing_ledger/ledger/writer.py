@@ -8,6 +8,7 @@ import queue
 import sys
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from billing_ledger.ledger.records import AppendResult, Incoming
 from billing_ledger.ledger.store import EventStore
@@ -28,7 +29,8 @@ class GroupCommitWriter:
     def __init__(self, store: EventStore, max_batch: int = 200) -> None:
         self.store = store
         self.max_batch = max_batch
-        self._queue: queue.Queue[_Pending | None] = queue.Queue()
+        # SimpleQueue: a put and a get in C, no Condition and its locks per delivery.
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._started = False
 
@@ -83,18 +85,28 @@ class GroupCommitWriter:
             results = self.store.append([p.event for p in batch])
         except Exception as error:  # every waiter hears the failure: nothing was acknowledged
             log.warning("append of %d events failed: %s", len(batch), error)
-            for pending in batch:
-                pending.loop.call_soon_threadsafe(_fail, pending.future, error)
+            _settle(batch, [error] * len(batch))
             return
-        for pending, result in zip(batch, results, strict=True):
-            pending.loop.call_soon_threadsafe(_resolve, pending.future, result)
+        _settle(batch, results)
 
 
-def _resolve(future: asyncio.Future[AppendResult], result: AppendResult) -> None:
-    if not future.done():
-        future.set_result(result)
+def _settle(batch: list[_Pending], outcomes: list[AppendResult] | list[Exception]) -> None:
+    """Hand each waiter its outcome: one wake-up of each event loop per batch, not per event."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[AppendResult], Any]]] = {}
+    for pending, outcome in zip(batch, outcomes, strict=True):
+        by_loop.setdefault(pending.loop, []).append((pending.future, outcome))
+    for loop, settled in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve_all, settled)
+        except RuntimeError:  # that loop is closed: nobody waits there any more
+            continue
 
 
-def _fail(future: asyncio.Future[AppendResult], error: Exception) -> None:
-    if not future.done():
-        future.set_exception(error)
+def _resolve_all(settled: list[tuple[asyncio.Future[AppendResult], Any]]) -> None:
+    for future, outcome in settled:
+        if future.done():
+            continue
+        if isinstance(outcome, Exception):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)

@@ -1,0 +1,117 @@
+"""The PostgreSQL append path: a batch in three round trips, chained, bodies compressed by lz4."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from billing_ledger.ledger.records import Incoming
+from billing_ledger.ledger.store import TABLE, EventStore
+from billing_ledger.ledger.verify import parse_event
+from tests.support.databases import open_store, postgres_url
+from tests.support.signing import event_body, sign
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    yield from postgres_url()
+
+
+@pytest.fixture
+def store(url: str) -> Iterator[EventStore]:
+    opened = open_store(url)
+    yield opened
+    opened.db.close()
+
+
+def signed(event_id: str) -> Incoming:
+    body = event_body(event_id, pad_to=3000)
+    return parse_event(body, signature=sign(body))
+
+
+def sent_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every execute from now on: one message, one round trip."""
+    seen: list[str] = []
+    execute = psycopg.Cursor.execute
+
+    def counted(cursor: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(str(query))
+        return execute(cursor, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", counted)
+    return seen
+
+
+def compression(store: EventStore) -> str:
+    with store.db.transaction(commit=False) as cursor:
+        cursor.execute(
+            "SELECT attcompression AS c FROM pg_attribute "
+            "WHERE attrelid = %s::regclass AND attname = 'state'",
+            (store.db.table(TABLE),),
+        )
+        return str(cursor.fetchone()["c"])
+
+
+def test_a_batch_is_appended_in_three_round_trips_chained_and_stored_once(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.append([signed("evt_first")])
+    seen = sent_statements(monkeypatch)
+    results = store.append([signed(f"evt_{i}") for i in range(20)])
+    assert len(seen) == 3, seen  # BEGIN..the chain head; the insert; the chain and COMMIT
+    assert seen[-1].endswith("; COMMIT")
+    assert [r.position for r in results] == list(range(2, 22))
+    assert {r.status for r in results} == {"recorded"}
+    assert store.chain.walk() is None  # every hash recomputes, chained after the first
+    assert store.chain_head().position == 21
+    # A batch holding a known id rolls back whole and falls back to one by one: the
+    # connection is usable again, the known one a duplicate, the chain still one chain.
+    again = store.append([signed("evt_new"), signed("evt_3")])
+    assert [(r.event_id, r.status) for r in again] == [
+        ("evt_new", "recorded"),
+        ("evt_3", "duplicate"),
+    ]
+    assert again[1].position == results[3].position
+    assert store.count() == 22
+    assert store.chain.walk() is None
+    assert store.chain_head().position == max(r.position for r in again)
+
+
+def test_a_failed_batch_leaves_nothing_stored_and_no_transaction_open(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(hashes: Any) -> str:
+        return "INSERT INTO no_such_table VALUES (1)"
+
+    monkeypatch.setattr(store.chain, "insert_literal", broken)
+    with pytest.raises(Exception, match="no_such_table"):
+        store.append([signed("evt_lost")])
+    monkeypatch.undo()
+    assert store.count() == 0  # rolled back: the insert before it is gone too
+    (result,) = store.append([signed("evt_lost")])
+    assert (result.status, store.chain.walk()) == ("recorded", None)
+
+
+def test_bodies_are_compressed_with_lz4_and_an_older_table_is_altered_once(
+    store: EventStore, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert compression(store) == "l"
+    with store.db.transaction() as cursor:  # a store created before: the server's default
+        cursor.execute(
+            f"ALTER TABLE {store.db.table(TABLE)} ALTER COLUMN state SET COMPRESSION pglz"
+        )
+    assert compression(store) == "p"
+    reopened = open_store(url)
+    assert compression(reopened) == "l"
+    reopened.db.close()
+    seen = sent_statements(monkeypatch)
+    third = open_store(url)  # already lz4: no ALTER, no lock taken for it
+    third.db.close()
+    assert not [s for s in seen if "SET COMPRESSION" in s]
+    (result,) = store.append([signed("evt_after")])
+    assert store.get("evt_after") is not None and result.status == "recorded"
