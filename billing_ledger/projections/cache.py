@@ -90,6 +90,11 @@ class BatchLog:
         with self._lock:
             self._applied.clear()
 
+    def recent(self) -> list[Applied]:
+        """The remembered batches, oldest first (the change feed's touched users)."""
+        with self._lock:
+            return list(self._applied)
+
     def untouched(self, inputs: UserInputs, since: int, position: int) -> bool:
         """Whether this process committed every batch in (since, position], none of them
         touching the user or their customers (a gap means another process applied)."""

@@ -12,7 +12,7 @@ import pytest
 from eventsourcing.sqlite import SQLiteConnection
 from psycopg.pq import TransactionStatus
 
-from billing_ledger.ledger.store import Database, DatabaseUrl, EventStore
+from billing_ledger.ledger.store import TABLE, Database, DatabaseUrl, EventStore
 from billing_ledger.projections.feed import FeedProjector, FeedTables, observe
 from billing_ledger.projections.runner import Runner
 from billing_ledger.projections.views import Views
@@ -121,13 +121,35 @@ def test_a_step_reads_once_writes_once_and_needs_no_empty_step_after_it(
     assert not feed.step()
     transactions, statements = sent.transactions, list(sent.statements)
     assert [c.user_id for c in feed.tables.read(1, 10)] == ["u_2", "u_3", "u_4"]
-    # The views' position, the events, their users, the feed's own reads (one transaction),
-    # the users' inputs, the commit: whatever the number of users.
-    assert transactions == 6, statements
+    # The views' position, the users of the batch's customers, the feed's own reads (one
+    # transaction), the users' inputs, the commit: whatever the number of users. The events
+    # are not read again: the views' batch log says whom the batch touched.
+    assert transactions == 5, statements
+    assert not [s for s in statements if TABLE in s], statements
     # The commit: its tracking, then its rows and users (one executemany each on SQLite, one
     # statement with all three on PostgreSQL).
     writes = 3 if feed.tables.db.dialect == "sqlite" else 1
-    assert len(statements) == 7 + writes, statements
+    assert len(statements) == 6 + writes, statements
+
+
+def test_a_stretch_another_process_applied_is_read_from_the_events(
+    parts: tuple[EventStore, Runner, FeedProjector], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, _, feed = parts
+    other = Runner(store, Views(store.db), livemode=False)  # its batches are not in our log
+    subscribe(store, 1)
+    other.catch_up()
+    subscribe(store, 2, 3)
+    other.catch_up()
+    sent = counting(monkeypatch)
+    assert not feed.step()
+    assert [s for s in sent.statements if TABLE in s]
+    assert [(c.position, c.user_id) for c in feed.tables.read(0, 10)] == [
+        (1, "u_1"),
+        (2, "u_2"),
+        (3, "u_3"),
+    ]
+    assert feed.tables.tracked("changes") == (3, 3)
 
 
 def test_a_step_with_nothing_applied_sends_two_reads_and_writes_nothing(
