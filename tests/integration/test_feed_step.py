@@ -13,7 +13,8 @@ from eventsourcing.sqlite import SQLiteConnection
 from psycopg.pq import TransactionStatus
 
 from billing_ledger.ledger.store import TABLE, Database, DatabaseUrl, EventStore
-from billing_ledger.projections.feed import FeedProjector, FeedTables, observe
+from billing_ledger.projections.cache import Applied
+from billing_ledger.projections.feed import FeedProjector, FeedTables, _logged, observe
 from billing_ledger.projections.runner import Runner
 from billing_ledger.projections.views import Views
 from tests.support.ledger import incoming
@@ -207,3 +208,16 @@ def test_a_commit_from_a_stale_tracking_writes_nothing(
     assert feed.tables.commit((2, 2), 3, [seen]) is not None
     assert [c.user_id for c in feed.tables.read(0, 10)] == ["u_1", "u_2", "u_3"]
     assert feed.tables.last_features(["u_3"]) == {"u_3": (("core", "pro"), seen.last_at)}
+
+
+def test_the_batch_log_covers_a_stretch_only_without_a_gap() -> None:
+    def batch(after: int, position: int, *users: str) -> Applied:
+        return Applied(after, position, frozenset({f"cus_{u}" for u in users}), frozenset(users))
+
+    log = [batch(0, 2, "u_1"), batch(2, 5, "u_2"), batch(7, 9, "u_3")]  # (5, 7] elsewhere
+    assert _logged(log, 0, 9) == (5, {"u_1", "u_2"}, {"cus_u_1", "cus_u_2"})
+    assert _logged(log, 2, 4) is None  # the next batch reaches past what the views applied
+    assert _logged(log, 5, 9) is None  # applied by another process: read from the events
+    assert _logged(log, 1, 9) == (5, {"u_1", "u_2"}, {"cus_u_1", "cus_u_2"})  # whole batches
+    too_many = Applied(5, 7, None, frozenset())
+    assert _logged([*log[:2], too_many, log[2]], 2, 9) == (5, {"u_2"}, {"cus_u_2"})
