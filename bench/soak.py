@@ -1,14 +1,26 @@
-"""Soak: signed ~3 KB events at half the measured ingest capacity, with entitlement reads for
-the users those events touch, against a real uvicorn on PostgreSQL (loopback only; a fresh
+"""Soak: signed ~3 KB events at half the measured capacity, with entitlement reads for the
+users those events touch, against a real uvicorn on PostgreSQL (loopback only; a fresh
 schema, dropped afterwards).
 
-First a short closed-loop burst measures capacity (or SOAK_CAPACITY gives it); then two
-open-loop streams run side by side for SOAK_SECONDS (default 600): events at half that rate
-and reads at SOAK_READ_RATIO (default 0.2) reads per event. Both are bounded in count and
-time. It reports errors (must be 0), events sent and stored, the read p99, whether the
-projection caught up, and the server's RSS (the process and its children) at start and end,
-then one summary line for the README's reliability table. Exits non-zero on any error.
-Reproduce: `PYTHONPATH=. .venv/bin/python bench/soak.py` (SOAK_SECONDS=90 for a short run).
+Capacity is the capacity of the soak's own work, not of posts alone. A short closed-loop
+burst of posts only is measured first and printed, but it is not what the soak halves: it is
+over before the runner process and the change feed take their share of the CPU (they start
+applying after the first batches are in), and it has no reads. Then a closed-loop phase of
+SOAK_CAPACITY_SECONDS (default 30) sends the soak's mix, events with SOAK_READ_RATIO reads
+per event beside them, from 32 connections, while the runner applies and the feed follows;
+its capacity is the lesser of the events acknowledged per second and the events the
+projection applied per second over the same phase (a rate the webhook takes but the
+projection cannot follow is not sustained: the backlog grows for as long as it runs). The
+soak waits for the projection to catch up, then runs two open-loop streams side by side for
+SOAK_SECONDS (default 600): events at half that capacity and reads at SOAK_READ_RATIO reads
+per event (SOAK_CAPACITY gives the capacity instead). Both are bounded in count and time. It
+reports errors (must be 0), events sent and stored, the webhook and read p99, whether the
+projection caught up, and the server's RSS per process (the serving process, uvicorn's
+workers if more than one, the runner process) sampled twenty times, with the spread of the
+last half (flat: a plateau, not a climb), and the read caches' estimated bytes from
+/metrics; then one summary line for the README's reliability table. Exits non-zero on any
+error. Reproduce: `PYTHONPATH=. .venv/bin/python bench/soak.py` (SOAK_SECONDS=90 for a short
+run; SOAK_WORKERS=2 for two uvicorn workers, serve's default on two cores).
 """
 
 from __future__ import annotations
@@ -34,7 +46,10 @@ from tests.support.signing import SECRET, sign
 
 SECONDS = float(os.environ.get("SOAK_SECONDS", "600"))
 CAPACITY = float(os.environ.get("SOAK_CAPACITY", "0"))  # 0: measure it
-CAPACITY_EVENTS = int(os.environ.get("SOAK_CAPACITY_EVENTS", "6000"))
+CAPACITY_EVENTS = int(os.environ.get("SOAK_CAPACITY_EVENTS", "6000"))  # the posts-only burst
+CAPACITY_SECONDS = float(os.environ.get("SOAK_CAPACITY_SECONDS", "30"))  # the mixed phase
+WORKERS = int(os.environ.get("SOAK_WORKERS", "1"))
+SAMPLES = 20
 # One read per ten events: nearly every read asks for a user an event changed in the last
 # minute, so it misses the cache and loads the user's rows; at one per five the single
 # worker (one core, shared with ingestion and the runner) fell behind.
@@ -92,26 +107,54 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def rss_mib(pid: int) -> float:
-    """VmRSS of the process and its children, in MiB."""
-    total_kib = 0
-    for each in (pid, *children(pid)):
-        try:
-            status = Path(f"/proc/{each}/status").read_text()
-        except OSError:
+def _vm_rss_mib(pid: int) -> float | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None  # it ended while we looked
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+def _role(pid: int, server: int) -> str:
+    """What a process of the server is: serve's own, the runner, or one of uvicorn's."""
+    if pid == server:
+        return "serve"
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "gone"
+    if b"project" in argv:
+        return "runner"
+    return "worker" if any(b"spawn_main" in a for a in argv) else "helper"
+
+
+def rss_by_process(pid: int) -> dict[str, float]:
+    """VmRSS in MiB of the server's process and each descendant, by role (workers numbered
+    in pid order)."""
+    found: dict[str, float] = {}
+    for each in sorted((pid, *children(pid))):
+        mib = _vm_rss_mib(each)
+        if mib is None:
             continue
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                total_kib += int(line.split()[1])
-    return total_kib / 1024
+        role = _role(each, pid)
+        name, n = role, 1
+        while name in found:
+            n += 1
+            name = f"{role} {n}"
+        found[name] = mib
+    return found
 
 
 class RssSampler:
-    """Samples the server's RSS ten times over the soak: a plateau or a steady climb."""
+    """Samples the server's RSS, per process, SAMPLES times over the soak: a plateau or a
+    steady climb."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
-        self.samples: list[float] = []
+        self.samples: list[dict[str, float]] = []
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
@@ -124,24 +167,91 @@ class RssSampler:
         self.thread.join()
 
     def _run(self) -> None:
-        while not self.stopping.wait(SECONDS / 10):
-            self.samples.append(rss_mib(self.pid))
+        while not self.stopping.wait(SECONDS / SAMPLES):
+            self.samples.append(rss_by_process(self.pid))
+
+
+def cache_figures(url: str) -> dict[str, dict[str, float]]:
+    """The read caches' figures from /metrics (of the process that answered), by cache:
+    estimated bytes, entries, hits and misses."""
+    found: dict[str, dict[str, float]] = {}
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("ledger_read_cache_"):
+            figure = line.removeprefix("ledger_read_cache_").split("{", 1)[0]
+            name = line.split('cache="', 1)[1].split('"', 1)[0]
+            found.setdefault(name, {})[figure] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def _caches(caches: dict[str, dict[str, float]]) -> str:
+    return "; ".join(
+        f"{name} {f.get('bytes', 0) / 2**20:.0f} MiB estimated, {f.get('entries', 0):,.0f} "
+        f"entries, {f.get('hits', 0):,.0f} hits, {f.get('misses', 0):,.0f} misses"
+        for name, f in caches.items()
+    )
 
 
 # -- phases -----------------------------------------------------------------------------
 
 
-def measure_capacity(port: int) -> tuple[float, int]:
-    """Closed-loop events/s from 32 connections (the first CAPACITY_EVENTS ids), and how many
-    were acknowledged."""
+@dataclass
+class Capacity:
+    """What the capacity phases measured (all 0 when SOAK_CAPACITY gives it)."""
+
+    posts_only: float  # events/s of the closed-loop burst of posts alone
+    acked: float  # events/s acknowledged in the mixed closed-loop phase
+    applied: float  # events/s the projection applied over that phase
+    events: int  # events sent in both phases (their ids come first)
+
+    @property
+    def rate(self) -> float:
+        """The capacity of the soak's work: what is both acknowledged and applied."""
+        return min(self.acked, self.applied)
+
+
+def applied_position(url: str) -> int:
+    """The projection's applied position, as /healthz says."""
+    return int(httpx.get(f"{url}/healthz", timeout=10).json()["projections"]["billing"]["position"])
+
+
+def mixed_request(first_event: int, sent: list[int]) -> Callable[[int], bytes]:
+    """Request `i` of the mixed closed loop: SOAK_READ_RATIO reads per event, interleaved;
+    each read asks for a user the events sent so far touched. `sent[0]` counts events."""
+    every = max(2, round(1 + 1 / READ_RATIO)) if READ_RATIO > 0 else 0
+
+    def make(i: int) -> bytes:
+        if every and i % every == every - 1:
+            touched = max(1, min(CUSTOMERS, first_event + sent[0]))
+            user = (i * 7919) % touched
+            path = f"/v1/users/u_{user}/entitlements"
+            return get_request(path, {"Authorization": f"Bearer {TOKEN}"})
+        sent[0] += 1
+        return event_request(first_event + sent[0] - 1)
+
+    return make
+
+
+def measure_capacity(url: str, port: int) -> Capacity:
+    """The posts-only burst (the first CAPACITY_EVENTS ids, signed ahead: signing is the
+    sender's cost, not the service's), then the soak's mix in a closed loop for
+    CAPACITY_SECONDS from 32 connections with the runner and the feed working beside it."""
     if CAPACITY > 0:
-        return CAPACITY, 0
-    # Signed ahead (seconds before use): signing is the sender's cost, not the service's.
+        return Capacity(0, CAPACITY, CAPACITY, 0)
     requests = [event_request(i) for i in range(CAPACITY_EVENTS)]
-    result = run_load("127.0.0.1", port, requests.__getitem__, len(requests), 32, max_seconds=60)
-    if result.errors:
-        raise SystemExit(f"soak: {result.errors} errors while measuring capacity")
-    return result.rate, result.requests
+    burst = run_load("127.0.0.1", port, requests.__getitem__, len(requests), 32, max_seconds=60)
+    del requests
+    if burst.errors:
+        raise SystemExit(f"soak: {burst.errors} errors while measuring capacity")
+    caught_up(url)  # the mixed phase starts with no backlog
+    sent = [0]
+    before = applied_position(url)
+    make = mixed_request(burst.requests, sent)
+    mixed = run_load("127.0.0.1", port, make, 10**9, 32, max_seconds=CAPACITY_SECONDS)
+    applied = applied_position(url) - before
+    if mixed.errors:
+        raise SystemExit(f"soak: {mixed.errors} errors while measuring capacity")
+    seconds = mixed.seconds
+    return Capacity(burst.rate, sent[0] / seconds, applied / seconds, burst.requests + sent[0])
 
 
 @dataclass
@@ -201,20 +311,24 @@ def stored(schema: str) -> int:
 # -- report -----------------------------------------------------------------------------
 
 
+def _mib(rss: dict[str, float]) -> str:
+    return ", ".join(f"{name} {mib:.0f}" for name, mib in rss.items())
+
+
 @dataclass
 class Report:
     """Every figure the soak prints."""
 
-    capacity: float
-    measured: bool
+    capacity: Capacity
     run: Soak
     sent: int
     stored: int
     head: int
     position: int
-    rss_start: float
-    rss_end: float
-    rss_samples: list[float]
+    rss_start: dict[str, float]
+    rss_end: dict[str, float]
+    rss_samples: list[dict[str, float]]
+    caches: dict[str, dict[str, float]]
 
     @property
     def kept_pace(self) -> bool:
@@ -227,14 +341,32 @@ class Report:
         """Errors of both streams (any non-200 answer or broken connection)."""
         return self.run.events.errors + self.run.reads.errors
 
+    @property
+    def totals(self) -> list[float]:
+        """The whole server's RSS at each sample, MiB."""
+        return [sum(sample.values()) for sample in self.rss_samples]
+
+    @property
+    def last_half_spread(self) -> float:
+        """Greatest minus least total RSS over the last half of the samples, MiB."""
+        half = self.totals[len(self.totals) // 2 :]
+        return max(half) - min(half) if half else float("nan")
+
     def lines(self) -> list[str]:
         """The detailed report."""
-        run = self.run
-        how = "measured" if self.measured else "given"
+        run, c = self.run, self.capacity
+        measured = (
+            f"measured: posts alone {c.posts_only:,.0f}/s (a short burst); the soak's mix "
+            f"in a closed loop for {CAPACITY_SECONDS:.0f} s: {c.acked:,.0f} events/s "
+            f"acknowledged, {c.applied:,.0f}/s applied by the projection"
+            if c.events
+            else "given (SOAK_CAPACITY)"
+        )
         return [
-            f"soak: {run.events.seconds:.0f} s on PostgreSQL, 1 uvicorn worker, loopback",
-            f"capacity ({how}): {self.capacity:,.0f} events/s; target {run.rate:,.0f} events/s "
-            f"and {run.read_rate:,.0f} reads/s",
+            f"soak: {run.events.seconds:.0f} s on PostgreSQL, {WORKERS} uvicorn worker(s), "
+            "the runner in its own process, loopback",
+            f"capacity {c.rate:,.0f} events/s, {measured}",
+            f"target {run.rate:,.0f} events/s and {run.read_rate:,.0f} reads/s",
             f"events: {run.events.requests:,} acknowledged at {run.events.rate:,.0f}/s, "
             f"p50 {run.events.percentile(50):.1f} ms, p99 {run.events.percentile(99):.1f} ms, "
             f"errors {run.events.errors}",
@@ -244,19 +376,23 @@ class Report:
             f"kept pace: {'yes' if self.kept_pace else 'NO: the service fell behind'}",
             f"stored: {self.stored:,} of {self.sent:,} acknowledged in all; projection at "
             f"{self.position:,} of head {self.head:,}",
-            f"server RSS: {self.rss_start:.0f} MiB at start, {self.rss_end:.0f} MiB at end "
-            f"(every tenth: {', '.join(f'{m:.0f}' for m in self.rss_samples)})",
+            f"server RSS (MiB) at start: {_mib(self.rss_start)}; at end: {_mib(self.rss_end)}",
+            f"server RSS in all, every {SECONDS / SAMPLES:.0f} s: "
+            f"{', '.join(f'{m:.0f}' for m in self.totals)} (last half spread "
+            f"{self.last_half_spread:.0f} MiB)",
+            f"read caches at end (the answering process): {_caches(self.caches)}",
         ]
 
     def summary(self) -> str:
         """One line for the README's reliability table."""
-        run = self.run
+        run, c = self.run, self.capacity
         return (
             f"soak {run.events.seconds:.0f} s | {run.rate:,.0f} events/s (half of "
-            f"{self.capacity:,.0f}) + {run.read_rate:,.0f} reads/s | sent {self.sent:,}, "
-            f"stored {self.stored:,} | errors {self.errors} | read p99 "
-            f"{run.reads.percentile(99):.1f} ms | RSS {self.rss_start:.0f} -> "
-            f"{self.rss_end:.0f} MiB"
+            f"{c.rate:,.0f}; posts alone {c.posts_only:,.0f}) + {run.read_rate:,.0f} reads/s | "
+            f"sent {self.sent:,}, stored {self.stored:,} | errors {self.errors} | webhook p99 "
+            f"{run.events.percentile(99):.1f} ms | read p99 {run.reads.percentile(99):.1f} ms | "
+            f"RSS {sum(self.rss_start.values()):.0f} -> {sum(self.rss_end.values()):.0f} MiB, "
+            f"last half spread {self.last_half_spread:.0f} MiB"
         )
 
 
@@ -267,22 +403,22 @@ def run(schema: str) -> Report:
         "STRIPE_WEBHOOK_SECRET": SECRET,
         "LEDGER_API_TOKEN": TOKEN,
     }
-    server = Server(env).start()
+    server = Server(env, workers=WORKERS).start()
     try:
         assert server.process is not None
-        capacity, warm = measure_capacity(server.port)
-        rss_start = rss_mib(server.process.pid)
-        first = CAPACITY_EVENTS if CAPACITY <= 0 else 0  # ids the burst may have used
+        capacity = measure_capacity(server.url, server.port)
+        caught_up(server.url)  # the soak starts with no backlog
+        rss_start = rss_by_process(server.process.pid)
         with RssSampler(server.process.pid) as sampler:
-            result = soak(server.port, capacity, first_event=first)
+            result = soak(server.port, capacity.rate, first_event=capacity.events)
         head, position = caught_up(server.url)
-        rss_end = rss_mib(server.process.pid)
+        rss_end = rss_by_process(server.process.pid)
+        caches = cache_figures(server.url)
     finally:
         server.stop()
-    sent = warm + result.events.requests
+    sent = capacity.events + result.events.requests
     return Report(
         capacity,
-        CAPACITY <= 0,
         result,
         sent,
         stored(schema),
@@ -291,6 +427,7 @@ def run(schema: str) -> Report:
         rss_start,
         rss_end,
         sampler.samples,
+        caches,
     )
 
 

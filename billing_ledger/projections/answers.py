@@ -22,10 +22,14 @@ from billing_ledger.projections.policy import (
     evaluate,
 )
 
-CACHE_SIZE = 100_000
-# An answer keeps its user's inputs alive: bound the snapshots they hold as the views' read
-# cache does, or the answers would keep every history the read cache has let go.
-CACHE_SNAPSHOTS = 150_000
+# An answer keeps its user's inputs alive, and serves only while a read cache still holds the
+# same inputs (it is checked by identity): an answer whose user both caches have let go can
+# never be used again, yet 150,000 snapshots of such inputs are 200-300 MiB (tracemalloc: a
+# user of one snapshot holds 1.9 KB of inputs and 0.8 KB of answer, of five 7 KB and 1.5 KB).
+# These bounds are about what the read caches hold (32 MiB each: 4,000-17,000 users), at most
+# about 45 MiB.
+CACHE_SIZE = 16_000
+CACHE_SNAPSHOTS = 20_000
 
 
 # How `_add_times` walks a value of each type, found once per type: its fields' names (a

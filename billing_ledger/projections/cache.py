@@ -18,12 +18,25 @@ CACHE_SIZE = 100_000  # users whose inputs a process keeps loaded
 # ...and snapshots in all: a user's history grows with every event, so a count of users
 # alone would let the cache grow without bound.
 CACHE_SNAPSHOTS = 150_000
-CACHE_BYTES = 128 * 1024 * 1024  # about what the entries take in memory (estimated)
+# About what the entries take in memory (estimated), per cache: an HTTP process has two (the
+# present and the history). With 100,000 users neither holds every user (an entry is 2-10
+# KB), so the bound is what a process can afford: one HTTP process (about 80 MiB at rest)
+# with both full and the runner's process (about 90) stay near 235 MiB, under 300; and a soak
+# of reads beside events fills it within minutes, after which the RSS stays flat. Each of
+# uvicorn's workers has its own two caches (and its own 70-80 MiB).
+CACHE_BYTES = 32 * 1024 * 1024
 APPLIED_KEPT = 256  # committed batches remembered for keeping cached users current
 TOUCHED_KEPT = 500  # customers listed per remembered batch
-# In memory a decoded snapshot takes several times its JSON: a rough factor is enough.
-BYTES_PER_JSON_BYTE = 4
-BYTES_PER_ENTRY = 400  # the entry, its tuple and the user id
+# What a cached entry keeps alive, measured with tracemalloc on filled caches (the bench's
+# checkout sessions, subscriptions and invoices): a decoded snapshot takes 1.0-1.3 KB for
+# 380-630 bytes of JSON (about 500 plus 1.2 per JSON byte), the entry with its tuples and
+# user id about 600 more, a link about 200. These constants put the estimate 0-10% above
+# the traced bytes for users of one snapshot and of six (the old 400 + 100 per link + 4 per
+# JSON byte counted six-snapshot users at 1.75 times what they hold).
+BYTES_PER_ENTRY = 600
+BYTES_PER_LINK = 200
+BYTES_PER_SNAPSHOT = 500
+BYTES_PER_JSON_BYTE = 1.5
 
 
 @dataclass(frozen=True)
@@ -64,8 +77,10 @@ class CacheStats:
 
 
 def estimate(inputs: UserInputs, json_bytes: int) -> int:
-    """Approximate bytes one entry keeps alive, from the JSON it was decoded from."""
-    return BYTES_PER_ENTRY + 100 * len(inputs.links) + BYTES_PER_JSON_BYTE * json_bytes
+    """Approximate bytes one entry keeps alive, from its links and snapshots and the JSON the
+    snapshots were decoded from."""
+    objects = BYTES_PER_LINK * len(inputs.links) + BYTES_PER_SNAPSHOT * len(inputs.snapshots)
+    return BYTES_PER_ENTRY + objects + int(BYTES_PER_JSON_BYTE * json_bytes)
 
 
 class BatchLog:
@@ -89,6 +104,11 @@ class BatchLog:
         """Forget every batch (after a swap of the tables)."""
         with self._lock:
             self._applied.clear()
+
+    def recent(self) -> list[Applied]:
+        """The remembered batches, oldest first (the change feed's touched users)."""
+        with self._lock:
+            return list(self._applied)
 
     def untouched(self, inputs: UserInputs, since: int, position: int) -> bool:
         """Whether this process committed every batch in (since, position], none of them

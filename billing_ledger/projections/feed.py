@@ -26,11 +26,11 @@ from billing_ledger.ledger.canonical import DISPUTE
 from billing_ledger.ledger.normalise import normalise
 from billing_ledger.ledger.records import Recorded
 from billing_ledger.ledger.store import Database, EventStore
-from billing_ledger.projections.history import Change
-from billing_ledger.projections.history import changes as history_of
+from billing_ledger.projections.cache import Applied
+from billing_ledger.projections.history import Change, changes_until
 from billing_ledger.projections.links import customer_of, links_of
 from billing_ledger.projections.plans import Plans
-from billing_ledger.projections.policy import Entitlements, evaluate
+from billing_ledger.projections.policy import Entitlements
 from billing_ledger.projections.views import Views
 
 log = logging.getLogger("billing_ledger.projections")
@@ -98,11 +98,11 @@ def observe(
     """Every change of the user's history after `last_at` that moves their features away from
     `before`, in order, then the net change if the history does not end at now's features
     (an event arriving late, created before `last_at`); pure."""
-    entitlements = evaluate(inputs, plans, now)
+    history, entitlements = changes_until(inputs, plans, now)  # one pass, not two
     after = entitlements.features
     found: list[FeedChange] = []
     current = before
-    for cause in history_of(inputs, plans, now):
+    for cause in history:
         if cause.at > last_at and cause.features_after != current:
             found.append(_change(user_id, current, cause))
             current = cause.features_after
@@ -139,6 +139,28 @@ def touched(events: Iterable[Recorded], livemode: bool) -> tuple[set[str], set[s
         elif snapshot.kind == DISPUTE:
             charges.add(snapshot.object_id)
     return users, customers, charges
+
+
+def _logged(
+    batches: Iterable[Applied], after: int, applied: int
+) -> tuple[int, set[str], set[str]] | None:
+    """(position reached, users, customers) of the logged batches that follow `after` without
+    a gap, up to `applied` and about EVENTS_PER_STEP positions; None when the first is not
+    logged or lists no customers (too many). A batch that began before `after` (a stretch read
+    from the events ended inside it) counts whole: evaluating a user again records nothing
+    new."""
+    reached, users, customers = after, set[str](), set[str]()
+    for batch in batches:
+        if batch.position <= reached:
+            continue
+        if batch.after > reached or batch.customers is None or batch.position > applied:
+            break
+        users |= batch.users
+        customers.update(c for c in batch.customers if c is not None)
+        reached = batch.position
+        if reached - after >= EVENTS_PER_STEP:
+            break
+    return (reached, users, customers) if reached > after else None
 
 
 def _rows(cursor: Any) -> list[tuple[Any, ...]]:
@@ -456,8 +478,8 @@ class FeedProjector:
         if self._ledger is None:
             self._ledger = self.tables.tracked(FEED)[0]
         now, after = int(self.clock()), self._ledger
-        target, events = self._stretch(after)
-        start = self.tables.begin(self._touched(events), now)
+        target, users, more = self._stretch(after)
+        start = self.tables.begin(users, now)
         self.head = max(self.head, start.expected[1])
         if start.expected[0] != after:
             self._ledger = start.expected[0]
@@ -470,26 +492,34 @@ class FeedProjector:
             return None
         self._ledger = target
         self.head = max(self.head, start.expected[1] + len(appended))
-        return len(events) >= EVENTS_PER_STEP or start.due >= DUE_PER_STEP
+        return more or start.due >= DUE_PER_STEP
 
-    def _stretch(self, after: int) -> tuple[int, list[Recorded]]:
-        """The next events the views have applied after `after`, and how far they reach."""
+    def _stretch(self, after: int) -> tuple[int, list[str], bool]:
+        """The next stretch the views have applied after `after`: how far it reaches, the users
+        its events touch, and whether the views have applied more beyond it.
+
+        The batches this process's views committed say whom they touched (their batch log):
+        the events are read again and normalised only where the log does not cover the
+        stretch (another process applied, a batch touched too many to list, a swap)."""
         applied = self.applied()
         if applied <= after:
-            return after, []
+            return after, [], False
+        logged = _logged(self.views.batches.recent(), after, applied)
+        if logged is not None:
+            target, users, customers = logged
+            return target, self._users(users, customers, set()), target < applied
         events = [e for e in self.store.read(after, EVENTS_PER_STEP) if e.position <= applied]
         full = len(events) >= EVENTS_PER_STEP
-        return (events[-1].position if full else applied), events
+        target = events[-1].position if full else applied
+        return target, self._users(*touched(events, self.livemode)), full
 
-    def _touched(self, events: Sequence[Recorded]) -> list[str]:
-        """The users the events touch, through the views' links (no query when none)."""
-        if not events:
-            return []
-        users, customers, charges = touched(events, self.livemode)
+    def _users(self, users: set[str], customers: set[str], charges: set[str]) -> list[str]:
+        """These users and those of the customers and charges, through the views' links (no
+        query when there are none)."""
         if charges:
             customers |= self.views.customers_of_charges(sorted(charges))
         if customers:
-            users.update(self.views.users_of_customers(sorted(customers)))
+            users |= self.views.users_of_customers(sorted(customers))
         return sorted(u for u in users if "\x00" not in u)
 
     def _observe(self, start: _Start, now: int) -> list[_Observed]:

@@ -473,6 +473,14 @@ def _evaluator(inputs: UserInputs, plans: Plans) -> Evaluator:
 
 def changes(inputs: UserInputs, plans: Plans, until: int) -> list[Change]:
     """Every change of the user's features up to `until`, oldest first."""
+    return changes_until(inputs, plans, until)[0]
+
+
+def changes_until(
+    inputs: UserInputs, plans: Plans, until: int
+) -> tuple[list[Change], Entitlements]:
+    """`changes`, and the entitlements at `until` (`policy.evaluate`'s) from the same pass:
+    the change feed needs both, and evaluating again would fold every object twice."""
     pending = sorted(_event_times(inputs, until))
     heapq.heapify(pending)
     seen: set[int] = set()
@@ -497,4 +505,6 @@ def changes(inputs: UserInputs, plans: Plans, until: int) -> list[Change]:
                 Change(at, cause.event_id, cause.event_type, features, now.features, cause.reason)
             )
         features, before = now.features, now
-    return found
+    if before is None or until not in seen:
+        before = evaluate_at(until)[0]  # no later than every time visited: one more step
+    return found, before

@@ -12,8 +12,9 @@ import pytest
 from eventsourcing.sqlite import SQLiteConnection
 from psycopg.pq import TransactionStatus
 
-from billing_ledger.ledger.store import Database, DatabaseUrl, EventStore
-from billing_ledger.projections.feed import FeedProjector, FeedTables, observe
+from billing_ledger.ledger.store import TABLE, Database, DatabaseUrl, EventStore
+from billing_ledger.projections.cache import Applied
+from billing_ledger.projections.feed import FeedProjector, FeedTables, _logged, observe
 from billing_ledger.projections.runner import Runner
 from billing_ledger.projections.views import Views
 from tests.support.ledger import incoming
@@ -121,13 +122,35 @@ def test_a_step_reads_once_writes_once_and_needs_no_empty_step_after_it(
     assert not feed.step()
     transactions, statements = sent.transactions, list(sent.statements)
     assert [c.user_id for c in feed.tables.read(1, 10)] == ["u_2", "u_3", "u_4"]
-    # The views' position, the events, their users, the feed's own reads (one transaction),
-    # the users' inputs, the commit: whatever the number of users.
-    assert transactions == 6, statements
+    # The views' position, the users of the batch's customers, the feed's own reads (one
+    # transaction), the users' inputs, the commit: whatever the number of users. The events
+    # are not read again: the views' batch log says whom the batch touched.
+    assert transactions == 5, statements
+    assert not [s for s in statements if TABLE in s], statements
     # The commit: its tracking, then its rows and users (one executemany each on SQLite, one
     # statement with all three on PostgreSQL).
     writes = 3 if feed.tables.db.dialect == "sqlite" else 1
-    assert len(statements) == 7 + writes, statements
+    assert len(statements) == 6 + writes, statements
+
+
+def test_a_stretch_another_process_applied_is_read_from_the_events(
+    parts: tuple[EventStore, Runner, FeedProjector], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, _, feed = parts
+    other = Runner(store, Views(store.db), livemode=False)  # its batches are not in our log
+    subscribe(store, 1)
+    other.catch_up()
+    subscribe(store, 2, 3)
+    other.catch_up()
+    sent = counting(monkeypatch)
+    assert not feed.step()
+    assert [s for s in sent.statements if TABLE in s]
+    assert [(c.position, c.user_id) for c in feed.tables.read(0, 10)] == [
+        (1, "u_1"),
+        (2, "u_2"),
+        (3, "u_3"),
+    ]
+    assert feed.tables.tracked("changes") == (3, 3)
 
 
 def test_a_step_with_nothing_applied_sends_two_reads_and_writes_nothing(
@@ -185,3 +208,16 @@ def test_a_commit_from_a_stale_tracking_writes_nothing(
     assert feed.tables.commit((2, 2), 3, [seen]) is not None
     assert [c.user_id for c in feed.tables.read(0, 10)] == ["u_1", "u_2", "u_3"]
     assert feed.tables.last_features(["u_3"]) == {"u_3": (("core", "pro"), seen.last_at)}
+
+
+def test_the_batch_log_covers_a_stretch_only_without_a_gap() -> None:
+    def batch(after: int, position: int, *users: str) -> Applied:
+        return Applied(after, position, frozenset({f"cus_{u}" for u in users}), frozenset(users))
+
+    log = [batch(0, 2, "u_1"), batch(2, 5, "u_2"), batch(7, 9, "u_3")]  # (5, 7] elsewhere
+    assert _logged(log, 0, 9) == (5, {"u_1", "u_2"}, {"cus_u_1", "cus_u_2"})
+    assert _logged(log, 2, 4) is None  # the next batch reaches past what the views applied
+    assert _logged(log, 5, 9) is None  # applied by another process: read from the events
+    assert _logged(log, 1, 9) == (5, {"u_1", "u_2"}, {"cus_u_1", "cus_u_2"})  # whole batches
+    too_many = Applied(5, 7, None, frozenset())
+    assert _logged([*log[:2], too_many, log[2]], 2, 9) == (5, {"u_2"}, {"cus_u_2"})

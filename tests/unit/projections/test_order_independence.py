@@ -16,7 +16,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from billing_ledger.projections.history import _Sweep, changes
+from billing_ledger.projections.history import _Sweep, changes, changes_until
 from billing_ledger.projections.invoices import user_invoices
 from billing_ledger.projections.policy import evaluate
 from tests.unit.builders import (
@@ -324,6 +324,18 @@ def test_history_s_one_pass_evaluates_exactly_as_the_policy_does(data: st.DataOb
         sweep = _Sweep(mine, PLANS)
         for at in times:
             assert sweep.evaluate(at)[0] == evaluate(mine, PLANS, at)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_history_s_last_evaluation_is_the_policy_s_at_its_end(data: st.DataObject) -> None:
+    events = data.draw(ledgers())
+    for user in USERS:
+        mine = inputs(user, events)
+        for until in QUERY_TIMES:
+            found, at_end = changes_until(mine, PLANS, until)
+            assert found == changes(mine, PLANS, until)
+            assert at_end == evaluate(mine, PLANS, until)  # what the change feed records
 
 
 def test_the_one_pass_hands_latest_back_when_the_latest_invoice_is_deleted() -> None:
