@@ -35,7 +35,7 @@ from billing_ledger.projections import cache as read_cache
 from billing_ledger.projections import catalog as catalog_fold
 from billing_ledger.projections.cache import BatchLog, CacheStats, Entry, ReadCache, estimate
 from billing_ledger.projections.cards import CardFact, fact_from_json
-from billing_ledger.projections.current import latest, present
+from billing_ledger.projections.current import latest, present, present_after
 from billing_ledger.projections.links import LinkRow, customer_of, links_of
 from billing_ledger.projections.policy import UserInputs
 from billing_ledger.projections.purchases import with_customer
@@ -293,7 +293,7 @@ class Views:
             # After the position's row lock: one writer at a time rewrites the present.
             disputes = self._attach_disputes(cursor, snapshots)
             touched = {(s.kind, s.object_id) for s in snapshots} | {(DISPUTE, c) for c in disputes}
-            self._rewrite_present(cursor, touched, snapshots)
+            self._rewrite_present(cursor, touched, snapshots, rows)
             self._rewrite_catalog(cursor, snapshots, position)
             self._track(cursor, Tracking(self.name, position))
         customers = {row[2] for row in rows} | {link[1] for link in links} | set(disputes.values())
@@ -317,22 +317,70 @@ class Views:
     # -- each object's present ----------------------------------------------------------
 
     def _rewrite_present(
-        self, cursor: Any, objects: set[tuple[str, str]], batch: Sequence[Snapshot] = ()
+        self,
+        cursor: Any,
+        objects: set[tuple[str, str]],
+        batch: Sequence[Snapshot] = (),
+        rows: Sequence[SnapshotRow] = (),
     ) -> None:
-        """Compute the present of these objects again from all their snapshots."""
-        # The batch's snapshots are decoded already: only older ones are decoded again.
-        known = {
-            (self._text(s.event_id), self._text(s.kind), self._text(s.object_id)): s for s in batch
-        }
+        """Compute the present of these objects again, with the batch's snapshots (`rows`
+        their rows): from each object's present and the batch when that is provably the
+        same (`current.present_after`, the usual case in order), else from its history."""
+        mine: dict[tuple[str, str], dict[str, list[tuple[Snapshot, str]]]] = {}
+        for s, row in zip(batch, rows, strict=True):
+            if (customer := row[2]) is not None:  # nobody reads one without a customer
+                key = (self._text(s.kind), self._text(s.object_id))
+                mine.setdefault(key, {}).setdefault(self._text(customer), []).append((s, row[7]))
         keys = sorted((self._text(kind), self._text(oid)) for kind, oid in objects)
         step = KEYS_PER_STATEMENT if self.db.dialect == "sqlite" else PG_KEYS_PER_STATEMENT
         for start in range(0, len(keys), step):
-            where, params = self._sql.objects_in(keys[start : start + step])
-            cursor.execute(f"DELETE FROM {self.current} WHERE {where}", params)
-            cursor.execute(self._sql.history_of_objects + where, params)
-            rows = self._present_rows([_values(r) for r in cursor.fetchall()], known)
-            if rows:
-                self._insert_current(cursor, rows)
+            chunk = keys[start : start + step]
+            where, params = self._sql.objects_in(chunk)
+            cursor.execute(f"{self._sql.delete_current}{where} {_RETURNING_CURRENT}", params)
+            before: dict[tuple[str, str], dict[str, list[tuple[Any, ...]]]] = {}
+            for old in map(_values, cursor.fetchall()):
+                before.setdefault((old[0], old[1]), {}).setdefault(old[2], []).append(old)
+            found: list[tuple[Any, ...]] = []
+            again: list[tuple[str, str]] = []
+            for key in chunk:
+                after = self._present_after(key, before.get(key, {}), mine.get(key))
+                if after is None:
+                    again.append(key)
+                else:
+                    found += after
+            if again:  # from the whole history of these objects
+                where, params = self._sql.objects_in(again)
+                cursor.execute(self._sql.history_of_objects + where, params)
+                found += self._present_rows([_values(r) for r in cursor.fetchall()], batch)
+            if found:
+                self._insert_current(cursor, found)
+
+    def _present_after(
+        self,
+        key: tuple[str, str],
+        before: dict[str, list[tuple[Any, ...]]],
+        mine: dict[str, list[tuple[Snapshot, str]]] | None,
+    ) -> list[tuple[Any, ...]] | None:
+        """An object's present rows from its present rows `before` and the batch's snapshots
+        of it (with their JSON), customer by customer; None: its history must decide."""
+        if mine is None or key[0] == DISPUTE:
+            return None  # a dispute's customer comes from its charge's rows (_attach_disputes)
+        kind, object_id = key
+        rows = [row for customer, old in before.items() if customer not in mine for row in old]
+        for customer, new in mine.items():
+            old = before.get(customer, [])
+            current = [snapshot_from_json(row[5]) for row in old]
+            kept = present_after(current, [s for s, _ in new])
+            if kept is None:
+                return None
+            raw = {s.event_id: text for s, text in new}
+            raw.update((s.event_id, row[5]) for s, row in zip(current, old, strict=True))
+            last = max(old[0][4] if old else 0, max(s.created for s, _ in new))
+            rows += [
+                (kind, object_id, customer, self._text(s.event_id), last, raw[s.event_id])
+                for s in kept
+            ]
+        return rows
 
     def _insert_current(self, cursor: Any, rows: list[tuple[Any, ...]]) -> None:
         if self.db.dialect == "sqlite":
@@ -426,13 +474,17 @@ class Views:
         return self._catalog[0] if self._catalog is not None else None
 
     def _present_rows(
-        self, found: list[tuple[Any, ...]], known: dict[tuple[str, str, str], Snapshot]
+        self, found: list[tuple[Any, ...]], batch: Sequence[Snapshot] = ()
     ) -> list[tuple[Any, ...]]:
         """(kind, object_id, customer, event_id, latest, json) rows from history rows."""
         groups: dict[tuple[str, str, str], dict[str, str]] = {}
         for kind, object_id, customer, event_id, raw in found:
             if customer is not None:  # nobody's inputs hold a snapshot without a customer
                 groups.setdefault((kind, object_id, customer), {})[event_id] = raw
+        # The batch's snapshots are decoded already: only older ones are decoded again.
+        known = {
+            (self._text(s.event_id), self._text(s.kind), self._text(s.object_id)): s for s in batch
+        }
         rows: list[tuple[Any, ...]] = []
         for (kind, object_id, customer), raws in groups.items():
             history = [
@@ -934,6 +986,7 @@ _SNAPSHOT_COLUMNS = (
 )
 _LINK_COLUMNS = ("user_id", "customer_id", "created", "event_id", "via")
 _CURRENT_COLUMNS = ("kind", "object_id", "customer_id", "event_id", "latest", "json")
+_RETURNING_CURRENT = f"RETURNING {', '.join(_CURRENT_COLUMNS)}"
 _CARD_COLUMNS = (
     "event_id",
     "kind",
@@ -1095,6 +1148,7 @@ class _Statements:
             f"INSERT INTO {views.current} (kind, object_id, customer_id, event_id, latest, json) "
             f"VALUES ({', '.join([p] * 6)})"
         )
+        self.delete_current = f"DELETE FROM {views.current} WHERE "
         self.history_of_objects = (
             f"SELECT kind, object_id, customer_id, event_id, json FROM {views.snapshots} WHERE "
         )
