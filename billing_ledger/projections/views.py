@@ -146,6 +146,16 @@ def snapshot_row(snapshot: Snapshot) -> SnapshotRow:
     )
 
 
+def _card_row(fact: CardFact) -> tuple[Any, ...]:
+    """One payment-method fact as a row of the cards table (keys escaped by the insert)."""
+    keys = (fact.event_id, fact.kind, fact.object_id, fact.customer_id, fact.payment_method)
+    return (*keys, fact.created, fact.to_json().decode())
+
+
+def _same(value: str) -> str:
+    return value
+
+
 def link_tuple(link: LinkRow) -> LinkTuple:
     """One link as a row of the links table."""
     return (link.user_id, link.customer_id, link.created, link.event_id, link.via)
@@ -274,14 +284,16 @@ class Views:
         (`after`, `position`] in one transaction."""
         rows = [snapshot_row(s) for s in snapshots]
         links = sorted({link_tuple(link) for s in snapshots for link in links_of(s)})
+        # Whether the batch's keys are as PostgreSQL holds them (almost always): one scan.
+        plain = self.db.dialect == "sqlite" or not _any_needs_escape(rows)
         with self.db.transaction() as cursor:
             if self.db.dialect == "postgres":
                 # Derived rows and their position commit together: a crash can only lose
                 # both, and the runner applies them again. No need to wait for the flush.
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
-            self._insert(cursor, rows, links)
+            self._insert(cursor, rows, links, plain)
             if cards:
-                self._insert_cards(cursor, [self._card_row(c) for c in cards])
+                self._insert_cards(cursor, [_card_row(c) for c in cards])
             tracked = self._tracked(cursor, lock=True)
             # A gap (tracked < after) or a batch already covered: another runner, or a
             # swap by replay, moved the position. Roll back and read again from there.
@@ -293,7 +305,7 @@ class Views:
             # After the position's row lock: one writer at a time rewrites the present.
             disputes = self._attach_disputes(cursor, snapshots)
             touched = {(s.kind, s.object_id) for s in snapshots} | {(DISPUTE, c) for c in disputes}
-            self._rewrite_present(cursor, touched, snapshots, rows)
+            self._rewrite_present(cursor, touched, snapshots, rows, plain=plain)
             self._rewrite_catalog(cursor, snapshots, position)
             self._track(cursor, Tracking(self.name, position))
         customers = {row[2] for row in rows} | {link[1] for link in links} | set(disputes.values())
@@ -322,16 +334,20 @@ class Views:
         objects: set[tuple[str, str]],
         batch: Sequence[Snapshot] = (),
         rows: Sequence[SnapshotRow] = (),
+        *,
+        plain: bool = False,
     ) -> None:
         """Compute the present of these objects again, with the batch's snapshots (`rows`
-        their rows): from each object's present and the batch when that is provably the
-        same (`current.present_after`, the usual case in order), else from its history."""
+        their rows, `plain` when none of their keys needs escaping): from each object's
+        present and the batch when that is provably the same (`current.present_after`, the
+        usual case in order), else from its history."""
+        text: Callable[[str], str] = _same if plain else self._text
         mine: dict[tuple[str, str], dict[str, list[tuple[Snapshot, str]]]] = {}
         for s, row in zip(batch, rows, strict=True):
             if (customer := row[2]) is not None:  # nobody reads one without a customer
-                key = (self._text(s.kind), self._text(s.object_id))
-                mine.setdefault(key, {}).setdefault(self._text(customer), []).append((s, row[7]))
-        keys = sorted((self._text(kind), self._text(oid)) for kind, oid in objects)
+                key = (text(row[0]), text(row[1]))
+                mine.setdefault(key, {}).setdefault(text(customer), []).append((s, row[7]))
+        keys = sorted((text(kind), text(oid)) for kind, oid in objects)
         step = KEYS_PER_STATEMENT if self.db.dialect == "sqlite" else PG_KEYS_PER_STATEMENT
         for start in range(0, len(keys), step):
             chunk = keys[start : start + step]
@@ -343,7 +359,14 @@ class Views:
             found: list[tuple[Any, ...]] = []
             again: list[tuple[str, str]] = []
             for key in chunk:
-                after = self._present_after(key, before.get(key, {}), mine.get(key))
+                new = mine.get(key)
+                if new is not None and len(new) == 1 and key not in before and key[0] != DISPUTE:
+                    ((customer, pairs),) = new.items()
+                    if len(pairs) == 1:  # one snapshot of an object new here: its present
+                        s, raw = pairs[0]
+                        found.append((*key, customer, text(s.event_id), s.created, raw))
+                        continue
+                after = self._present_after(key, before.get(key, {}), new)
                 if after is None:
                     again.append(key)
                 else:
@@ -518,16 +541,13 @@ class Views:
 
     # -- payment-method facts (projections/cards.py) ------------------------------------
 
-    def _card_row(self, fact: CardFact) -> tuple[Any, ...]:
-        keys = (fact.event_id, fact.kind, fact.object_id, fact.customer_id, fact.payment_method)
-        escaped = tuple(None if k is None else self._text(k) for k in keys)
-        return (*escaped, fact.created, fact.to_json().decode())
-
     def _insert_cards(self, cursor: Any, rows: list[tuple[Any, ...]]) -> None:
         if self.db.dialect == "sqlite":
             cursor.executemany(self._sql.insert_cards, rows)
-        else:  # the keys are escaped already (_card_row)
-            _copy_insert(cursor, self.cards, "_billing_cards_in", rows, _CARD_COLUMNS)
+            return
+        if _any_needs_escape(rows):
+            rows = [_escaped(r) if _needs_escape(r) else r for r in rows]
+        _copy_insert(cursor, self.cards, "_billing_cards_in", rows, _CARD_COLUMNS)
 
     def card_facts(self, customers: Sequence[str]) -> list[CardFact]:
         """Every payment-method fact of these customers, and of the payment methods they name."""
@@ -547,14 +567,16 @@ class Views:
         """A key as read from the database, unescaped."""
         return value if self.db.dialect == "sqlite" else _unescape(value)
 
-    def _insert(self, cursor: Any, rows: list[SnapshotRow], links: list[LinkTuple]) -> None:
+    def _insert(
+        self, cursor: Any, rows: list[SnapshotRow], links: list[LinkTuple], plain: bool = False
+    ) -> None:
         # Links, then snapshots, then tracking: the order reads and the swap lock them in
         # (PostgreSQL), so that no two of them can wait for each other.
         if self.db.dialect == "sqlite":
             cursor.executemany(self._sql.insert_links, links)
             cursor.executemany(self._sql.insert_snapshots, rows)
             return
-        if _any_needs_escape(rows):
+        if not plain:
             rows = [_escaped(r) if _needs_escape(r) else r for r in rows]
         if _any_needs_escape(links):
             links = [_escaped(r) if _needs_escape(r) else r for r in links]
