@@ -76,10 +76,14 @@ def present_after(current: Sequence[Snapshot], batch: Sequence[Snapshot]) -> lis
         return None  # two renderings of an event id in a batch: the stored one decides
     if not current:
         return present(batch)  # the object's first snapshots (the caller knows it had none)
-    keyed = ranked(current)
-    top = keyed[-1][1].created
-    if min(s.created for s in batch) < top or not _ordered_as_before(keyed, top):
-        return None
+    if len(current) == 1:  # its one second is whole (most objects' present)
+        if min(s.created for s in batch) < current[0].created:
+            return None
+    else:
+        keyed = ranked(current)
+        top = keyed[-1][1].created
+        if min(s.created for s in batch) < top or not _ordered_as_before(keyed, top):
+            return None
     kept = {s.event_id for s in current}
     new = [s for s in batch if s.event_id not in kept]  # applied again: the stored row stays
     return present([*current, *new]) if new else list(current)

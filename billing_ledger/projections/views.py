@@ -349,6 +349,7 @@ class Views:
                 mine.setdefault(key, {}).setdefault(text(customer), []).append((s, row[7]))
         keys = sorted((text(kind), text(oid)) for kind, oid in objects)
         step = KEYS_PER_STATEMENT if self.db.dialect == "sqlite" else PG_KEYS_PER_STATEMENT
+        found: list[tuple[Any, ...]] = []  # inserted once, after every chunk's DELETE
         for start in range(0, len(keys), step):
             chunk = keys[start : start + step]
             where, params = self._sql.objects_in(chunk)
@@ -356,7 +357,6 @@ class Views:
             before: dict[tuple[str, str], dict[str, list[tuple[Any, ...]]]] = {}
             for old in map(_values, cursor.fetchall()):
                 before.setdefault((old[0], old[1]), {}).setdefault(old[2], []).append(old)
-            found: list[tuple[Any, ...]] = []
             again: list[tuple[str, str]] = []
             for key in chunk:
                 new = mine.get(key)
@@ -375,8 +375,8 @@ class Views:
                 where, params = self._sql.objects_in(again)
                 cursor.execute(self._sql.history_of_objects + where, params)
                 found += self._present_rows([_values(r) for r in cursor.fetchall()], batch)
-            if found:
-                self._insert_current(cursor, found)
+        if found:
+            self._insert_current(cursor, found)
 
     def _present_after(
         self,
