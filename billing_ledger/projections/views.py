@@ -1300,8 +1300,10 @@ class _Statements:
         if self.sqlite:
             pairs = ", ".join(["(?, ?)"] * len(keys))
             return f"(kind, object_id) IN (VALUES {pairs})", [v for key in keys for v in key]
+        # %b: psycopg dumps a text array in its binary form about 4x faster than as text
+        # (which quotes each element through a regular expression): 2,000 keys a statement.
         return (
-            "(kind, object_id) IN (SELECT unnest(%s::text[]), unnest(%s::text[]))",
+            "(kind, object_id) IN (SELECT unnest(%b::text[]), unnest(%b::text[]))",
             [[k for k, _ in keys], [o for _, o in keys]],
         )
 
