@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from billing_ledger.ledger.canonical import Snapshot
-from billing_ledger.projections.fold import Attempt, attempts, ordered, past_due_in
+from billing_ledger.projections.fold import Attempt, Key, attempts, ordered, past_due_in, ranked
 from billing_ledger.projections.links import customer_of
 from billing_ledger.projections.policy import rule_witnesses
 from billing_ledger.projections.purchases import attached
@@ -57,6 +57,62 @@ def present(snapshots: Iterable[Snapshot]) -> list[Snapshot]:
     for s in [*_attempt_witnesses(order), *rule_witnesses(order)]:
         kept.setdefault(s.event_id, s)
     return sorted(kept.values(), key=lambda s: (s.created, s.event_id))
+
+
+def present_after(current: Sequence[Snapshot], batch: Sequence[Snapshot]) -> list[Snapshot] | None:
+    """`present(history + batch)` from the history's present (`current`) and a batch of
+    snapshots of the same object, without the history; None when that is not provably the
+    same, and the whole history must decide.
+
+    It is the same when every snapshot of the batch is of a second no earlier than the
+    present's greatest snapshot (those seconds are whole in the present, so every key there
+    is the history's) and the present orders its earlier snapshots as the history did
+    (`_ordered_as_before`). Then the greatest snapshot, the trailing past_due run and the
+    snapshot before it (the latest of its status), the latest snapshot of each status and
+    naming a user, and the first snapshot of each attempt of `history + batch` are all in
+    `current + batch`, in the same order.
+    """
+    if not batch or len({s.event_id for s in batch}) < len(batch):
+        return None  # two renderings of an event id in a batch: the stored one decides
+    if not current:
+        return present(batch)  # the object's first snapshots (the caller knows it had none)
+    if len(current) == 1:  # its one second is whole (most objects' present)
+        if min(s.created for s in batch) < current[0].created:
+            return None
+    else:
+        keyed = ranked(current)
+        top = keyed[-1][1].created
+        if min(s.created for s in batch) < top or not _ordered_as_before(keyed, top):
+            return None
+    kept = {s.event_id for s in current}
+    new = [s for s in batch if s.event_id not in kept]  # applied again: the stored row stays
+    return present([*current, *new]) if new else list(current)
+
+
+def _ordered_as_before(keyed: Sequence[tuple[Key, Snapshot]], top: int) -> bool:
+    """Whether a present (`keyed`, as `fold.ranked` orders it) orders its snapshots before
+    the second `top` of its greatest as the history it was cut from did.
+
+    An earlier second may have lost a snapshot that superseded one kept (`fold._superseded`),
+    which only ever raises the kept one's key within its second. The order of two kept
+    snapshots of one such second cannot have changed when their terminality or observation
+    differs (decided first), or when the lower of them by the keys' later parts is
+    superseded in the present too (then in the history too)."""
+    seconds: dict[int, list[Key]] = {}
+    for key, s in keyed:
+        if s.created < top:
+            seconds.setdefault(s.created, []).append(key)
+    for keys in seconds.values():
+        for i, one in enumerate(keys):
+            for other in keys[i + 1 :]:
+                if (one[0], one[2]) != (other[0], other[2]):
+                    continue
+                if one[4:7] == other[4:7]:
+                    return False  # two renderings of an event id
+                low = one if one[4:7] < other[4:7] else other
+                if low[3]:  # not superseded here: it may have been in the history
+                    return False
+    return True
 
 
 def latest(snapshots: Iterable[Snapshot]) -> int:

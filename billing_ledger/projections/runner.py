@@ -381,7 +381,8 @@ class Runner:
         for event in events:
             try:
                 snapshot = self._snapshot(event)
-                prepared.cards.extend((event.position, f) for f in self._cards(event))
+                if facts := self._cards(event):  # most events have none
+                    prepared.cards += [(event.position, f) for f in facts]
             except Exception as e:  # normalising is pure: this event would fail every time
                 reason = _reason(e)
                 prepared.skipped.append(Skipped(event.event_id, event.position, event.type, reason))

@@ -7,6 +7,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -112,6 +113,42 @@ def test_the_present_rows_do_not_depend_on_arrival_order_or_batching(
         shuffled, position = shuffled[size:], position + 1
     assert other.present_rows() == views.present_rows()
     assert len(views.present_rows()) == 3
+
+
+def _from_history(db: Database, views: Views) -> tuple[tuple[Any, ...], ...]:
+    """The present table as computed again from every object's whole history."""
+    with db.transaction() as cursor:
+        cursor.execute(f"DROP TABLE {views.current}")
+    again = Views(db)
+    again.create()  # fills the present table from the snapshots
+    return again.present_rows()
+
+
+HISTORY_READ = "SELECT kind, object_id, customer_id, event_id, json FROM"
+
+
+def test_batches_in_order_rewrite_the_present_without_reading_the_history(
+    db: Database, views: Views, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    applied = renewals(12)
+    seen = sent_statements(monkeypatch)
+    for position in range(0, len(applied), 2):  # two snapshots a batch, in order
+        views.apply(applied[position : position + 2], position, position + 2)
+    assert not [q for q in seen if HISTORY_READ in q]
+    rows = views.present_rows()
+    assert len(rows) == 3 and rows == _from_history(db, views)
+
+
+def test_a_batch_before_an_objects_present_rewrites_it_from_the_history(
+    db: Database, views: Views, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    applied = renewals(12)
+    views.apply(applied, 0, len(applied))
+    late = replace(renewals(13)[-1], created=T)  # of a second before the subscription's top
+    seen = sent_statements(monkeypatch)
+    views.apply([late], len(applied), len(applied) + 1)
+    assert [q for q in seen if HISTORY_READ in q]
+    assert views.present_rows() == _from_history(db, views)
 
 
 def test_views_created_over_old_tables_compute_the_present_once(db: Database, views: Views) -> None:
