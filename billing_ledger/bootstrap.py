@@ -44,6 +44,7 @@ class Deps:
     def start(self) -> None:
         """Start the writer, the runner and the feed's followers (each start is idempotent)."""
         self.writer.start()
+        self.reads.listen()  # other processes' batches keep this one's read caches current
         for part in (self.runner, self.feed, self.notifier):
             if part is not None:
                 part.start()

@@ -1,8 +1,9 @@
 """The read cache of the views: users' inputs, least recently used first, bounded by bytes.
 
-A cached user stays current while the views move, as long as every batch in between was
-committed by this process and touched none of the user's customers (the touched-batch log);
-a gap in the log means another process applied, and the entry is loaded again.
+A cached user stays current while the views move, as long as every batch in between is in
+this process's touched-batch log (committed here, or announced by the process that committed
+it: projections/announce.py) and touched none of the user's customers; a gap in the log (a
+batch not announced yet, or a notification lost) means the entry is loaded again.
 """
 
 from __future__ import annotations
@@ -91,13 +92,17 @@ class BatchLog:
         self._lock = threading.Lock()
 
     def remember(
-        self, after: int, position: int, customers: set[str | None], users: set[str]
+        self, after: int, position: int, customers: set[str | None] | None, users: set[str]
     ) -> None:
-        """Record one committed batch; a big one counts as touching everyone."""
+        """Record one committed batch; a big one (or customers None) touches everyone. A
+        batch not past the newest one remembered is skipped: this process's own batch and
+        its notification (projections/announce.py) may both arrive."""
         touched = Applied(after, position, None, frozenset())
-        if len(customers) <= TOUCHED_KEPT:
+        if customers is not None and len(customers) <= TOUCHED_KEPT:
             touched = Applied(after, position, frozenset(customers), frozenset(users))
         with self._lock:
+            if self._applied and self._applied[-1].position >= position:
+                return
             self._applied.append(touched)
 
     def clear(self) -> None:

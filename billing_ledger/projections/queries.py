@@ -13,6 +13,8 @@ position), so a thousand waiting requests hold no worker thread and delay no oth
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +34,7 @@ from billing_ledger.ledger.canonical import (
 )
 from billing_ledger.ledger.store import READ_CONNECTIONS
 from billing_ledger.projections import catalog as catalog_fold
+from billing_ledger.projections.announce import Listener
 from billing_ledger.projections.answers import Answers
 from billing_ledger.projections.cache import CacheStats
 from billing_ledger.projections.cards import CardFact
@@ -50,6 +53,9 @@ from billing_ledger.projections.policy import (
 from billing_ledger.projections.views import Views
 
 POLL_SECONDS = 0.02  # how often the poller reads the position while anyone waits
+# ...while the views' notifications are heard (projections/announce.py): they wake the
+# waits, the poll only catches what a lost connection missed.
+HEARD_POLL_SECONDS = 0.5
 RECENT_SECONDS = 0.1  # without a runner in process, a position this old is still used
 
 
@@ -171,7 +177,10 @@ class PositionWatch:
     ) -> None:
         self._read = read
         self.interval = interval
+        self.heard_interval = HEARD_POLL_SECONDS
         self._wait_for = wait_for
+        self.listener: Listener | None = None  # while it is connected, `wake` is called
+        self._lock = threading.Lock()  # `wake` comes from the listener's thread
         # Per event loop (each TestClient block, each server has its own): its poller and
         # its waiters, so a loop that ended leaves nothing behind for the next one.
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Waiters] = (
@@ -188,7 +197,8 @@ class PositionWatch:
     async def wait(self, wanted: int, timeout: float) -> int | None:
         """The position once it reaches `wanted`; None when `timeout` passes first."""
         loop = asyncio.get_running_loop()
-        mine = self._loops.setdefault(loop, _Waiters())
+        with self._lock:
+            mine = self._loops.setdefault(loop, _Waiters())
         waiter = (wanted, loop.create_future())
         mine.waiters.append(waiter)
         if mine.task is None or mine.task.done():
@@ -209,12 +219,27 @@ class PositionWatch:
                 position = await loop.run_in_executor(self._pool, self._next, lowest)
             except Exception:  # the database is away: the waiters time out by themselves
                 position = -1
-            for waiter in [w for w in mine.waiters if w[0] <= position]:
-                mine.waiters.remove(waiter)
-                if not waiter[1].done():
-                    waiter[1].set_result(position)
+            self._reached(mine, position)
             if mine.waiters and (self._wait_for is None or position < 0):
-                await asyncio.sleep(self.interval)
+                heard = self.listener is not None and self.listener.connected
+                await asyncio.sleep(self.heard_interval if heard else self.interval)
+
+    @staticmethod
+    def _reached(mine: _Waiters, position: int) -> None:
+        """Wake the waiters `position` satisfies (on their loop)."""
+        for waiter in [w for w in mine.waiters if w[0] <= position]:
+            mine.waiters.remove(waiter)
+            if not waiter[1].done():
+                waiter[1].set_result(position)
+
+    def wake(self, position: int) -> None:
+        """The views committed `position` (a notification; any thread): wake its waiters
+        without waiting for the next poll."""
+        with self._lock:
+            loops = [(loop, mine) for loop, mine in self._loops.items() if mine.waiters]
+        for loop, mine in loops:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits there
+                loop.call_soon_threadsafe(self._reached, mine, position)
 
     def _next(self, lowest: int) -> int:
         """The position, once it reaches `lowest` or after at most `interval` (wait_for)."""
@@ -225,6 +250,8 @@ class PositionWatch:
     def close(self) -> None:
         """Let the poller's thread go (it ends once a hung read returns)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.listener is not None:
+            self.listener.stop()
 
 
 @dataclass
@@ -260,6 +287,10 @@ class Reads:
         follow = getattr(runner, "wait_for", None)  # a runner in process wakes the waits
         read = views.position if follow is None else lambda: int(runner.position)
         self.watch = PositionWatch(read, wait_for=follow)
+        if views.db.dialect == "postgres":  # the batches other processes commit, heard
+            self.watch.listener = Listener(
+                views.db.url.conninfo(), views.channel, views.batches, self.watch.wake
+            )
         self._catalog: tuple[tuple[Any, ...], Catalog] | None = None
         # The threads of the reads at now that miss the cache: a plain executor hop costs
         # a read less than half of starlette's (anyio's) threadpool; as many as the read
@@ -467,7 +498,13 @@ class Reads:
         """The read caches' figures, by name."""
         return self.views.cache_stats()
 
+    def listen(self) -> None:
+        """Hear the batches other processes commit (PostgreSQL; idempotent): cached users
+        they did not touch stay hits, waits wake as they commit."""
+        if self.watch.listener is not None:
+            self.watch.listener.start()
+
     def close(self) -> None:
-        """Release the poller's thread and the reads' threads."""
+        """Release the poller's thread, the listener and the reads' threads."""
         self.watch.close()
         self._threads.shutdown(wait=False)

@@ -31,6 +31,7 @@ from billing_ledger.ledger.canonical import (
     snapshot_to_json,
 )
 from billing_ledger.ledger.store import READ_LOCK_TIMEOUT, Database, StorageError, guard
+from billing_ledger.projections import announce
 from billing_ledger.projections import cache as read_cache
 from billing_ledger.projections import catalog as catalog_fold
 from billing_ledger.projections.cache import BatchLog, CacheStats, Entry, ReadCache, estimate
@@ -50,6 +51,7 @@ TRACKING = "billing_tracking"  # our own table: other projections keep theirs
 CURRENT = "billing_current"
 SKIPPED = "billing_skipped"  # events the projection refused, committed with the position
 CARDS = "billing_cards"  # payment-method facts (projections/cards.py), for the billing page
+_NOTIFY = "SELECT pg_notify(%s, %s)"  # a committed batch to the processes that read
 SKIPPED_LISTED = 100  # the newest skips `skipped()` lists (all are counted)
 # Each product's and price's chosen snapshot (projections/catalog.py), rewritten with its
 # snapshots like the present: GET /v1/catalog and /pricing read a few rows, never Stripe.
@@ -220,6 +222,12 @@ class Views:
         # (position checked at, catalog version, chosen snapshots): see `catalog_states`.
         self._catalog: tuple[int, int, tuple[Snapshot, ...]] | None = None
 
+    @property
+    def channel(self) -> str:
+        """Where this process announces its committed batches (PostgreSQL): every process
+        that reads these tables listens there (projections/announce.py)."""
+        return announce.channel(self.db.url.schema, self.name + self.suffix)
+
     def shadow(self, suffix: str) -> Views:
         """The same projection under other table names (for replay)."""
         return Views(self.db, name=self.name, suffix=suffix)
@@ -305,8 +313,14 @@ class Views:
             self._rewrite_present(cursor, touched, snapshots, rows, plain=plain)
             self._rewrite_catalog(cursor, snapshots, position)
             self._track(cursor, Tracking(self.name, position))
-        customers = {row[2] for row in rows} | {link[1] for link in links} | set(disputes.values())
-        self.batches.remember(after, position, customers, {link[0] for link in links})
+            customers = {row[2] for row in rows} | {link[1] for link in links}
+            customers |= set(disputes.values())
+            users = {link[0] for link in links}
+            if self.db.dialect == "postgres":  # delivered at commit, in commit order
+                cursor.execute(
+                    _NOTIFY, (self.channel, announce.encode(after, position, customers, users))
+                )
+        self.batches.remember(after, position, customers, users)
         known = self._catalog
         if known is not None and known[0] == tracked and not _touches_catalog(snapshots):
             # The catalog read at `tracked` is still the catalog at `position`: no query.
