@@ -10,7 +10,9 @@ from billing_ledger.projections.policy import UserInputs
 
 def inputs(user_id: str, customer_id: str) -> UserInputs:
     return UserInputs(
-        user_id=user_id, links=(LinkRow(user_id, customer_id, 0, "evt_1", "metadata"),), snapshots=()
+        user_id=user_id,
+        links=(LinkRow(user_id, customer_id, 0, "evt_1", "metadata"),),
+        snapshots=(),
     )
 
 
