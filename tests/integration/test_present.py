@@ -331,11 +331,12 @@ def test_a_wait_woken_by_the_runner_in_process_polls_no_statement(
     assert read.position == position + 1 and read.inputs.links
 
 
+# PostgreSQL only: SQLite has no server to plan statements, nor lock waits to bound.
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 def test_a_read_at_now_on_postgresql_is_prepared_once_in_a_session_bounding_lock_waits(
     views: Views, db: Database
 ) -> None:
-    if db.dialect != "postgres":
-        pytest.skip("SQLite has no server to plan statements, nor lock waits to bound")
+    assert db.dialect == "postgres"
     applied = renewals(3)
     views.apply(applied, 0, len(applied))
     first = views.present_read("u_1")
