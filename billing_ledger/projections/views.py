@@ -59,6 +59,9 @@ CATALOG = "billing_catalog"
 # A row of the tracking table: the position of the last batch that touched the catalog, so
 # a reader loads the catalog again only when it moved.
 CATALOG_VERSION = ":catalog"
+# A row of the tracking table once every object's present is in the present table (see
+# `_fill_current`): a batch takes an object without present rows for one it has never seen.
+PRESENT_FILLED = ":present"
 # The tables a swap replaces, in the one order that reads, batches and the swap take their
 # locks in (PostgreSQL): then none of them can wait for another in a cycle.
 SWAPPED = (LINKS, SNAPSHOTS, CARDS, CURRENT, TRACKING, SKIPPED, CATALOG)
@@ -532,21 +535,28 @@ class Views:
         return rows
 
     def _fill_current(self) -> None:
-        """Compute every object's present once, when the table is new beside old snapshots."""
+        """Compute the present of every object that has snapshots but no present rows, in
+        one transaction holding the position's row (no batch commits meanwhile: a batch
+        takes an object without present rows for new), then note the table complete
+        (PRESENT_FILLED). A fill cut short leaves nothing, and the next start does it all."""
         with self.db.transaction(commit=False) as cursor:
-            cursor.execute(f"SELECT 1 FROM {self.current} LIMIT 1")
+            cursor.execute(self._sql.tracked, (self.name + PRESENT_FILLED,) * 2)
             if cursor.fetchall():
-                return
-            cursor.execute(
-                f"SELECT DISTINCT kind, object_id FROM {self.snapshots} "
-                "WHERE customer_id IS NOT NULL"
-            )
-            objects = [_values(r) for r in cursor.fetchall()]
-        for start in range(0, len(objects), 10 * KEYS_PER_STATEMENT):
-            with self.db.transaction() as cursor:
-                self._tracked(cursor, lock=True)  # a runner elsewhere waits its turn
-                chunk = objects[start : start + 10 * KEYS_PER_STATEMENT]
-                self._rewrite_present(cursor, {(self._plain(k), self._plain(o)) for k, o in chunk})
+                cursor.execute(f"SELECT 1 FROM {self.current} LIMIT 1")
+                if cursor.fetchall():  # complete; an empty one was dropped: fill it again
+                    return
+        with self.db.transaction() as cursor:
+            self._tracked(cursor, lock=True)  # a runner elsewhere waits its turn
+            cursor.execute(self._sql.objects_without_present)
+            objects = {(self._plain(k), self._plain(o)) for k, o in map(_values, cursor.fetchall())}
+            for start in range(0, len(objects), 10 * KEYS_PER_STATEMENT):
+                chunk = sorted(objects)[start : start + 10 * KEYS_PER_STATEMENT]
+                self._rewrite_present(cursor, set(chunk))
+            gone = f"DELETE FROM {self.tracking} WHERE application_name = {self.db.param}"
+            cursor.execute(gone, (self.name + PRESENT_FILLED,))  # a table dropped and filled
+            filled = {"application_name": self.name + PRESENT_FILLED, "notification_id": 1}
+            cursor.execute(self.tracker.insert_tracking_statement, filled)
+            cursor.fetchall()
         if objects:
             log.info("projection %s: computed the present of %d objects", self.name, len(objects))
 
@@ -1194,6 +1204,11 @@ class _Statements:
         self.skipped = (
             f"SELECT event_id, position, event_type, reason FROM {views.skips} "
             f"ORDER BY position DESC LIMIT {p}"
+        )
+        self.objects_without_present = (
+            f"SELECT DISTINCT s.kind, s.object_id FROM {views.snapshots} s "
+            "WHERE s.customer_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM "
+            f"{views.current} c WHERE c.kind = s.kind AND c.object_id = s.object_id)"
         )
         # The position's row and the generation's (GENERATION), in one statement.
         self.tracked = (

@@ -18,7 +18,7 @@ from billing_ledger.ledger.canonical import Snapshot
 from billing_ledger.ledger.store import READ_CONNECTIONS, Database, DatabaseUrl
 from billing_ledger.projections.policy import UserInputs, evaluate
 from billing_ledger.projections.queries import NotCaughtUpError, Reads
-from billing_ledger.projections.views import Views
+from billing_ledger.projections.views import PRESENT_FILLED, Views
 from tests.support.aio import run
 from tests.unit.builders import (
     DAY,
@@ -162,6 +162,31 @@ def test_views_created_over_old_tables_compute_the_present_once(db: Database, vi
     assert again.present_rows() == expected
     again.create()  # a no-op now
     assert again.present_rows() == expected
+
+
+def test_a_fill_cut_short_is_done_again_whole_at_the_next_start(
+    db: Database, views: Views, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    applied = renewals(5)
+    views.apply(applied, 0, len(applied))
+    expected = views.present_rows()
+    # As a fill of old tables that stopped part-way would leave them: some objects' present
+    # rows, no mark of completion. A batch would take the others for new objects.
+    with db.transaction() as cursor:
+        cursor.execute(f"DELETE FROM {views.current} WHERE kind = 'subscription'")
+        cursor.execute(
+            f"DELETE FROM {views.tracking} WHERE application_name = {db.param}",
+            (views.name + PRESENT_FILLED,),
+        )
+    assert views.present_rows() != expected
+    seen = sent_statements(monkeypatch)
+    Views(db).create()
+    assert views.present_rows() == expected
+    assert [q for q in seen if "NOT EXISTS (SELECT 1 FROM" in q]
+    seen.clear()
+    Views(db).create()  # marked complete: no scan of the snapshots
+    assert not [q for q in seen if "NOT EXISTS (SELECT 1 FROM" in q]
+    assert views.present_rows() == expected
 
 
 def test_a_promoted_shadow_brings_its_present(views: Views) -> None:
