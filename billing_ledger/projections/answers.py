@@ -26,10 +26,10 @@ from billing_ledger.projections.policy import (
 # same inputs (it is checked by identity): an answer whose user both caches have let go can
 # never be used again, yet 150,000 snapshots of such inputs are 200-300 MiB (tracemalloc: a
 # user of one snapshot holds 1.9 KB of inputs and 0.8 KB of answer, of five 7 KB and 1.5 KB).
-# These bounds are about what the read caches hold (32 MiB each: 4,000-17,000 users), at most
-# about 45 MiB.
-CACHE_SIZE = 16_000
-CACHE_SNAPSHOTS = 20_000
+# These bounds are about what the present cache holds (96 MiB: 10,000-40,000 users, 60,000
+# snapshots at about 1.5 KB each), at most about 60 MiB of answers beside their inputs.
+CACHE_SIZE = 40_000
+CACHE_SNAPSHOTS = 60_000
 
 
 # How `_add_times` walks a value of each type, found once per type: its fields' names (a

@@ -20,12 +20,12 @@ CACHE_SIZE = 100_000  # users whose inputs a process keeps loaded
 # alone would let the cache grow without bound.
 CACHE_SNAPSHOTS = 150_000
 # About what the entries take in memory (estimated), per cache: an HTTP process has two (the
-# present and the history). With 100,000 users neither holds every user (an entry is 2-10
-# KB), so the bound is what a process can afford: one HTTP process (about 80 MiB at rest)
-# with both full and the runner's process (about 90) stay near 235 MiB, under 300; and a soak
-# of reads beside events fills it within minutes, after which the RSS stays flat. Each of
-# uvicorn's workers has its own two caches (and its own 70-80 MiB).
-CACHE_BYTES = 32 * 1024 * 1024
+# present, for reads at now, and the history, for `at` in the past and histories, empty in
+# a workload of reads at now). An entry is 2-10 KB: 96 MiB holds the present of the 10,000
+# users of bench/read.py (at 32 MiB its warm reads missed on every round, 0.16 of the no-op),
+# not of 100,000; one HTTP process (about 80 MiB at rest) with its present cache full and the
+# runner's process (about 90) stay near 300 MiB. Each of uvicorn's workers has its own caches.
+CACHE_BYTES = 96 * 1024 * 1024
 APPLIED_KEPT = 256  # committed batches remembered for keeping cached users current
 TOUCHED_KEPT = 500  # customers listed per remembered batch
 # What a cached entry keeps alive, measured with tracemalloc on filled caches (the bench's
