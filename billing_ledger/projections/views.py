@@ -545,6 +545,11 @@ class Views:
                 cursor.execute(f"SELECT 1 FROM {self.current} LIMIT 1")
                 if cursor.fetchall():  # complete; an empty one was dropped: fill it again
                     return
+            # Nothing to fill (a new ledger, or one made complete): no write at start, where
+            # every process of `serve` creates the views at once (SQLite: one writer).
+            cursor.execute(f"{self._sql.objects_without_present} LIMIT 1")
+            if not cursor.fetchall():
+                return
         with self.db.transaction() as cursor:
             self._tracked(cursor, lock=True)  # a runner elsewhere waits its turn
             cursor.execute(self._sql.objects_without_present)
