@@ -26,7 +26,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastor
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
 from psycopg import Cursor
 from psycopg.conninfo import make_conninfo
-from psycopg.rows import DictRow, TupleRow
+from psycopg.rows import DictRow, TupleRow, tuple_row
 from psycopg.sql import Composable
 from psycopg_pool import ConnectionPool
 
@@ -492,6 +492,10 @@ class EventStore:
             f"originator_version, state FROM {db.table(TABLE)} "
             f"WHERE originator_id = {p} ORDER BY originator_version"
         )
+        self._read_sql = (
+            "SELECT notification_id, originator_id, originator_version, state "
+            f"FROM {db.table(TABLE)} WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
+        )
 
     def create(self) -> None:
         """Create the store's tables (idempotent, safe when several processes start at once)."""
@@ -569,7 +573,20 @@ class EventStore:
         return versions[0] if versions else None
 
     def read(self, after: int, limit: int = 1000) -> list[Recorded]:
-        """Up to `limit` stored events with positions greater than `after`, in position order."""
+        """Up to `limit` stored events with positions greater than `after`, in position order.
+
+        On PostgreSQL the rows come in binary format: the bodies arrive as their bytes, where
+        the text format's bytea escaping cost libpq about 12% of a catch-up's instructions to
+        undo (PQunescapeBytea)."""
+        if self.db.dialect == "postgres":
+            with (
+                guard(),
+                self.db.postgres.get_connection() as conn,
+                conn.cursor(binary=True, row_factory=tuple_row) as cursor,
+            ):
+                cursor.execute(self._read_sql, (after, limit), prepare=True)
+                found = cursor.fetchall()
+            return [decode_state(p, str(i), v, s) for p, i, v, s in found]
         with guard():
             rows = self.recorder.select_notifications(
                 start=after, limit=limit, inclusive_of_start=False
