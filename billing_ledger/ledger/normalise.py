@@ -458,7 +458,9 @@ OBSERVED: dict[str, tuple[str, Reader]] = {
 }
 
 
-def _body(event: Recorded) -> Json:
+def body_of(event: Recorded) -> Json:
+    """The event's parsed body, as `normalise` reads it (a NormaliseError when it is not a
+    JSON object): a caller that reads the body too parses it once (projections/runner.py)."""
     try:
         body = event.payload()
     except orjson.JSONDecodeError:
@@ -561,11 +563,13 @@ def _observation(event: Recorded, obj: Json, body: Json) -> Snapshot | None:
     return _snapshot(event, kind, state, created, observation=True)
 
 
-def normalise(event: Recorded) -> Snapshot | None:
-    """The canonical snapshot an event carries, or None when it carries no state we use."""
+def normalise(event: Recorded, body: Json | None = None) -> Snapshot | None:
+    """The canonical snapshot an event carries, or None when it carries no state we use
+    (`body`: the event's body as `body_of` parsed it, when the caller has it already)."""
     if event.thin or (event.type not in READERS and event.type != OBSERVATION):
         return None
-    body = _body(event)
+    if body is None:
+        body = body_of(event)
     if body.get("object") == THIN_EVENT_OBJECT:
         return None
     obj, previous = _data(event, body)

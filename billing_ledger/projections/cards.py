@@ -199,12 +199,14 @@ READERS: dict[str, Reader] = {
 CARD_EVENTS = frozenset(READERS)
 
 
-def card_facts(event: Recorded) -> tuple[CardFact, ...]:
-    """What one stored event says about payment methods (nothing for other types)."""
+def card_facts(event: Recorded, body: Any = None) -> tuple[CardFact, ...]:
+    """What one stored event says about payment methods (nothing for other types);
+    `body`: the event's parsed body, when the caller has it already."""
     reader = READERS.get(event.type)
     if reader is None:
         return ()
-    body = event.payload()
+    if body is None:
+        body = event.payload()
     data = body.get("data") if isinstance(body, dict) else None
     obj = data.get("object") if isinstance(data, dict) else None
     if not isinstance(obj, dict) or _id(obj) is None:

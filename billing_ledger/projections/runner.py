@@ -25,7 +25,7 @@ from eventsourcing.persistence import DataError, IntegrityError, PersistenceErro
 from billing_ledger.background import Background
 from billing_ledger.ledger.canonical import Snapshot
 from billing_ledger.ledger.logfmt import fields
-from billing_ledger.ledger.normalise import normalise
+from billing_ledger.ledger.normalise import READERS, body_of, normalise
 from billing_ledger.ledger.records import Recorded
 from billing_ledger.ledger.store import TABLE, EventStore, StorageError
 from billing_ledger.projections.cards import CARD_EVENTS, CardFact, card_facts
@@ -42,6 +42,8 @@ SETTLE_SECONDS = 0.05
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 30.0
 REASON_CHARS = 300  # of a skip's reason, as recorded and listed
+# The event types whose bodies both normalise and the card facts read.
+_BOTH_READ = CARD_EVENTS & READERS.keys()
 
 # What a database raises; of these only the ones about a row's values say "this event".
 _DATABASE_ERRORS = (StorageError, PersistenceError, psycopg.Error, sqlite3.Error, OSError)
@@ -380,8 +382,8 @@ class Runner:
         prepared = _Prepared([], after)
         for event in events:
             try:
-                snapshot = self._snapshot(event)
-                if facts := self._cards(event):  # most events have none
+                snapshot, facts = self._read(event)
+                if facts:  # most events have none
                     prepared.cards += [(event.position, f) for f in facts]
             except Exception as e:  # normalising is pure: this event would fail every time
                 reason = _reason(e)
@@ -393,20 +395,20 @@ class Runner:
             prepared.last = event.position
         return prepared
 
-    def _snapshot(self, event: Recorded) -> Snapshot | None:
-        """The snapshot to apply, or None for an event the projections skip (and why)."""
+    def _read(self, event: Recorded) -> tuple[Snapshot | None, tuple[CardFact, ...]]:
+        """The snapshot to apply (None for an event the projections skip) and the event's
+        payment-method facts (projections/cards.py); a body both read is parsed once."""
         if event.version > 1 or event.thin:
-            return None  # an alternate rendering of a stored id, or a thin notification
+            return None, ()  # an alternate rendering of a stored id, or a thin notification
         if event.livemode != self.livemode:
             self._flag(event)
-            return None
-        return normalise(event)
-
-    def _cards(self, event: Recorded) -> tuple[CardFact, ...]:
-        """The payment-method facts of an event the projections use (projections/cards.py)."""
-        if event.type not in CARD_EVENTS or event.version > 1 or event.thin:
-            return ()
-        return card_facts(event) if event.livemode == self.livemode else ()
+            return None, ()
+        if event.type not in CARD_EVENTS:
+            return normalise(event), ()
+        if event.type not in _BOTH_READ:
+            return normalise(event), card_facts(event)
+        body = body_of(event)  # fails as normalise would, before any fact is read
+        return normalise(event, body), card_facts(event, body)
 
     def _flag(self, event: Recorded) -> None:
         """Log an event of the other mode once: it is stored, flagged, never projected."""
