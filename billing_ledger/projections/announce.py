@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 
-from billing_ledger.projections.cache import TOUCHED_KEPT, BatchLog
+from billing_ledger.projections.cache import BatchLog, listed
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def channel(schema: str, name: str) -> str:
 def encode(after: int, position: int, customers: set[str | None], users: set[str]) -> str:
     """One batch as a notification's payload: its range and whom it touched, or EVERYONE
     after the range when the list would not fit."""
-    if len(customers) <= TOUCHED_KEPT:
+    if listed(customers):
         payload = json.dumps(
             [after, position, sorted(customers, key=str), sorted(users)], separators=(",", ":")
         )

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from billing_ledger.projections.policy import UserInputs
 
@@ -84,6 +85,12 @@ def estimate(inputs: UserInputs, json_bytes: int) -> int:
     return BYTES_PER_ENTRY + objects + int(BYTES_PER_JSON_BYTE * json_bytes)
 
 
+def listed(customers: Collection[str | None] | None) -> TypeGuard[Collection[str | None]]:
+    """Whether a batch touching these customers is remembered (and announced) by whom it
+    touched; else it touches every user."""
+    return customers is not None and len(customers) <= TOUCHED_KEPT
+
+
 class BatchLog:
     """The batches this process committed, newest last (shared by the caches of one views)."""
 
@@ -98,7 +105,7 @@ class BatchLog:
         batch not past the newest one remembered is skipped: this process's own batch and
         its notification (projections/announce.py) may both arrive."""
         touched = Applied(after, position, None, frozenset())
-        if customers is not None and len(customers) <= TOUCHED_KEPT:
+        if listed(customers):
             touched = Applied(after, position, frozenset(customers), frozenset(users))
         with self._lock:
             if self._applied and self._applied[-1].position >= position:

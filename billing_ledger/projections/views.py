@@ -212,6 +212,9 @@ class Views:
             self.tracker = PostgresTrackingRecorder(
                 db.postgres, tracking_table_name=self.names[TRACKING]
             )
+        # Where this process announces its committed batches (PostgreSQL): every process
+        # that reads these tables listens there (projections/announce.py).
+        self.channel = announce.channel(db.url.schema, name + suffix)
         self._sql = _Statements(self)
         self._recent: tuple[float, int] = (-1.0, 0)
         # The batches this process committed: a cached user none of them touched is still
@@ -224,12 +227,6 @@ class Views:
         self._generation: int | None = None  # of the tables last read (None: none read yet)
         # (position checked at, catalog version, chosen snapshots): see `catalog_states`.
         self._catalog: tuple[int, int, tuple[Snapshot, ...]] | None = None
-
-    @property
-    def channel(self) -> str:
-        """Where this process announces its committed batches (PostgreSQL): every process
-        that reads these tables listens there (projections/announce.py)."""
-        return announce.channel(self.db.url.schema, self.name + self.suffix)
 
     def shadow(self, suffix: str) -> Views:
         """The same projection under other table names (for replay)."""
