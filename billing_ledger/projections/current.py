@@ -54,7 +54,7 @@ def present(snapshots: Iterable[Snapshot]) -> list[Snapshot]:
     # Lower seconds' attempts cannot outrank the greatest snapshot, whatever their keys.
     # What the precise rules read later (when a subscription stopped granting, who owns the
     # metadata now): without these a read of the present would answer by less evidence.
-    for s in [*_attempt_witnesses(order), *rule_witnesses(order)]:
+    for s in [*_attempt_witnesses(order), *rule_witnesses(order, in_order=True)]:
         kept.setdefault(s.event_id, s)
     return sorted(kept.values(), key=lambda s: (s.created, s.event_id))
 

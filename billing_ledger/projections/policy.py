@@ -530,21 +530,22 @@ def _deleted(folds: Folds, customers: Iterable[str]) -> frozenset[str]:
     )
 
 
-def rule_witnesses(snapshots: Iterable[Snapshot]) -> list[Snapshot]:
+def rule_witnesses(snapshots: Iterable[Snapshot], *, in_order: bool = False) -> list[Snapshot]:
     """Beyond one object's present (its latest second, its trailing past_due run and one
     snapshot per payment attempt), what the precise rules read at any later `at`: for each
     status the latest snapshot in it (when a subscription last stopped granting, whatever
     the plans' grant_statuses) and the greatest snapshot naming a user (who owns the
-    metadata now). A read that loads only the present must load these too."""
-    keyed = ranked(snapshots)
+    metadata now). A read that loads only the present must load these too. `in_order`:
+    the snapshots are in the fold's order already (`fold.ordered`), not keyed again."""
+    order = list(snapshots) if in_order else [s for _, s in ranked(snapshots)]
     latest: dict[str, Snapshot] = {}
-    for _, s in keyed:
+    for s in order:
         status = getattr(s.state, "status", None)
         if s.kind != SUBSCRIPTION or not isinstance(status, str):
             continue
         if status not in latest or s.created >= latest[status].created:
             latest[status] = s
-    naming = [s for _, s in keyed if getattr(s.state, "app_user_id", None)]
+    naming = [s for s in order if getattr(s.state, "app_user_id", None)]
     found = {s.event_id: s for s in [*latest.values(), *naming[-1:]]}
     return sorted(found.values(), key=lambda s: (s.created, s.event_id))
 
