@@ -3,7 +3,8 @@
 Appends N realistic subscription, invoice and Checkout events (1-3 KB, endive shapes) to a
 fresh schema, then prints, in the same run: the rate of merely reading the rows back and
 JSON-decoding each body (the floor any projection pays), and the runner's catch-up rate
-into fresh views, with their ratio. Goal: catch-up at least half the read-and-decode rate.
+into fresh views, with their ratio. Goal (issue 10): catch-up at least 0.8 of the
+read-and-decode rate. Both read through `EventStore.read`, as the runner does.
 Reproduce: `make bench`, or `PYTHONPATH=. .venv/bin/python bench/project.py`
 (BENCH_PROJECT_EVENTS=N for a quicker run; default 1,000,000).
 """
@@ -52,7 +53,7 @@ def main() -> int:
         print(
             f"catch-up:           {rate:,.0f} events/s ({applied:,} snapshots in {apply_seconds:.1f} s)"
         )
-        print(f"ratio: {rate / baseline:.2f} of read-and-decode (goal >= 0.50)")
+        print(f"ratio: {rate / baseline:.2f} of read-and-decode (goal >= 0.80)")
     return 0
 
 

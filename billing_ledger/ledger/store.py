@@ -586,7 +586,7 @@ class EventStore:
             ):
                 cursor.execute(self._read_sql, (after, limit), prepare=True)
                 found = cursor.fetchall()
-            return [decode_state(p, str(i), v, s) for p, i, v, s in found]
+            return [decode_state(p, i, v, s) for p, i, v, s in found]  # ids are text
         with guard():
             rows = self.recorder.select_notifications(
                 start=after, limit=limit, inclusive_of_start=False
