@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from billing_ledger.ledger import normalise
-from billing_ledger.ledger.records import Incoming
+from billing_ledger.ledger.records import Incoming, Recorded
 from billing_ledger.ledger.store import Database, DatabaseUrl, EventStore, StorageError, guard
 from billing_ledger.ledger.verify import parse_event
 from billing_ledger.projections import runner as runner_module
@@ -94,6 +94,24 @@ def test_catch_up_applies_everything_in_batches(store: EventStore, views: Views)
     assert runner.status() == {
         "billing": {"position": head, "error": None, "skipped": [], "skipped_total": 0}
     }
+
+
+def test_an_event_read_for_its_snapshot_and_its_card_facts_is_parsed_once(
+    store: EventStore, views: Views, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    envelopes = subscription_events(3)  # each a subscription snapshot and a card fact
+    append(store, envelopes)
+    parsed: list[str] = []
+    payload = Recorded.payload
+
+    def counted(recorded: Recorded) -> dict[str, Any]:
+        parsed.append(recorded.event_id)
+        return payload(recorded)
+
+    monkeypatch.setattr(Recorded, "payload", counted)
+    Runner(store, views, livemode=False).catch_up()
+    assert sorted(parsed) == [e["id"] for e in envelopes]
+    assert len(views.rows().snapshots) == len(views.card_rows()) == 3
 
 
 def test_a_second_catch_up_applies_nothing(store: EventStore, views: Views) -> None:
