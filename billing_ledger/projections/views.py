@@ -13,7 +13,7 @@ import logging
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -422,9 +422,7 @@ class Views:
             return
         # COPY, several times faster than an INSERT a row: the DELETE before it in this
         # transaction left none of these rows to conflict with.
-        with cursor.copy(f"COPY {self.current} ({', '.join(_CURRENT_COLUMNS)}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
+        _copy(cursor, self.current, _CURRENT_COLUMNS, rows)
 
     def _attach_disputes(self, cursor: Any, batch: Sequence[Snapshot]) -> dict[str, str]:
         """Give each dispute row its charge's customer (a dispute names only its charge), once
@@ -1087,16 +1085,11 @@ def _copy_insert(
     """COPY the rows in; when some are already there, insert only the new ones."""
     if not rows:
         return
-    names = ", ".join(columns)
     try:
         # Almost every batch is new: a plain COPY is several times faster than an upsert.
         # A savepoint keeps the transaction usable when a re-applied row is refused.
-        with (
-            cursor.connection.transaction(),
-            cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy,
-        ):
-            for row in rows:
-                copy.write_row(row)
+        with cursor.connection.transaction():
+            _copy(cursor, table, columns, rows)
         return
     except psycopg.errors.UniqueViolation:
         pass
@@ -1104,12 +1097,25 @@ def _copy_insert(
     cursor.execute(
         f"CREATE TEMPORARY TABLE {temp} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP"
     )
-    with cursor.copy(f"COPY {temp} ({names}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row(row)
+    _copy(cursor, temp, columns, rows)
+    names = ", ".join(columns)
     cursor.execute(
         f"INSERT INTO {table} ({names}) SELECT {names} FROM {temp} ON CONFLICT DO NOTHING"
     )
+
+
+# The views' columns that are not text, as COPY's binary format names their types.
+_BINARY_TYPES = {"created": "int8", "latest": "int8", "observation": "bool"}
+
+
+def _copy(cursor: Any, table: str, columns: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> None:
+    """COPY rows into a table in the binary format: neither side escapes or parses text
+    (measured: about half the client's CPU a row of text COPY, a sixth less of the server's)."""
+    names = ", ".join(columns)
+    with cursor.copy(f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types([_BINARY_TYPES.get(column, "text") for column in columns])
+        for row in rows:
+            copy.write_row(row)
 
 
 _CREATES = re.compile(r'CREATE (?:TABLE|INDEX) IF NOT EXISTS (?:"[^"]+"\.)?"?([^"\s]+)"?')
