@@ -576,7 +576,7 @@ class EventStore:
         """Up to `limit` stored events with positions greater than `after`, in position order.
 
         On PostgreSQL the rows come in binary format: the bodies arrive as their bytes, where
-        the text format's bytea escaping cost libpq about 12% of a catch-up's instructions to
+        the text format's bytea escaping cost libpq about 11% of a catch-up's instructions to
         undo (PQunescapeBytea)."""
         if self.db.dialect == "postgres":
             with (
