@@ -37,7 +37,7 @@ MAX_DEPTH = 8  # nesting of a previous_attributes value (Stripe objects nest abo
 MAX_PREVIOUS = 16_384  # previous_attributes kept per snapshot, in roughly encoded bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Item:
     """One subscription item: what is bought, and its billing period."""
 
@@ -49,7 +49,7 @@ class Item:
     quantity: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Subscription:
     """A subscription's state as one event rendered it."""
 
@@ -69,7 +69,7 @@ class Subscription:
     has_pending_update: bool = False  # items still show the old prices while pending
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Invoice:
     """An invoice's state as one event rendered it."""
 
@@ -96,7 +96,7 @@ class Invoice:
     invoice_pdf: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Customer:
     """A customer as one event rendered it."""
 
@@ -106,7 +106,7 @@ class Customer:
     email: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CheckoutSession:
     """A Checkout Session: the authoritative user link once complete."""
 
@@ -121,7 +121,7 @@ class CheckoutSession:
     price_id: str | None = None  # metadata.price, which this service puts on its sessions
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EntitlementSummary:
     """A customer's active entitlement summary (customer-wide)."""
 
@@ -130,7 +130,7 @@ class EntitlementSummary:
     complete: bool  # False when Stripe truncated the list (has_more): never trust it whole
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Link:
     """A user-to-customer link this service recorded itself."""
 
@@ -138,7 +138,7 @@ class Link:
     customer_id: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Product:
     """A catalog product as one event rendered it."""
 
@@ -149,7 +149,7 @@ class Product:
     deleted: bool = False  # product.deleted: removed for good
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Price:
     """A catalog price as one event rendered it."""
 
@@ -166,7 +166,7 @@ class Price:
     deleted: bool = False  # price.deleted: removed for good
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Charge:
     """A charge: how much of it was refunded."""
 
@@ -178,7 +178,7 @@ class Charge:
     refunded: bool  # Stripe's own "fully refunded"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Dispute:
     """A dispute of one charge; `lost` takes the money back for good."""
 
@@ -189,7 +189,7 @@ class Dispute:
     customer_id: str | None = None  # the charge's, once the views know it (not in the body)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Sale:
     """What one Checkout Session created by this service sells, to whom."""
 
@@ -215,7 +215,7 @@ State = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """One object's state at one event, with what orders it among its siblings."""
 

@@ -11,6 +11,7 @@ as the user's inputs stay the same object (the views cache replaces it when they
 from __future__ import annotations
 
 import bisect
+import weakref
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
@@ -22,13 +23,14 @@ from billing_ledger.projections.policy import (
     evaluate,
 )
 
-# An answer keeps its user's inputs alive, and serves only while a read cache still holds the
-# same inputs (it is checked by identity): an answer whose user both caches have let go can
-# never be used again, yet 150,000 snapshots of such inputs are 200-300 MiB (tracemalloc: a
-# user of one snapshot holds 1.9 KB of inputs and 0.8 KB of answer, of five 7 KB and 1.5 KB).
-# These bounds are about what the present cache holds (96 MiB: 10,000-40,000 users, 60,000
-# snapshots at about 1.5 KB each), at most about 60 MiB of answers beside their inputs.
-CACHE_SIZE = 40_000
+# An answer serves only while a read cache still holds the same inputs (it is checked by
+# identity), so it refers to them weakly: an answer never keeps inputs alive that both caches
+# have let go (when it held them, 60,000 snapshots of such inputs were another 60-90 MiB
+# beside the present cache's). What is left is the answer itself, about 1.4 KB a user
+# (tracemalloc, bench/read.py's users): 12,000 users, about 17 MiB at most, hold the 10,000
+# users of bench/read.py; the snapshots bound keeps users of long histories (more times to
+# remember) from taking more.
+CACHE_SIZE = 12_000
 CACHE_SNAPSHOTS = 60_000
 
 
@@ -103,9 +105,10 @@ def interval(times: tuple[int, ...], shifts: tuple[int, ...], at: int) -> tuple[
     return low, high
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Answer:
-    inputs: UserInputs
+    inputs: weakref.ref[UserInputs]  # the answer serves these inputs only, while they live
+    snapshots: int  # how many they hold
     times: tuple[int, ...]
     low: int  # the answer holds for low <= at < high
     high: int | None
@@ -123,42 +126,43 @@ class Answers:
         self.snapshots = snapshots
         self._shifts = shifts_of(plans)
         self._answers: dict[str, _Answer] = {}
-        self._held = 0  # snapshots the remembered answers' inputs hold
+        self._held = 0  # snapshots of the inputs the remembered answers were evaluated from
 
     def entitlements(self, inputs: UserInputs, at: int) -> Entitlements:
         """`evaluate(inputs, plans, at)`, computed again only when `at` leaves its interval."""
         found = self._answers.get(inputs.user_id)
-        if (
-            found is not None
-            and found.inputs is inputs
-            and found.low <= at
-            and (found.high is None or at < found.high)
-        ):
+        if found is not None and found.inputs() is not inputs:
+            found = None  # evaluated from other inputs: of no use to these
+        if found is not None and found.low <= at and (found.high is None or at < found.high):
             return found.result
-        times = found.times if found is not None and found.inputs is inputs else times_in(inputs)
+        times = found.times if found is not None else times_in(inputs)
         answer = self._evaluate(inputs, at, times)
-        self._remember(answer)
+        self._remember(inputs.user_id, answer)
         return answer.result
 
     def _evaluate(self, inputs: UserInputs, at: int, times: tuple[int, ...]) -> _Answer:
         low, high = interval(times, self._shifts, at)
-        return _Answer(inputs, times, low, high, evaluate(inputs, self.plans, at))
+        result = evaluate(inputs, self.plans, at)
+        return _Answer(weakref.ref(inputs), len(inputs.snapshots), times, low, high, result)
 
-    def _remember(self, answer: _Answer) -> None:
-        user_id = answer.inputs.user_id
+    def _remember(self, user_id: str, answer: _Answer) -> None:
         replaced = self._answers.pop(user_id, None)
         if replaced is not None:
-            self._held -= len(replaced.inputs.snapshots)
+            self._held -= replaced.snapshots
         self._answers[user_id] = answer
-        self._held += len(answer.inputs.snapshots)
-        # Forget the least recently evaluated until both bounds hold (never the one just put).
+        self._held += answer.snapshots
+        # Forget the least recently evaluated until both bounds hold and the oldest one's
+        # inputs still live (never the one just put): the caches let go of the least recently
+        # read first, so the answers that can no longer serve are found at the front.
         while len(self._answers) > 1 and (
-            len(self._answers) > self.size or self._held > self.snapshots
+            len(self._answers) > self.size
+            or self._held > self.snapshots
+            or self._answers[next(iter(self._answers))].inputs() is None
         ):
             oldest = self._answers.pop(next(iter(self._answers)))
-            self._held -= len(oldest.inputs.snapshots)
+            self._held -= oldest.snapshots
 
     @property
     def held(self) -> tuple[int, int]:
-        """(users, snapshots) the remembered answers hold."""
+        """(users, snapshots) of the inputs the remembered answers were evaluated from."""
         return len(self._answers), self._held

@@ -22,23 +22,25 @@ CACHE_SIZE = 100_000  # users whose inputs a process keeps loaded
 CACHE_SNAPSHOTS = 150_000
 # About what the entries take in memory (estimated), per cache: an HTTP process has two (the
 # present, for reads at now, and the history, for `at` in the past and histories, empty in
-# a workload of reads at now). An entry is 2-10 KB: 96 MiB holds the present of the 10,000
-# users of bench/read.py (at 32 MiB its warm reads missed on every round, 0.16 of the no-op),
-# not of 100,000; one HTTP process (about 80 MiB at rest) with its present cache full and the
-# runner's process (about 90) stay near 300 MiB. Each of uvicorn's workers has its own caches.
-CACHE_BYTES = 96 * 1024 * 1024
+# a workload of reads at now). An entry is 1.7-14 KB (one snapshot to eleven): 60 MiB holds
+# the present of the 10,000 users of bench/read.py (51 MiB estimated; at 32 MiB its warm
+# reads missed on every round, 0.16 of the no-op), not of 100,000; one HTTP process (about
+# 90 MiB at rest) with its present cache full and the runner's process (about 100) stay
+# under 300 MiB (bench/soak.py). Each of uvicorn's workers has its own caches.
+CACHE_BYTES = 60 * 1024 * 1024
 APPLIED_KEPT = 256  # committed batches remembered for keeping cached users current
 TOUCHED_KEPT = 500  # customers listed per remembered batch
 # What a cached entry keeps alive, measured with tracemalloc on filled caches (the bench's
-# checkout sessions, subscriptions and invoices): a decoded snapshot takes 1.0-1.3 KB for
-# 380-630 bytes of JSON (about 500 plus 1.2 per JSON byte), the entry with its tuples and
-# user id about 600 more, a link about 200. These constants put the estimate 0-10% above
-# the traced bytes for users of one snapshot and of six (the old 400 + 100 per link + 4 per
-# JSON byte counted six-snapshot users at 1.75 times what they hold).
-BYTES_PER_ENTRY = 600
-BYTES_PER_LINK = 200
-BYTES_PER_SNAPSHOT = 500
-BYTES_PER_JSON_BYTE = 1.5
+# checkout sessions, subscriptions and invoices; the snapshots' classes have slots): a
+# snapshot takes about 1.15 KB for its 380-700 bytes of JSON (nearly all of it the strings
+# and numbers of its fields: 10-17 objects of 30-100 bytes each), the entry with its tuples,
+# user id and one link about 750 bytes. These constants put the estimate 4-6% above the traced
+# bytes for users of one snapshot, four (bench/read.py's), six (the soak's, at its end) and
+# eleven; before the slots the same users held 5-17% more (a dict of fields per object).
+BYTES_PER_ENTRY = 450
+BYTES_PER_LINK = 300
+BYTES_PER_SNAPSHOT = 550
+BYTES_PER_JSON_BYTE = 1.05
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class Applied:
         return not self.customers.isdisjoint(customers)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One user's inputs, the views' position when they were current, and their cost."""
 

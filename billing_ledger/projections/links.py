@@ -31,7 +31,7 @@ VIA_LEDGER = "ledger"
 _METADATA = {VIA_CUSTOMER: CUSTOMER, VIA_SUBSCRIPTION: SUBSCRIPTION}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LinkRow:
     """One piece of evidence that a user owns a customer, from `created` on."""
 

@@ -74,7 +74,7 @@ CURRENT = Rules()
 LEGACY = Rules(1)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class UserInputs:
     """A user's links and every snapshot of every object of the customers they link."""
 
@@ -83,7 +83,7 @@ class UserInputs:
     snapshots: tuple[Snapshot, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SubscriptionAccess:
     """One subscription as the policy sees it at `at`."""
 
@@ -115,7 +115,7 @@ class SubscriptionAccess:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entitlements:
     """What a user may use at one time, and why."""
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import bisect
+import gc
+import weakref
 from dataclasses import replace
 from typing import Any
 
@@ -155,3 +157,22 @@ def test_the_answers_hold_at_most_their_budget_of_snapshots() -> None:
     assert answers.held == (1, len(paid.snapshots))
     answers.entitlements(inputs("u_3", []), T)  # nothing held: both fit
     assert answers.held == (2, len(paid.snapshots))
+
+
+def test_an_answer_keeps_no_inputs_alive() -> None:
+    answers = Answers(PLANS)
+    subject = inputs("u_1", LIVES["paid"])
+    answers.entitlements(subject, T)
+    gone = weakref.ref(subject)
+    del subject
+    gc.collect()
+    assert gone() is None  # the caches let them go: so did the answers
+
+
+def test_the_answers_of_inputs_let_go_are_forgotten() -> None:
+    answers = Answers(PLANS)
+    answers.entitlements(inputs("u_1", LIVES["paid"]), T)  # nobody holds these inputs
+    kept = inputs("u_2", LIVES["paid"])
+    answers.entitlements(kept, T)
+    assert list(answers._answers) == ["u_2"]
+    assert answers.held == (1, len(kept.snapshots))
