@@ -393,7 +393,7 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         self._qualified = f'"{datastore.schema}"."{events_table_name}"'
         self._function = f'"{datastore.schema}"."{APPEND_FUNCTION}"'
         self._call = (
-            f"SELECT * FROM {self._function}(%s::text[], %s::bigint[], %s::text[], %b::bytea[])"
+            f"SELECT * FROM {self._function}(%b::text[], %b::bigint[], %b::text[], %b::bytea[])"
         )
 
     def _create_table(self, curs: Cursor[DictRow]) -> None:
