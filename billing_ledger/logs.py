@@ -9,9 +9,30 @@ from __future__ import annotations
 
 import logging
 import logging.config
+import time
 from typing import Any
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+class LineFormatter(logging.Formatter):
+    """The standard formatter, its timestamp's date and time formatted once a second: a
+    webhook's line is written for every event, and strftime was a fifth of its cost."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._second = -1
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """As the base class formats it (local time, then the milliseconds)."""
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:  # a race between threads writes the same text twice
+            self._stamp = time.strftime(self.default_time_format, self.converter(second))
+            self._second = second
+        return f"{self._stamp},{int(record.msecs):03d}"  # the base class's default_msec_format
 
 
 def log_config(level: str = "INFO") -> dict[str, Any]:
@@ -20,7 +41,7 @@ def log_config(level: str = "INFO") -> dict[str, Any]:
         "version": 1,
         # Modules made their loggers at import, before any worker configures logging.
         "disable_existing_loggers": False,
-        "formatters": {"default": {"format": FORMAT}},
+        "formatters": {"default": {"()": LineFormatter, "format": FORMAT}},
         "handlers": {
             "default": {
                 "class": "logging.StreamHandler",

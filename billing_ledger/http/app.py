@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.errors import ServerErrorMiddleware
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Mount, Route
@@ -28,6 +30,8 @@ from billing_ledger.http.webhooks import receive_webhook
 
 if TYPE_CHECKING:
     from billing_ledger.http.state import Services
+
+WEBHOOK_PATH = "/webhooks/stripe"
 
 
 class LatencyMiddleware:
@@ -134,7 +138,7 @@ def routes(token: str | None) -> list[BaseRoute]:
     """Every route of the service."""
     return [
         *api(token),  # first: the warm read tries no other route's pattern
-        Route("/webhooks/stripe", receive_webhook, methods=["POST"]),
+        Route(WEBHOOK_PATH, receive_webhook, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *pages.ROUTES,
@@ -170,6 +174,64 @@ class EmbeddedMiddleware:
         atexit.register(self.deps.close)
 
 
+class Timed:
+    """One route's latency observed around it (the label bound once)."""
+
+    def __init__(self, app: ASGIApp, observe: Any) -> None:
+        self.app = app
+        self.observe = observe
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.observe(time.perf_counter() - started)
+
+
+class LedgerApp(Starlette):
+    """Starlette, with each webhook delivery taken the short way to its endpoint.
+
+    A delivery (POST /webhooks/stripe, the lifespan's deps in its scope) goes through the
+    app's two error layers and handlers and its latency is observed under its route, as on
+    the general way; it skips the router and the middleware that do nothing for it (the
+    embedded start, the pages' session, matching the API's routes first): about a sixth of
+    the worker's instructions per webhook. Mounted in another app (no deps in the scope) or
+    asked any other way, a request takes the general way.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._webhook: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The delivery's short way, or Starlette's."""
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and "deps" in scope.get("state", ())
+            and app_path(scope) == WEBHOOK_PATH
+        ):
+            scope["app"] = self
+            await self._webhook_stack(scope["state"]["deps"])(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    def _webhook_stack(self, deps: Services) -> ASGIApp:
+        """The webhook endpoint inside the app's error layers, as build_middleware_stack
+        puts them (the 500 handler outermost, the others around the route)."""
+        if self._webhook is None:
+            handlers = dict(self.exception_handlers)
+            failures = [handlers.pop(key) for key in (500, Exception) if key in handlers]
+            on_failure = failures[-1] if failures else None
+            timed = Timed(
+                ExceptionMiddleware(receive_webhook, handlers=handlers),
+                deps.metrics.latency.labels(WEBHOOK_PATH).observe,
+            )
+            self._webhook = ServerErrorMiddleware(timed, handler=on_failure)
+        return self._webhook
+
+
 def create_app(deps: Services, *, listen_host: str | None = None) -> Starlette:
     """The service's ASGI app; the lifespan starts the writer (and runner) and hands out deps.
 
@@ -187,7 +249,7 @@ def create_app(deps: Services, *, listen_host: str | None = None) -> Starlette:
         finally:
             deps.close()
 
-    app = Starlette(
+    app = LedgerApp(
         routes=routes(deps.settings.api_token),
         lifespan=lifespan,
         exception_handlers=with_error_pages(EXCEPTION_HANDLERS, pages.ROUTES),

@@ -45,6 +45,15 @@ def link(previous: bytes, position: int, event_id: str, version: int, state: byt
     return digest.digest()
 
 
+def link_sql(previous: str, position: str, event_id: str, version: str, state: str) -> str:
+    """`link` as a PostgreSQL expression over the SQL expressions given (the same bytes:
+    the decimal position and version, the id in UTF-8, `zero` a variable holding one NUL)."""
+    parts = [
+        f"convert_to({x}, 'UTF8')" for x in (f"{position}::text", event_id, f"{version}::text")
+    ]
+    return f"sha256({previous} || zero || {' || zero || '.join(parts)} || zero || {state})"
+
+
 @dataclass(frozen=True)
 class Head:
     """The last chained position and its hash (position 0 and zeros when nothing is)."""
@@ -139,12 +148,6 @@ class Chain:
     def head_of(row: Any) -> Head:
         """The head from a row of `head_sql` (None: nothing is chained)."""
         return Head(int(row["position"]), bytes(row["hash"])) if row else Head(0, GENESIS)
-
-    def insert_literal(self, hashes: Sequence[tuple[int, bytes]]) -> str:
-        """PostgreSQL: the INSERT of `hashes` as one statement of literals (integers and hex
-        of the ledger's own hashes, nothing received), to share a message with COMMIT."""
-        values = ", ".join(f"({int(p)}, decode('{h.hex()}', 'hex'))" for p, h in hashes)
-        return f"INSERT INTO {self.table} (position, hash) VALUES {values}"
 
     def _unchained(self, cursor: Any, after: int, before: int) -> list[Row]:
         found: list[Row] = []

@@ -1,4 +1,4 @@
-"""The PostgreSQL append path: a batch in three round trips, chained, bodies compressed by lz4."""
+"""The PostgreSQL append path: a batch in one round trip, chained, bodies compressed by lz4."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from billing_ledger.ledger.chain import ChainError
+from billing_ledger.ledger.errors import StorageError
 from billing_ledger.ledger.records import Incoming
-from billing_ledger.ledger.store import TABLE, EventStore
+from billing_ledger.ledger.store import APPEND_FUNCTION, TABLE, EventStore
 from billing_ledger.ledger.verify import parse_event
 from tests.support.databases import open_store, postgres_url
 from tests.support.signing import event_body, sign
@@ -57,14 +59,15 @@ def compression(store: EventStore) -> str:
         return str(cursor.fetchone()["c"])
 
 
-def test_a_batch_is_appended_in_three_round_trips_chained_and_stored_once(
+def test_a_batch_is_appended_in_one_round_trip_chained_and_stored_once(
     store: EventStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store.append([signed("evt_first")])
     seen = sent_statements(monkeypatch)
     results = store.append([signed(f"evt_{i}") for i in range(20)])
-    assert len(seen) == 3, seen  # BEGIN..the chain head; the insert; the chain and COMMIT
-    assert seen[-1].endswith("; COMMIT")
+    # One statement, its own transaction: the table lock is held while the server inserts,
+    # chains and commits, never across a round trip to this process.
+    assert len(seen) == 1 and APPEND_FUNCTION in seen[0], seen
     assert [r.position for r in results] == list(range(2, 22))
     assert {r.status for r in results} == {"recorded"}
     assert store.chain.walk() is None  # every hash recomputes, chained after the first
@@ -82,18 +85,57 @@ def test_a_batch_is_appended_in_three_round_trips_chained_and_stored_once(
     assert store.chain_head().position == max(r.position for r in again)
 
 
-def test_a_failed_batch_leaves_nothing_stored_and_no_transaction_open(
-    store: EventStore, monkeypatch: pytest.MonkeyPatch
+def test_a_failed_batch_leaves_nothing_stored_and_the_connection_usable(
+    store: EventStore,
 ) -> None:
-    def broken(hashes: Any) -> str:
-        return "INSERT INTO no_such_table VALUES (1)"
-
-    monkeypatch.setattr(store.chain, "insert_literal", broken)
-    with pytest.raises(Exception, match="no_such_table"):
+    chain = store.chain.table
+    with store.db.transaction() as cursor:  # the chain's insert fails after the events'
+        cursor.execute(
+            "CREATE FUNCTION pg_temp.refuse() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$BEGIN RAISE EXCEPTION 'chain refused'; END$$"
+        )
+        cursor.execute(
+            f"CREATE TRIGGER refuse BEFORE INSERT ON {chain} "
+            "FOR EACH ROW EXECUTE FUNCTION pg_temp.refuse()"
+        )
+    with pytest.raises(StorageError, match="chain refused"):
         store.append([signed("evt_lost")])
-    monkeypatch.undo()
     assert store.count() == 0  # rolled back: the insert before it is gone too
+    with store.db.transaction() as cursor:
+        cursor.execute(f"DROP TRIGGER refuse ON {chain}")
     (result,) = store.append([signed("evt_lost")])
+    assert (result.status, store.chain.walk()) == ("recorded", None)
+
+
+def test_a_chain_already_past_the_new_positions_refuses_the_batch(store: EventStore) -> None:
+    store.append([signed("evt_first")])
+    with store.db.transaction() as cursor:  # the events table altered: a hash far ahead
+        cursor.execute(f"INSERT INTO {store.chain.table} VALUES (50, decode('00', 'hex'))")
+    with pytest.raises(ChainError, match="position 2 is already chained \\(chain head 50\\)"):
+        store.append([signed("evt_second")])
+    assert store.count() == 1
+
+
+def test_the_append_function_is_created_once_and_again_when_its_text_changes(
+    store: EventStore, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = sent_statements(monkeypatch)
+
+    def created() -> list[str]:
+        return [s for s in seen if "CREATE OR REPLACE FUNCTION" in s and APPEND_FUNCTION in s]
+
+    open_store(url).db.close()  # the same text: not created again
+    assert not created()
+    with store.db.transaction() as cursor:  # an older text of it
+        cursor.execute(
+            f'CREATE OR REPLACE FUNCTION "{store.db.url.schema}".{APPEND_FUNCTION}'
+            "(ids text[], versions bigint[], topics text[], states bytea[]) "
+            "RETURNS TABLE (stored_position bigint, stored_id text, stored_version bigint) "
+            "LANGUAGE plpgsql AS $$BEGIN RAISE EXCEPTION 'old'; END$$"
+        )
+    open_store(url).db.close()
+    assert created()
+    (result,) = store.append([signed("evt_after")])
     assert (result.status, store.chain.walk()) == ("recorded", None)
 
 

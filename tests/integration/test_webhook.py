@@ -5,7 +5,11 @@ from __future__ import annotations
 import time
 
 import pytest
+from starlette.testclient import TestClient
+from starlette.types import Receive, Scope, Send
 
+from billing_ledger.bootstrap import build
+from billing_ledger.http.app import create_app
 from tests.support.app import client_for, settings_for
 from tests.support.signing import SECRET, event_body, sign
 
@@ -233,3 +237,28 @@ def test_storage_failure_answers_5xx_so_stripe_retries(database_url: str) -> Non
         response = post(client, event_body("evt_down"))
         assert response.status_code in (500, 503)
         assert response.json()["error"] == "storage_unavailable"
+
+
+def test_a_delivery_takes_the_short_way_past_the_router_with_the_same_answers(
+    database_url: str,
+) -> None:
+    deps = build(settings_for(database_url))
+    app = create_app(deps)
+    routed: list[str] = []
+
+    class Counting:  # the app's router, noting each path it is asked to route
+        routes = app.router.routes
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            routed.append(scope.get("path", scope["type"]))
+            await router(scope, receive, send)
+
+    router, app.router = app.router, Counting()  # type: ignore[assignment]
+    with TestClient(app) as client:
+        body = event_body("evt_short")
+        assert post(client, body).json()["status"] == "recorded"
+        refused = post(client, event_body("evt_forged"), header="t=1,v1=00")
+        assert refused.status_code == 400 and refused.json()["error"] == "invalid_signature"
+        assert client.get("/webhooks/stripe").status_code == 405  # the general way's answer
+        assert stored_ids(deps) == ["evt_short"]
+    assert [p for p in routed if p == "/webhooks/stripe"] == ["/webhooks/stripe"]  # the GET
