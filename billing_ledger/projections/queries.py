@@ -50,7 +50,7 @@ from billing_ledger.projections.policy import (
     access,
     customers_at,
 )
-from billing_ledger.projections.views import Views
+from billing_ledger.projections.views import PresentRead, Views
 
 POLL_SECONDS = 0.02  # how often the poller reads the position while anyone waits
 # ...while the views' notifications are heard (projections/announce.py): they wake the
@@ -410,9 +410,28 @@ class Reads:
         return found
 
     async def _read_off(self, user_id: str, at: int, min_position: int | None) -> UserRead | None:
-        """`_read_now` in one of the reads' threads, awaited on the event loop."""
+        """`_read_now` without blocking the event loop. On PostgreSQL its one statement is
+        awaited on the loop (async driver) and the rest done there, unless it must read again
+        (the catalog moved, `at` before the present): then in one of the reads' threads, as
+        every read on SQLite."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, self._read_now, user_id, at, min_position)
+        if self.views.db.dialect != "postgres":
+            return await loop.run_in_executor(
+                self._threads, self._read_now, user_id, at, min_position
+            )
+        read = await self.views.present_read_async(user_id)
+        if self._reads_again(read, at):
+            return await loop.run_in_executor(
+                self._threads, self._read_from, read, user_id, at, min_position
+            )
+        return self._read_from(read, user_id, at, min_position)
+
+    def _reads_again(self, read: PresentRead, at: int) -> bool:
+        """Whether `_read_from` would query again: the catalog moved since it was loaded, or
+        the present does not answer `at` (the history does)."""
+        entry = read.entry
+        moved = self.views.catalog_current(read.position, read.catalog_version) is None
+        return moved or entry is None or at < entry.since
 
     async def _known(self, min_position: int | None) -> int | None:
         """A position the views reached, known without a query of our own (the runner's,
@@ -433,7 +452,13 @@ class Reads:
     def _read_now(self, user_id: str, at: int, min_position: int | None) -> UserRead | None:
         """One statement for the user at the views' position now (the history's too when
         `at` is before their latest change); None when it is short of `min_position`."""
-        read = self.views.present_read(user_id)
+        return self._read_from(self.views.present_read(user_id), user_id, at, min_position)
+
+    def _read_from(
+        self, read: PresentRead, user_id: str, at: int, min_position: int | None
+    ) -> UserRead | None:
+        """`_read_now` once its statement is read (blocking when the catalog moved or the
+        history decides)."""
         self._seen = max(self._seen, read.position)
         if min_position is not None and read.position < min_position:
             return None

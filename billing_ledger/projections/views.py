@@ -716,8 +716,24 @@ class Views:
     def present_read(self, user_id: str) -> PresentRead:
         """The views' position, the catalog's version and the user's present, in one
         statement (one consistent snapshot, one round trip); the entry is not cached."""
-        key, names = self._text(user_id), self._tracking_names()
-        rows = self._read_rows(self._sql.present_and_tracked, (key, key, *names))
+        rows = self._read_rows(self._sql.present_and_tracked, self._present_params(user_id))
+        return self._present_read_of(user_id, rows)
+
+    async def present_read_async(self, user_id: str) -> PresentRead:
+        """`present_read` awaited on the event loop (PostgreSQL): the same statement,
+        prepared once per connection, on the loop's async read connections."""
+        params = self._present_params(user_id)
+        with guard():
+            async with self.db.read_connection_async() as conn:
+                cursor = await conn.execute(self._sql.present_and_tracked, params, prepare=True)
+                rows = await cursor.fetchall()
+        return self._present_read_of(user_id, rows)
+
+    def _present_params(self, user_id: str) -> tuple[str, ...]:
+        key = self._text(user_id)
+        return (key, key, *self._tracking_names())
+
+    def _present_read_of(self, user_id: str, rows: list[tuple[Any, ...]]) -> PresentRead:
         found = {str(r[1]): int(r[3]) for r in rows if r[0] == "t"}
         position = found.get(self.name, 0)
         self._saw(found.get(self.name + GENERATION, 0))
