@@ -4,7 +4,8 @@ the monetization flows, and the one wait for a position.
 A read takes the views' position first, then the user's inputs as of that position (each
 object's present for a read at "now", the whole history for `at` in the past or history),
 then evaluates the pure policy at `at`. A read at now that misses the cache sends one
-statement: the position, the catalog's version and the user's present together. Waits for
+statement: the position, the catalog's version and the user's present together (awaited on
+the event loop on PostgreSQL, in a thread of the reads on SQLite). Waits for
 a position run on the event loop: one poller per process, only while anyone waits, in a
 thread of its own (woken by the runner in process as it commits, else reading the tracked
 position), so a thousand waiting requests hold no worker thread and delay no other read.
@@ -292,9 +293,10 @@ class Reads:
                 views.db.url.conninfo(), views.channel, views.batches, self.watch.wake
             )
         self._catalog: tuple[tuple[Any, ...], Catalog] | None = None
-        # The threads of the reads at now that miss the cache: a plain executor hop costs
-        # a read less than half of starlette's (anyio's) threadpool; as many as the read
-        # pool has connections (store.READ_CONNECTIONS), more would wait for one.
+        # The threads of the reads at now that block (SQLite; on PostgreSQL only those that
+        # must read again, see `_read_off`): a plain executor hop costs a read less than half
+        # of starlette's (anyio's) threadpool; as many as the read pool has connections
+        # (store.READ_CONNECTIONS), more would wait for one.
         self._threads = ThreadPoolExecutor(READ_CONNECTIONS, thread_name_prefix="reads")
         self._seen = 0  # the highest position a read or a wait saw (a hint, never trusted)
 
