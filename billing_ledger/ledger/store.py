@@ -8,12 +8,16 @@ recorder's notification id is the ledger position.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict, TypeVar
@@ -28,7 +32,7 @@ from psycopg import Cursor
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import DictRow, TupleRow, tuple_row
 from psycopg.sql import Composable
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from billing_ledger.ledger.chain import Chain, ChainError, Head, link_sql
 from billing_ledger.ledger.errors import StorageError as StorageError
@@ -48,6 +52,7 @@ READ_LOCK_TIMEOUT = 2.0
 READ_CONNECTIONS = 8  # the most one process's read pool opens (PostgreSQL)
 APPEND_FUNCTION = "ledger_append"  # PostgreSQL: a batch's transaction (LedgerPostgresRecorder)
 CHAIN_AHEAD = "LC001"  # the append function's SQLSTATE for a chain already past its position
+READ_IDLE_SECONDS = 60.0  # a read connection idle this long is closed, not used again
 log = logging.getLogger("billing_ledger.ledger")
 _T = TypeVar("_T")
 
@@ -240,10 +245,15 @@ class Database:
                 },
                 min_size=1,
                 max_size=READ_CONNECTIONS,
-                max_idle=60,
+                max_idle=READ_IDLE_SECONDS,
                 timeout=url.connect_args()["connect_timeout"],  # as the store's pool
                 open=False,
             )
+            # The same sessions for async reads, one set per event loop (see LoopReads).
+            self._loop_reads: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopReads] = (
+                weakref.WeakKeyDictionary()
+            )
+            self._loop_lock = threading.Lock()
 
     @property
     def param(self) -> str:
@@ -294,11 +304,112 @@ class Database:
             with self.read_pool.connection() as conn:
                 yield conn
 
+    def read_connection_async(self) -> AbstractAsyncContextManager[AsyncReadConnection]:
+        """`read_connection` for a coroutine (PostgreSQL): one of the running event loop's
+        async connections, in the same sessions; awaited on the loop, it takes no thread."""
+        loop = asyncio.get_running_loop()
+        found = self._loop_reads.get(loop)
+        return (found or self._loop_reads_of(loop)).connection()
+
+    def _loop_reads_of(self, loop: asyncio.AbstractEventLoop) -> LoopReads:
+        with self._loop_lock:
+            for other, reads in list(self._loop_reads.items()):
+                if other.is_closed():  # a loop that ended (a test client's): its sessions go
+                    reads.close()
+                    del self._loop_reads[other]
+            found = self._loop_reads.get(loop)
+            if found is None:
+                connect = self.url.connect_args()
+                found = self._loop_reads[loop] = LoopReads(
+                    make_conninfo(**connect), float(connect["connect_timeout"])
+                )
+                weakref.finalize(loop, found.close)  # collected before anyone saw it close
+            return found
+
     def close(self) -> None:
         """Release every connection."""
         if self.dialect == "postgres":
             self.read_pool.close()
+            with self._loop_lock:
+                for reads in self._loop_reads.values():
+                    reads.close()
+                self._loop_reads.clear()
         self.datastore.close()
+
+
+AsyncReadConnection = psycopg.AsyncConnection[TupleRow]
+
+
+class LoopReads:
+    """One event loop's read connections (PostgreSQL): psycopg's async connections, so a
+    read at now is awaited on the loop itself, with no hop to a thread and no GIL handed
+    between threads (under load that hand-off, not the work, bounded the cold reads).
+
+    Sessions as the read pool's: autocommit, lock waits bounded by READ_LOCK_TIMEOUT, at
+    most READ_CONNECTIONS, closed after READ_IDLE_SECONDS idle. An async connection serves
+    the loop it was opened on only, hence one set per loop; used from that loop alone."""
+
+    def __init__(self, conninfo: str, timeout: float) -> None:
+        self._conninfo = conninfo
+        self._timeout = timeout  # to wait for a free connection, as the read pool's
+        self._idle: list[tuple[float, AsyncReadConnection]] = []  # (since, connection)
+        self._opened: set[AsyncReadConnection] = set()
+        self._slots = asyncio.Semaphore(READ_CONNECTIONS)
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncReadConnection]:
+        """A connection of this loop's, given back idle or closed when it is not."""
+        await self._slot()
+        try:
+            conn = await self._take()
+            try:
+                yield conn
+            except BaseException:  # a failure or a cancel mid-statement: its state is unknown
+                self._drop(conn)
+                raise
+            self._give_back(conn)
+        finally:
+            self._slots.release()
+
+    async def _slot(self) -> None:
+        if not self._slots.locked():
+            await self._slots.acquire()  # free: no wait, no timer
+            return
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self._timeout)
+        except TimeoutError:
+            raise PoolTimeout(f"no read connection free after {self._timeout} s") from None
+
+    async def _take(self) -> AsyncReadConnection:
+        stale = time.monotonic() - READ_IDLE_SECONDS
+        while self._idle:
+            since, conn = self._idle.pop()
+            if since > stale and not conn.closed:
+                return conn
+            self._drop(conn)
+        conn = await psycopg.AsyncConnection.connect(
+            self._conninfo,
+            autocommit=True,
+            options=f"-c lock_timeout={round(READ_LOCK_TIMEOUT * 1000)}",
+        )
+        self._opened.add(conn)
+        return conn
+
+    def _give_back(self, conn: AsyncReadConnection) -> None:
+        if conn.closed or conn.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            self._drop(conn)
+        else:
+            self._idle.append((time.monotonic(), conn))
+
+    def _drop(self, conn: AsyncReadConnection) -> None:
+        self._opened.discard(conn)
+        conn.pgconn.finish()  # what AsyncConnection.close does, without a loop to await on
+
+    def close(self) -> None:
+        """Close every connection (from any thread, once the loop no longer reads)."""
+        for conn in list(self._opened):
+            self._drop(conn)
+        self._idle.clear()
 
 
 # What libpq says (lower case), and the cause an operator reads.

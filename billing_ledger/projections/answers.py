@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import bisect
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, fields, is_dataclass
+from operator import attrgetter
 from typing import Any
 
 from billing_ledger.projections.plans import Plans
@@ -34,14 +36,15 @@ CACHE_SIZE = 12_000
 CACHE_SNAPSHOTS = 60_000
 
 
-# How `_add_times` walks a value of each type, found once per type: its fields' names (a
-# dataclass), or one of these. A read walks every snapshot of the user: asking `fields()`
+# How `_add_times` walks a value of each type, found once per type: a getter of its fields
+# (a dataclass), or one of these. A read walks every snapshot of the user: asking `fields()`
 # and `isinstance` again for every value cost more than the evaluation it saves.
 _SKIP, _TIME, _ITEMS = "skip", "time", "items"
-_WALKS: dict[type, str | tuple[str, ...]] = {}
+_Walk = str | Callable[[Any], tuple[Any, ...]]
+_WALKS: dict[type, _Walk] = {}
 
 
-def _walk_of(kind: type) -> str | tuple[str, ...]:
+def _walk_of(kind: type) -> _Walk:
     if issubclass(kind, bool):
         return _SKIP
     if issubclass(kind, int):
@@ -49,7 +52,10 @@ def _walk_of(kind: type) -> str | tuple[str, ...]:
     if issubclass(kind, tuple | list):
         return _ITEMS
     if is_dataclass(kind):
-        return tuple(f.name for f in fields(kind))
+        names = [f.name for f in fields(kind)]
+        if len(names) > 1:
+            return attrgetter(*names)  # every field's value at once, as a tuple
+        return lambda value: tuple(getattr(value, name) for name in names)
     return _SKIP
 
 
@@ -65,14 +71,19 @@ def _add_times(value: Any, found: set[int]) -> None:
     elif walk is _ITEMS:
         for item in value:
             _add_times(item, found)
-    elif walk is not _SKIP:
-        for name in walk:
-            _add_times(getattr(value, name), found)
+    elif not isinstance(walk, str):  # a dataclass (every other walk is _SKIP)
+        # Most fields are a plain int, a str or None: decided here, without a call each.
+        for item in walk(value):
+            if type(item) is int:
+                found.add(item)
+            elif item is not None and type(item) is not str:
+                _add_times(item, found)
 
 
 def times_in(inputs: UserInputs) -> tuple[int, ...]:
     """Every time the inputs hold, sorted: the rules compare `at` with these, shifted."""
-    times = {s.created for s in inputs.snapshots} | {link.created for link in inputs.links}
+    times = {s.created for s in inputs.snapshots}
+    times.update([link.created for link in inputs.links])
     for snapshot in inputs.snapshots:
         _add_times(snapshot.state, times)
     return tuple(sorted(times))

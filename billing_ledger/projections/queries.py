@@ -4,7 +4,8 @@ the monetization flows, and the one wait for a position.
 A read takes the views' position first, then the user's inputs as of that position (each
 object's present for a read at "now", the whole history for `at` in the past or history),
 then evaluates the pure policy at `at`. A read at now that misses the cache sends one
-statement: the position, the catalog's version and the user's present together. Waits for
+statement: the position, the catalog's version and the user's present together (awaited on
+the event loop on PostgreSQL, in a thread of the reads on SQLite). Waits for
 a position run on the event loop: one poller per process, only while anyone waits, in a
 thread of its own (woken by the runner in process as it commits, else reading the tracked
 position), so a thousand waiting requests hold no worker thread and delay no other read.
@@ -50,7 +51,7 @@ from billing_ledger.projections.policy import (
     access,
     customers_at,
 )
-from billing_ledger.projections.views import Views
+from billing_ledger.projections.views import PresentRead, Views
 
 POLL_SECONDS = 0.02  # how often the poller reads the position while anyone waits
 # ...while the views' notifications are heard (projections/announce.py): they wake the
@@ -292,9 +293,10 @@ class Reads:
                 views.db.url.conninfo(), views.channel, views.batches, self.watch.wake
             )
         self._catalog: tuple[tuple[Any, ...], Catalog] | None = None
-        # The threads of the reads at now that miss the cache: a plain executor hop costs
-        # a read less than half of starlette's (anyio's) threadpool; as many as the read
-        # pool has connections (store.READ_CONNECTIONS), more would wait for one.
+        # The threads of the reads at now that block (SQLite; on PostgreSQL only those that
+        # must read again, see `_read_off`): a plain executor hop costs a read less than half
+        # of starlette's (anyio's) threadpool; as many as the read pool has connections
+        # (store.READ_CONNECTIONS), more would wait for one.
         self._threads = ThreadPoolExecutor(READ_CONNECTIONS, thread_name_prefix="reads")
         self._seen = 0  # the highest position a read or a wait saw (a hint, never trusted)
 
@@ -410,9 +412,28 @@ class Reads:
         return found
 
     async def _read_off(self, user_id: str, at: int, min_position: int | None) -> UserRead | None:
-        """`_read_now` in one of the reads' threads, awaited on the event loop."""
+        """`_read_now` without blocking the event loop. On PostgreSQL its one statement is
+        awaited on the loop (async driver) and the rest done there, unless it must read again
+        (the catalog moved, `at` before the present): then in one of the reads' threads, as
+        every read on SQLite."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, self._read_now, user_id, at, min_position)
+        if self.views.db.dialect != "postgres":
+            return await loop.run_in_executor(
+                self._threads, self._read_now, user_id, at, min_position
+            )
+        read = await self.views.present_read_async(user_id)
+        if self._reads_again(read, at):
+            return await loop.run_in_executor(
+                self._threads, self._read_from, read, user_id, at, min_position
+            )
+        return self._read_from(read, user_id, at, min_position)
+
+    def _reads_again(self, read: PresentRead, at: int) -> bool:
+        """Whether `_read_from` would query again: the catalog moved since it was loaded, or
+        the present does not answer `at` (the history does)."""
+        entry = read.entry
+        moved = self.views.catalog_current(read.position, read.catalog_version) is None
+        return moved or entry is None or at < entry.since
 
     async def _known(self, min_position: int | None) -> int | None:
         """A position the views reached, known without a query of our own (the runner's,
@@ -433,7 +454,13 @@ class Reads:
     def _read_now(self, user_id: str, at: int, min_position: int | None) -> UserRead | None:
         """One statement for the user at the views' position now (the history's too when
         `at` is before their latest change); None when it is short of `min_position`."""
-        read = self.views.present_read(user_id)
+        return self._read_from(self.views.present_read(user_id), user_id, at, min_position)
+
+    def _read_from(
+        self, read: PresentRead, user_id: str, at: int, min_position: int | None
+    ) -> UserRead | None:
+        """`_read_now` once its statement is read (blocking when the catalog moved or the
+        history decides)."""
         self._seen = max(self._seen, read.position)
         if min_position is not None and read.position < min_position:
             return None

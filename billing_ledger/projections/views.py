@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, TypeVar, cast
 
 import psycopg
@@ -78,6 +79,7 @@ SWAP_LOCK_TIMEOUT = 0.5  # how long one attempt of a swap waits for the live tab
 GENERATION = ":generation"
 
 SnapshotRow = tuple[str, str, str | None, str, str, int, bool, str]
+_SNAPSHOT_ORDER = attrgetter("kind", "object_id", "created", "event_id")  # a user's inputs
 LinkTuple = tuple[str, str, int, str, str]
 
 
@@ -711,27 +713,56 @@ class Views:
     def present_read(self, user_id: str) -> PresentRead:
         """The views' position, the catalog's version and the user's present, in one
         statement (one consistent snapshot, one round trip); the entry is not cached."""
-        key, names = self._text(user_id), self._tracking_names()
-        rows = self._read_rows(self._sql.present_and_tracked, (key, key, *names))
-        found = {str(r[1]): int(r[3]) for r in rows if r[0] == "t"}
+        rows = self._read_rows(self._sql.present_and_tracked, self._present_params(user_id))
+        return self._present_read_of(user_id, rows)
+
+    async def present_read_async(self, user_id: str) -> PresentRead:
+        """`present_read` awaited on the event loop (PostgreSQL): the same statement,
+        prepared once per connection, on the loop's async read connections."""
+        params = self._present_params(user_id)
+        with guard():
+            async with self.db.read_connection_async() as conn:
+                cursor = await conn.execute(self._sql.present_and_tracked, params, prepare=True)
+                rows = await cursor.fetchall()
+        return self._present_read_of(user_id, rows)
+
+    def _present_params(self, user_id: str) -> tuple[str, ...]:
+        key = self._text(user_id)
+        return (key, key, *self._tracking_names())
+
+    def _present_read_of(self, user_id: str, rows: list[tuple[Any, ...]]) -> PresentRead:
+        found: dict[str, int] = {}
+        links: list[tuple[Any, ...]] = []
+        snapshots: list[tuple[Any, ...]] = []
+        for row in rows:  # one pass: a cold read's rows are sorted out once
+            tag = row[0]
+            if tag == "s":
+                snapshots.append(row)
+            elif tag == "l":
+                links.append(row)
+            else:
+                found[str(row[1])] = int(row[3])
         position = found.get(self.name, 0)
         self._saw(found.get(self.name + GENERATION, 0))
-        entry = self._present_entry(user_id, position, [r for r in rows if r[0] != "t"])
+        entry = self._present_entry(user_id, position, links, snapshots)
         return PresentRead(position, found.get(self.name + CATALOG_VERSION, 0), entry)
 
     def _tracking_names(self) -> tuple[str, str, str]:
         return (self.name, self.name + GENERATION, self.name + CATALOG_VERSION)
 
     def _present_entry(
-        self, user_id: str, position: int, rows: list[tuple[Any, ...]]
+        self,
+        user_id: str,
+        position: int,
+        links: list[tuple[Any, ...]],
+        snapshots: list[tuple[Any, ...]],
     ) -> Entry | None:
-        links = [r for r in rows if r[0] == "l"]
-        inputs, size = self._inputs(user_id, links, [r for r in rows if r[0] == "s"])
-        if len({(s.kind, s.object_id, customer_of(s)) for s in inputs.snapshots}) != len(
-            {(s.kind, s.object_id) for s in inputs.snapshots}
-        ):
+        inputs, size = self._inputs(user_id, links, snapshots)
+        objects = {(s.kind, s.object_id) for s in inputs.snapshots}
+        if len({(s.kind, s.object_id, customer_of(s)) for s in inputs.snapshots}) != len(objects):
             return None  # one object under two customers: only the history is exact
-        since = max([int(r[3]) for r in rows], default=0)  # links' and objects' latest
+        # The links' and the objects' latest.
+        since = max([int(r[3]) for r in links] + [int(r[3]) for r in snapshots], default=0)
         return Entry(position, inputs, size, since)
 
     def _load(self, statement: str, user_id: str) -> tuple[UserInputs, int]:
@@ -746,10 +777,7 @@ class Views:
         self, user_id: str, link_rows: list[tuple[Any, ...]], snapshot_rows: list[tuple[Any, ...]]
     ) -> tuple[UserInputs, int]:
         links = tuple(LinkRow(*t) for t in sorted(self._link(r[1:6]) for r in link_rows))
-        snapshots = sorted(
-            (self._snapshot_of(r) for r in snapshot_rows),
-            key=lambda s: (s.kind, s.object_id, s.created, s.event_id),
-        )
+        snapshots = sorted([self._snapshot_of(r) for r in snapshot_rows], key=_SNAPSHOT_ORDER)
         inputs = UserInputs(user_id=user_id, links=links, snapshots=tuple(snapshots))
         return inputs, estimate(inputs, sum(len(r[6]) for r in snapshot_rows))
 

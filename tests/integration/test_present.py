@@ -3,6 +3,8 @@ of snapshots, filled for old tables, swapped with the rest, and what a read at n
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 import threading
 import time
@@ -210,13 +212,22 @@ class StandingRunner:
 
 def sent_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every statement the drivers are given from now on: each PostgreSQL execute (one
-    message, one round trip) and each SQLite statement but the transaction's own."""
+    message, one round trip; sync or async) and each SQLite statement but the
+    transaction's own."""
     seen: list[str] = []
     execute = psycopg.Cursor.execute
 
     def counted(cursor: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
         seen.append(str(query))
         return execute(cursor, query, *args, **kwargs)
+
+    execute_async = psycopg.AsyncCursor.execute
+
+    async def counted_async(
+        cursor: psycopg.AsyncCursor[Any], query: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        seen.append(str(query))
+        return await execute_async(cursor, query, *args, **kwargs)
 
     cursor = SQLiteConnection.cursor
 
@@ -226,6 +237,7 @@ def sent_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return cursor(conn)
 
     monkeypatch.setattr(psycopg.Cursor, "execute", counted)
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", counted_async)
     monkeypatch.setattr(SQLiteConnection, "cursor", traced)
     return seen
 
@@ -376,3 +388,55 @@ def test_a_read_at_now_on_postgresql_is_prepared_once_in_a_session_bounding_lock
         timeout = conn.execute("SHOW lock_timeout").fetchone()
     assert prepared == (1,)  # one statement, planned once for every later read
     assert timeout == ("2s",)  # what SET LOCAL bounded before: store.READ_LOCK_TIMEOUT
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_an_async_read_at_now_is_prepared_at_once_in_a_session_bounding_lock_waits(
+    views: Views, db: Database
+) -> None:
+    applied = renewals(3)
+    views.apply(applied, 0, len(applied))
+    first = views.present_read("u_1")
+
+    async def read() -> tuple[Any, Any]:
+        for _ in range(3):  # one after another: one connection, its statement prepared once
+            assert await views.present_read_async("u_1") == first
+        async with db.read_connection_async() as conn:
+            found = await conn.execute(
+                "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s",
+                (f"%FROM {views.current}%",),
+            )
+            shown = await conn.execute("SHOW lock_timeout")
+            return await found.fetchone(), await shown.fetchone()
+
+    assert run(read()) == ((1,), ("2s",))
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_async_read_connections_close_with_their_event_loop_or_a_cancelled_read(
+    views: Views, db: Database
+) -> None:
+    views.apply(renewals(1), 0, 2)
+    held: list[psycopg.AsyncConnection[Any]] = []
+
+    async def slow() -> None:
+        async with db.read_connection_async() as conn:
+            held.append(conn)
+            await conn.execute("SELECT pg_sleep(10)")
+
+    async def read() -> tuple[psycopg.AsyncConnection[Any], psycopg.AsyncConnection[Any]]:
+        await views.present_read_async("u_1")
+        task = asyncio.create_task(slow())
+        while not held:
+            await asyncio.sleep(0.001)
+        task.cancel()  # a client gone mid-statement: its connection's state is unknown
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        async with db.read_connection_async() as conn:
+            return held[-1], conn
+
+    cancelled, used = run(read())  # each run is an event loop of its own, ended after it
+    assert cancelled.closed and used is not cancelled
+    held.clear()
+    cancelled, again = run(read())
+    assert used.closed and again is not used  # the loop that ended took its sessions along

@@ -5,11 +5,12 @@ from __future__ import annotations
 import bisect
 import gc
 import weakref
-from dataclasses import replace
+from dataclasses import dataclass, fields, is_dataclass, replace
+from enum import IntEnum
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from billing_ledger.projections.answers import Answers, boundaries, interval, shifts_of, times_in
@@ -26,6 +27,7 @@ from tests.unit.builders import (
     sub_event,
     summary_event,
 )
+from tests.unit.projections.test_order_independence import USERS, ledgers
 
 Json = dict[str, Any]
 PLANS = example_plans()
@@ -176,3 +178,62 @@ def test_the_answers_of_inputs_let_go_are_forgotten() -> None:
     answers.entitlements(kept, T)
     assert list(answers._answers) == ["u_2"]
     assert answers.held == (1, len(kept.snapshots))
+
+
+def walked_times(subject: UserInputs) -> tuple[int, ...]:
+    """`times_in` as first written: every int (not bool) in any dataclass, tuple or list."""
+    found = {s.created for s in subject.snapshots} | {link.created for link in subject.links}
+
+    def walk(value: Any) -> None:
+        if isinstance(value, bool):
+            return
+        if isinstance(value, int):
+            found.add(value)
+        elif isinstance(value, tuple | list):
+            for item in value:
+                walk(item)
+        elif is_dataclass(value) and not isinstance(value, type):
+            for f in fields(value):
+                walk(getattr(value, f.name))
+
+    for snapshot in subject.snapshots:
+        walk(snapshot.state)
+    return tuple(sorted(found))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events=ledgers())
+def test_the_times_found_are_every_whole_number_the_states_hold(events: list[Json]) -> None:
+    for user in USERS:
+        subject = inputs(user, events)
+        assert times_in(subject) == walked_times(subject)
+
+
+class Level(IntEnum):
+    LOW = 7
+
+
+@dataclass(frozen=True)
+class _One:
+    value: Any
+
+
+@dataclass(frozen=True)
+class _Odd:
+    flag: bool
+    ratio: float
+    level: Level
+    nested: _One
+    listed: list[Any]
+    text: str
+    nothing: None = None
+
+
+def test_the_times_found_skip_bools_and_floats_and_walk_any_nesting() -> None:
+    base = user_inputs("paid")
+    odd = _Odd(True, 2.5, Level.LOW, _One((T + 3, False)), [_One(T + 4), [T + 5]], "99")
+    first = replace(base.snapshots[0], state=odd)
+    subject = replace(base, links=(), snapshots=(first, *base.snapshots))
+    assert times_in(subject) == walked_times(subject)
+    alone = times_in(replace(subject, snapshots=(first,)))
+    assert alone == tuple(sorted({first.created, 7, T + 3, T + 4, T + 5}))
