@@ -551,8 +551,12 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
 
     def append_function(self, conn: psycopg.Connection[Any]) -> str:
         """The body of the append function: the library's lock statements and NOTIFY, the
-        insert, then the chain from its head over every event stored after it (those of
-        this call, and any an older process stored unchained), as Chain.following does."""
+        insert, then the chain from its head over every event stored after it, as
+        Chain.following does: any an older process stored unchained (between the head and
+        this call's first position, rare), then this call's own, from the arrays it was
+        given. The table is never read by a range open at the top: the planner, with
+        statistics that lag a growing table, took `notification_id > head` for a large part
+        of it and compiled the statement with JIT, about 3 ms a batch (seen in the soak)."""
         chain, events = self.chain.table, self._qualified
         locks = "".join(f"  {_text(q, conn)};\n" for q in self.lock_table_statements)
         link = link_sql(
@@ -567,6 +571,7 @@ DECLARE
   zero CONSTANT bytea := decode('00', 'hex');
   head_position bigint;
   head_hash bytea;
+  first_position bigint;
   stored record;
   chained bigint[] := '{{}}';
   hashes bytea[] := '{{}}';
@@ -588,14 +593,30 @@ BEGIN
   SELECT array_agg(i.notification_id), array_agg(i.originator_id),
          array_agg(i.originator_version)
     INTO positions, stored_ids, stored_versions FROM inserted i;
-  IF (SELECT min(p) FROM unnest(positions) p) <= head_position THEN
+  first_position := (SELECT min(p) FROM unnest(positions) p);
+  IF first_position <= head_position THEN
     RAISE EXCEPTION USING ERRCODE = '{CHAIN_AHEAD}', MESSAGE = format(
       'storage unavailable: position %s is already chained (chain head %s): '
       'the events table was altered; run `billing-ledger verify`',
-      (SELECT min(p) FROM unnest(positions) p), head_position);
+      first_position, head_position);
   END IF;
-  FOR stored IN SELECT e.notification_id, e.originator_id, e.originator_version, e.state
-      FROM {events} e WHERE e.notification_id > head_position ORDER BY e.notification_id
+  IF first_position > head_position + 1 THEN
+    FOR stored IN EXECUTE 'SELECT e.notification_id, e.originator_id, '
+        'e.originator_version, e.state FROM {events} e '
+        'WHERE e.notification_id > $1 AND e.notification_id < $2 ORDER BY e.notification_id'
+        USING head_position, first_position
+    LOOP
+      head_hash := {link};
+      chained := chained || stored.notification_id;
+      hashes := hashes || head_hash;
+    END LOOP;
+  END IF;
+  FOR stored IN SELECT r.notification_id, r.originator_id, r.originator_version, s.state
+      FROM unnest(positions, stored_ids, stored_versions)
+        AS r(notification_id, originator_id, originator_version)
+      JOIN unnest(ids, versions, states) AS s(originator_id, originator_version, state)
+        ON s.originator_id = r.originator_id AND s.originator_version = r.originator_version
+      ORDER BY r.notification_id
   LOOP
     head_hash := {link};
     chained := chained || stored.notification_id;

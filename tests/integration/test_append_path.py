@@ -116,6 +116,24 @@ def test_a_chain_already_past_the_new_positions_refuses_the_batch(store: EventSt
     assert store.count() == 1
 
 
+def test_events_an_older_process_stored_unchained_are_chained_first_by_the_next_batch(
+    store: EventStore,
+) -> None:
+    store.append([signed("evt_first")])
+    with store.db.transaction() as cursor:  # as a process of an older version stored them
+        for n in (1, 2):
+            cursor.execute(
+                f"INSERT INTO {store.db.table(TABLE)} "
+                "(originator_id, originator_version, topic, state) VALUES (%s, 1, 'x', %s)",
+                (f"00000000-0000-0000-0000-00000000000{n}", b"older body %d" % n),
+            )
+    assert store.chain_head().position == 1
+    results = store.append([signed("evt_second"), signed("evt_third")])
+    assert [r.position for r in results] == [4, 5]
+    assert store.chain_head().position == 5
+    assert store.chain.walk() is None  # positions 2 and 3 chained, before the batch's own
+
+
 def test_the_append_function_is_created_once_and_again_when_its_text_changes(
     store: EventStore, url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
