@@ -97,6 +97,7 @@ async def _until_visible(
 
 
 Acked = asyncio.Queue[tuple[int, int, float] | None]  # (n, position, when its 2xx came); None: stop
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 async def _burst_worker(
@@ -172,25 +173,37 @@ async def _steady_poster(
         writer.close()
 
 
-async def _steady_reader(port: int, run: str, acked: Acked, sample: Sample) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        while (item := await acked.get()) is not None:
-            n, position, at = item
-            request = visible_read(n, run, position)
-            try:
-                seen = await _until_visible(reader, writer, request)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                # The server closed this keep-alive connection while it idled (uvicorn's
-                # 5 s): open another, as a browser would; the time it takes is counted.
-                writer.close()
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                seen = await _until_visible(reader, writer, request)
-            if seen:
-                sample.visible.append(time.perf_counter() - at)
-            else:
-                sample.errors += 1
-    finally:
+async def _steady_reads(port: int, run: str, acked: Acked, sample: Sample) -> None:
+    """Each 2xx read back at once, on a connection of its own while the others are busy, as
+    each user's browser reads for itself: a slow read never queues the next user's behind
+    it in this client (a fixed set of reading connections had, past the rate they could
+    serve, measured the client's queue instead of the server)."""
+    idle: list[Connection] = []
+    reading: set[asyncio.Task[None]] = set()
+
+    async def one(n: int, position: int, at: float) -> None:
+        request = visible_read(n, run, position)
+        conn = idle.pop() if idle else await asyncio.open_connection("127.0.0.1", port)
+        try:
+            seen = await _until_visible(*conn, request)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            # The server closed this keep-alive connection while it idled (uvicorn's
+            # 5 s): open another, as a browser would; the time it takes is counted.
+            conn[1].close()
+            conn = await asyncio.open_connection("127.0.0.1", port)
+            seen = await _until_visible(*conn, request)
+        idle.append(conn)
+        if seen:
+            sample.visible.append(time.perf_counter() - at)
+        else:
+            sample.errors += 1
+
+    while (item := await acked.get()) is not None:
+        task = asyncio.create_task(one(*item))
+        reading.add(task)
+        task.add_done_callback(reading.discard)
+    await asyncio.gather(*reading)
+    for _, writer in idle:
         writer.close()
 
 
@@ -203,19 +216,15 @@ def steady(port: int, run: str, rate: float, seconds: float, concurrency: int) -
         counter = [0]
         acked: Acked = asyncio.Queue()
         ends = time.perf_counter() + seconds
-        readers = [
-            asyncio.create_task(_steady_reader(port, run, acked, sample))
-            for _ in range(concurrency * 2)
-        ]
+        reads = asyncio.create_task(_steady_reads(port, run, acked, sample))
         await asyncio.gather(
             *(
                 _steady_poster(port, run, rate, counter, ends, acked, sample)
                 for _ in range(concurrency)
             )
         )
-        for _ in readers:
-            acked.put_nowait(None)
-        await asyncio.gather(*readers)
+        acked.put_nowait(None)
+        await reads
 
     asyncio.run(main())
     return sample
@@ -224,25 +233,21 @@ def steady(port: int, run: str, rate: float, seconds: float, concurrency: int) -
 def read_back_capacity(port: int, run: str, total: int, concurrency: int) -> float:
     """Events/s of the steady phase's own work, closed loop: `concurrency` connections post
     as fast as they are answered and every 2xx is read back as the steady phase reads it
-    (on twice as many connections of their own); until the last read is answered."""
+    (each on a connection of its own while others are busy); until the last read is answered."""
     requests = [webhook(n, run) for n in range(total)]
     sample = Sample()
 
     async def main() -> float:
         counter, acked = [0], Acked()
         started = time.perf_counter()
-        readers = [
-            asyncio.create_task(_steady_reader(port, run, acked, sample))
-            for _ in range(concurrency * 2)
-        ]
+        reads = asyncio.create_task(_steady_reads(port, run, acked, sample))
         posters = (
             _burst_worker(port, requests.__getitem__, counter, total, sample, acked)
             for _ in range(concurrency)
         )
         await asyncio.gather(*posters)
-        for _ in readers:
-            acked.put_nowait(None)
-        await asyncio.gather(*readers)
+        acked.put_nowait(None)
+        await reads
         return time.perf_counter() - started
 
     seconds = asyncio.run(main())
