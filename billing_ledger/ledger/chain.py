@@ -45,6 +45,14 @@ def link(previous: bytes, position: int, event_id: str, version: int, state: byt
     return digest.digest()
 
 
+# Why a batch is refused when the chain is already past its first position (Chain.following,
+# and the PostgreSQL append function, which fills it in with format()).
+CHAIN_AHEAD = (
+    "storage unavailable: position {position} is already chained (chain head {head}): "
+    "the events table was altered; run `billing-ledger verify`"
+)
+
+
 def link_sql(previous: str, position: str, event_id: str, version: str, state: str) -> str:
     """`link` as a PostgreSQL expression over the SQL expressions given (the same bytes:
     the decimal position and version, the id in UTF-8, `zero` a variable holding one NUL)."""
@@ -130,11 +138,7 @@ class Chain:
         write lock); events stored between them with no hash are chained first."""
         ordered = sorted(rows)
         if ordered[0][0] <= head.position:
-            raise ChainError(
-                f"storage unavailable: position {ordered[0][0]} is already chained "
-                f"(chain head {head.position}): the events table was altered; "
-                "run `billing-ledger verify`"
-            )
+            raise ChainError(CHAIN_AHEAD.format(position=ordered[0][0], head=head.position))
         if ordered[0][0] > head.position + 1:  # a gap, or events stored before the chain
             ordered = self._unchained(cursor, head.position, ordered[0][0]) + ordered
         return _hashes(head.hash, ordered)

@@ -34,7 +34,7 @@ from psycopg.rows import DictRow, TupleRow, tuple_row
 from psycopg.sql import Composable
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from billing_ledger.ledger.chain import Chain, ChainError, Head, link_sql
+from billing_ledger.ledger.chain import CHAIN_AHEAD, Chain, ChainError, Head, link_sql
 from billing_ledger.ledger.errors import StorageError as StorageError
 from billing_ledger.ledger.errors import guard as guard
 from billing_ledger.ledger.records import (
@@ -51,7 +51,7 @@ TABLE = "ledger_events"
 READ_LOCK_TIMEOUT = 2.0
 READ_CONNECTIONS = 8  # the most one process's read pool opens (PostgreSQL)
 APPEND_FUNCTION = "ledger_append"  # PostgreSQL: a batch's transaction (LedgerPostgresRecorder)
-CHAIN_AHEAD = "LC001"  # the append function's SQLSTATE for a chain already past its position
+CHAIN_AHEAD_STATE = "LC001"  # the append function's SQLSTATE for chain.CHAIN_AHEAD
 READ_IDLE_SECONDS = 60.0  # a read connection idle this long is closed, not used again
 log = logging.getLogger("billing_ledger.ledger")
 _T = TypeVar("_T")
@@ -595,10 +595,8 @@ BEGIN
     INTO positions, stored_ids, stored_versions FROM inserted i;
   first_position := (SELECT min(p) FROM unnest(positions) p);
   IF first_position <= head_position THEN
-    RAISE EXCEPTION USING ERRCODE = '{CHAIN_AHEAD}', MESSAGE = format(
-      'storage unavailable: position %s is already chained (chain head %s): '
-      'the events table was altered; run `billing-ledger verify`',
-      first_position, head_position);
+    RAISE EXCEPTION USING ERRCODE = '{CHAIN_AHEAD_STATE}', MESSAGE = format(
+      '{CHAIN_AHEAD.format(position="%s", head="%s")}', first_position, head_position);
   END IF;
   IF first_position > head_position + 1 THEN
     FOR stored IN EXECUTE 'SELECT e.notification_id, e.originator_id, '
@@ -642,7 +640,7 @@ END
             try:
                 rows = conn.execute(self._call, params).fetchall()
             except psycopg.Error as error:
-                if error.sqlstate == CHAIN_AHEAD:
+                if error.sqlstate == CHAIN_AHEAD_STATE:
                     raise ChainError(error.diag.message_primary or str(error)) from None
                 raise
         found = {(r["stored_id"], r["stored_version"]): r["stored_position"] for r in rows}
