@@ -84,8 +84,7 @@ def _text(value: Any, limit: int = MAX_TEXT) -> str | None:
 
 
 def _str(obj: Json, key: str) -> str | None:
-    value = obj.get(key)
-    return value if type(value) is str and 0 < len(value) <= MAX_TEXT else None
+    return _text(obj.get(key))
 
 
 def _int(obj: Json, key: str) -> int | None:
@@ -103,7 +102,7 @@ def _id_of(value: Any) -> str | None:
     """An id, whether Stripe sent it bare or as an expanded object."""
     if type(value) is dict:
         value = value.get("id")
-    return value if type(value) is str and 0 < len(value) <= MAX_ID else None
+    return _text(value, MAX_ID)
 
 
 def _required_id(obj: Json, key: str = "id") -> str:
