@@ -535,14 +535,13 @@ class FeedProjector:
             try:
                 moved = self.step()
                 self.error = None
+                if not moved:
+                    self._idle()  # its wait reads the database too
             except Exception as e:  # the database is away: say so, try again shortly
                 if self.error is None:
                     log.exception("feed: step failed")
                 self.error = f"{type(e).__name__}: {e}"
                 self._stopping.wait(1.0)
-                continue
-            if not moved:
-                self._idle()
 
     def _idle(self) -> None:
         """Wait for the views to move (or a short while, for rules coming due)."""

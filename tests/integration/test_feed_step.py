@@ -3,6 +3,7 @@ statements it sends for a batch the runner applied, and for nothing applied."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from eventsourcing.sqlite import SQLiteConnection
 from psycopg.pq import TransactionStatus
 
+from billing_ledger.ledger.errors import StorageError
 from billing_ledger.ledger.store import TABLE, Database, DatabaseUrl, EventStore
 from billing_ledger.projections.cache import Applied
 from billing_ledger.projections.feed import FeedProjector, FeedTables, _logged, observe
@@ -221,3 +223,34 @@ def test_the_batch_log_covers_a_stretch_only_without_a_gap() -> None:
     assert _logged(log, 1, 9) == (5, {"u_1", "u_2"}, {"cus_u_1", "cus_u_2"})  # whole batches
     too_many = Applied(5, 7, None, frozenset())
     assert _logged([*log[:2], too_many, log[2]], 2, 9) == (5, {"u_2"}, {"cus_u_2"})
+
+
+def test_a_feed_whose_wait_loses_the_database_keeps_following_once_it_is_back(
+    parts: tuple[EventStore, Runner, FeedProjector],
+) -> None:
+    """The wait between steps reads the views' position; the database going away there (seen
+    when PostgreSQL stopped under `serve`) is said once and tried again, the thread lives on."""
+    store, runner, feed = parts
+    waits: list[int] = []
+
+    def wake(position: int, timeout: float) -> bool:
+        waits.append(position)
+        if len(waits) == 1:
+            raise StorageError("storage unavailable: the server closed the connection")
+        return runner.wait_for(position, timeout)
+
+    feed.wake = wake
+    feed.start()
+    try:
+        deadline = time.monotonic() + 20
+        while feed.error is None and time.monotonic() < deadline:
+            time.sleep(0.001)  # said for the second the thread waits before trying again
+        assert feed.error is not None and "storage unavailable" in feed.error
+        subscribe(store, 1)
+        runner.catch_up()
+        while not feed.tables.read(0, 10) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [c.user_id for c in feed.tables.read(0, 10)] == ["u_1"]
+        assert feed.error is None and len(waits) >= 2
+    finally:
+        feed.stop()
