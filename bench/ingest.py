@@ -23,7 +23,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
@@ -39,7 +39,9 @@ EVENTS = int(os.environ.get("BENCH_EVENTS", "20000"))
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "32"))
 PEER_DIR = Path(os.environ.get("BENCH_PEER_DIR", "build/peer"))
 PEER_ROUNDS = int(os.environ.get("BENCH_PEER_ROUNDS", "3"))
-PEER_EVENTS = int(os.environ.get("BENCH_PEER_EVENTS", "5000"))
+# Rounds of 20,000: the ledger took rounds of 5,000 in under a second, its start and warm-up
+# weighed in and its rate fell round after round; at 20,000 (6-7 s a round) it did not.
+PEER_EVENTS = int(os.environ.get("BENCH_PEER_EVENTS", "20000"))
 PEER_PORT = 8787
 
 
@@ -96,13 +98,65 @@ def _groups(root: int) -> dict[str, list[int]]:
     return {"server": sorted(tree), "PostgreSQL": postgres}
 
 
+def _role(pid: int) -> str:
+    """What a server process is: the projection runner (`project`) or HTTP (the rest)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return "HTTP"
+    return "runner" if b"project" in argv else "HTTP"
+
+
+def _port_owners(pids: list[int]) -> dict[int, int]:
+    """The local TCP port of each socket these processes hold, and which of them holds it."""
+    inodes = {}
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes[int(target[8:-1])] = pid
+    owners = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            inode = int(fields[9])
+            if inode in inodes:
+                owners[int(fields[1].rsplit(":", 1)[1], 16)] = inodes[inode]
+    return owners
+
+
+def _backends() -> dict[int, int | None]:
+    """Each PostgreSQL client backend and its client's TCP port (None: a socket file)."""
+    with psycopg.connect(PG, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid, client_port FROM pg_stat_activity WHERE backend_type = 'client backend'"
+        ).fetchall()
+    return {pid: port for pid, port in rows}
+
+
 @dataclass
 class CpuUse:
-    """CPU seconds per event of the client, the server and PostgreSQL over one load."""
+    """CPU seconds per event of the client, the server and PostgreSQL over one load; `parts`
+    splits the server's (HTTP, runner) and PostgreSQL's (its backends by the server process
+    they serve, and the rest: background processes, other clients)."""
 
     client: float
     server: float
     postgres: float
+    parts: dict[str, float] = field(default_factory=dict)
 
     @property
     def total(self) -> float:
@@ -110,25 +164,47 @@ class CpuUse:
 
     def line(self) -> str:
         rate = 2 / self.total if self.total else float("nan")
+        parts = ", ".join(f"{name} {us * 1e6:.0f}" for name, us in self.parts.items() if us)
         return (
             f"CPU per event: client {self.client * 1e6:.0f} us, server {self.server * 1e6:.0f} us, "
             f"PostgreSQL {self.postgres * 1e6:.0f} us: {self.total * 1e6:.0f} us "
             f"(two cores of it: {rate:,.0f} events/s)"
+            + (f"\n    of which (us): {parts}" if parts else "")
         )
 
 
 def measured(root: int, port: int, requests: list[bytes]) -> tuple[LoadResult, CpuUse]:
     """The load, and the CPU each side spent on it (PostgreSQL: all its processes, so the
-    figure is the service's only on a machine doing nothing else)."""
+    figure is the service's only on a machine doing nothing else; backends that start during
+    the load count from 0, those that end during it are missed)."""
     groups = _groups(root)
-    before = {name: sum(_cpu(p) for p in pids) for name, pids in groups.items()}
+    server = groups["server"]
+    before = {pid: _cpu(pid) for pid in server + groups["PostgreSQL"]}
     mine = resource.getrusage(resource.RUSAGE_SELF)
     result = measure(port, requests)
     after = resource.getrusage(resource.RUSAGE_SELF)
-    used = {name: sum(_cpu(p) for p in pids) - before[name] for name, pids in groups.items()}
+    postgres = set(groups["PostgreSQL"]) | {
+        p for p, (_, n) in _processes().items() if n == "postgres"
+    }
+    used = {pid: _cpu(pid) - before.get(pid, 0.0) for pid in set(server) | postgres}
+    owners, backends = _port_owners(server), _backends()
+    parts = {"HTTP": 0.0, "runner": 0.0, "PostgreSQL for HTTP": 0.0}
+    parts |= {"PostgreSQL for the runner": 0.0, "PostgreSQL other": 0.0}
+    for pid in server:
+        parts[_role(pid)] += used[pid]
+    serving = {"HTTP": "PostgreSQL for HTTP", "runner": "PostgreSQL for the runner"}
+    for pid in postgres:
+        owner = owners.get(backends.get(pid) or -1)
+        parts["PostgreSQL other" if owner is None else serving[_role(owner)]] += used[pid]
     client = after.ru_utime - mine.ru_utime + after.ru_stime - mine.ru_stime
     events = max(1, result.requests)
-    return result, CpuUse(client / events, used["server"] / events, used["PostgreSQL"] / events)
+    per = {name: seconds / events for name, seconds in parts.items()}
+    return result, CpuUse(
+        client / events,
+        sum(used[p] for p in server) / events,
+        sum(used[p] for p in postgres) / events,
+        per,
+    )
 
 
 def ledger_run(schema: str, batch: int, count: int) -> tuple[LoadResult, CpuUse]:
