@@ -55,6 +55,12 @@ SECONDS = float(os.environ.get("SOAK_SECONDS", "600"))
 CAPACITY = float(os.environ.get("SOAK_CAPACITY", "0"))  # 0: measure it
 CAPACITY_EVENTS = int(os.environ.get("SOAK_CAPACITY_EVENTS", "6000"))  # the posts-only burst
 CAPACITY_SECONDS = float(os.environ.get("SOAK_CAPACITY_SECONDS", "30"))  # the mixed phase
+# Then open-loop probes of the same mix at these shares of the closed loop's rate, each for
+# SOAK_PROBE_SECONDS (0: none, the closed loop's rate is the capacity), until one is
+# sustained: the capacity is that probe's rate.
+PROBE_SECONDS = float(os.environ.get("SOAK_PROBE_SECONDS", "60"))
+PROBE_SHARES = (0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
+PROBE_P99_MS = 1000.0
 WORKERS = int(os.environ.get("SOAK_WORKERS", "1"))
 SAMPLES = 20
 # One read per ten events: nearly every read asks for a user an event changed in the last
@@ -242,6 +248,14 @@ SELECT relname, n_tup_ins, n_tup_upd, n_tup_del, n_tup_hot_upd, autovacuum_count
 """
 
 
+def _stalled(resource: str) -> float:
+    try:
+        some = Path(f"/proc/pressure/{resource}").read_text().split("\n", 1)[0]
+    except OSError:
+        return 0.0
+    return int(some.rsplit("total=", 1)[1]) / 1e6
+
+
 def cpu_seconds(server: int) -> dict[str, float]:
     """CPU seconds used so far: the machine's busy time in all (/proc/stat), this client,
     each process of the server by role, and every PostgreSQL process together (theirs are
@@ -253,6 +267,10 @@ def cpu_seconds(server: int) -> dict[str, float]:
         "machine": (user + nice + system + irq + softirq) / tick,
         "iowait": iowait / tick,
         "steal": steal / tick,  # time the hypervisor gave another guest
+        # Pressure stall information: time some runnable task waited for a core, and some
+        # task waited for I/O (seconds; 0 where the kernel has none).
+        "cpu_stall": _stalled("cpu"),
+        "io_stall": _stalled("io"),
         "client": 0.0,
         "postgres": 0.0,
     }
@@ -393,13 +411,23 @@ class Interval:
     batches: int  # the writer's transactions
     autovacuum: str
     cpu: dict[str, float]  # cores used, by role (cpu_seconds)
+    kinds: str  # the events stored in it (event i's kind turns on i // CUSTOMERS)
+
+
+def _kind(position: int) -> str:
+    """The kind of the event stored at `position` (positions follow ids in the soak)."""
+    step = (position - 1) // CUSTOMERS
+    return "checkout" if step == 0 else "sub.updated" if step % 3 == 1 else "invoice"
+
+
+_NOT_PROCESSES = ("machine", "iowait", "steal", "cpu_stall", "io_stall")
 
 
 def _cores(a: dict[str, float], b: dict[str, float], seconds: float) -> dict[str, float]:
     """Cores used between two cpu_seconds() readings, by role, and 'other': the machine's
     busy time not accounted for by the bench's processes or PostgreSQL's."""
     used = {r: (b.get(r, 0) - a.get(r, 0)) / seconds for r in b}
-    ours = sum(v for r, v in used.items() if r not in ("machine", "iowait", "steal"))
+    ours = sum(v for r, v in used.items() if r not in _NOT_PROCESSES)
     used["other"] = max(0.0, used["machine"] - ours)
     return used
 
@@ -472,6 +500,9 @@ def intervals(
                 batches=batches[k],
                 autovacuum=", ".join(vacuums),
                 cpu=_cores(a.cpu, b.cpu, seconds),
+                kinds="/".join(
+                    dict.fromkeys(_kind(p) for p in (a.head + 1, b.head) if a.head < b.head)
+                ),
             )
         )
     return found
@@ -485,10 +516,11 @@ def timeline_lines(found: list[Interval]) -> list[str]:
         "ckpt/backend buf: buffers written by the checkpointer / by backends; batches: the "
         "writer's transactions, ev/b events per batch; FPI/s: full-page images written; "
         "cores: the machine's busy / serve's / the runner's / this client's / PostgreSQL's "
-        "(anyone's) / other processes' / iowait / steal):",
+        "(anyone's) / other processes' / iowait / steal; stall: share of the time some "
+        "runnable task waited for a core / for I/O):",
         "    t  ack/s  appl/s   p50 ms   p99 ms   max ms  read p99  WAL MB/s  FPI/s  "
-        "WAL B/ev  ckpt buf  bkend buf  batches  ev/b  cores: all serve run clnt pg oth iow stl  "
-        "checkpoint / autovacuum",
+        "WAL B/ev  ckpt buf  bkend buf  batches  ev/b  cores: all serve run clnt pg oth iow stl  stall: cpu io  "
+        "events  checkpoint / autovacuum",
     ]
     for i in found:
         events = i.acked * INTERVAL
@@ -510,7 +542,8 @@ def timeline_lines(found: list[Interval]) -> list[str]:
                     "steal",
                 )
             )
-            + f"  {i.checkpoint}"
+            + f"  {i.cpu.get('cpu_stall', 0):4.0%} {i.cpu.get('io_stall', 0):4.0%}"
+            + f"  {i.kinds}  {i.checkpoint}"
             + (f" | av: {i.autovacuum}" if i.autovacuum else "")
         )
     return lines
@@ -629,13 +662,80 @@ class Capacity:
     posts_only: float  # events/s of the closed-loop burst of posts alone
     acked: float  # events/s acknowledged in the mixed closed-loop phase
     applied: float  # events/s the projection applied over that phase
-    events: int  # events sent in both phases (their ids come first)
+    events: int  # events sent in every phase (their ids come first)
     cpu: dict[str, float] = field(default_factory=dict)  # cores used in the mixed phase
+    probes: list[Probe] = field(default_factory=list)  # the open-loop probes, in order
+
+    @property
+    def closed(self) -> float:
+        """What the closed loop both acknowledged and applied a second."""
+        return min(self.acked, self.applied)
 
     @property
     def rate(self) -> float:
-        """The capacity of the soak's work: what is both acknowledged and applied."""
-        return min(self.acked, self.applied)
+        """The capacity of the soak's work: the greatest open-loop rate a probe sustained
+        (the closed loop's when no probe ran)."""
+        held = [p.rate for p in self.probes if p.sustained]
+        if self.probes:
+            return max(held) if held else min(p.rate for p in self.probes)
+        return self.closed
+
+
+@dataclass
+class Probe:
+    """One open-loop probe of the soak's mix at `rate` for SOAK_PROBE_SECONDS."""
+
+    rate: float
+    run: Soak
+    applied: float  # events/s the projection applied over the probe
+    cores: dict[str, float]
+
+    @property
+    def sustained(self) -> bool:
+        """Taken as fast as due, applied as fast, no error, and no queue growing through
+        it (a queue that grows for the whole probe puts its p99 past PROBE_P99_MS)."""
+        events = self.run.events
+        return (
+            events.errors == 0
+            and self.run.reads.errors == 0
+            and events.rate >= 0.97 * self.rate
+            and self.applied >= 0.97 * self.rate
+            and events.percentile(99) <= PROBE_P99_MS
+        )
+
+    def line(self) -> str:
+        """What the probe saw."""
+        e = self.run.events
+        return (
+            f"  probe {self.rate:,.0f}/s for {e.seconds:.0f} s: acknowledged {e.rate:,.0f}/s, "
+            f"applied {self.applied:,.0f}/s, p50 {e.percentile(50):.1f} ms, p99 "
+            f"{e.percentile(99):.1f} ms, reads p99 {self.run.reads.percentile(99):.1f} ms, "
+            f"cores busy {self.cores.get('machine', 0):.2f} (other processes "
+            f"{self.cores.get('other', 0):.2f}), a task waiting for a core "
+            f"{self.cores.get('cpu_stall', 0):.0%} of the time: "
+            f"{'sustained' if self.sustained else 'not'}"
+        )
+
+
+def probe(url: str, port: int, server: int, rate: float, first_event: int) -> Probe:
+    """The soak's mix open loop at `rate` for SOAK_PROBE_SECONDS, from no backlog."""
+    caught_up(url)
+    before, cpu_before, started = applied_position(url), cpu_seconds(server), time.perf_counter()
+    run = paced_mix(port, rate, first_event, PROBE_SECONDS)
+    seconds = time.perf_counter() - started
+    applied = (applied_position(url) - before) / seconds
+    return Probe(rate, run, applied, _cores(cpu_before, cpu_seconds(server), seconds))
+
+
+def sustained_probes(url: str, port: int, server: int, closed: float, first: int) -> list[Probe]:
+    """Open-loop probes at falling shares of the closed loop's rate until one is sustained."""
+    found: list[Probe] = []
+    for share in PROBE_SHARES:
+        found.append(probe(url, port, server, closed * share, first))
+        first += found[-1].run.events.requests + found[-1].run.events.errors
+        if found[-1].sustained:
+            break
+    return found
 
 
 def applied_position(url: str) -> int:
@@ -681,9 +781,13 @@ def measure_capacity(url: str, port: int, server: int) -> Capacity:
     if mixed.errors:
         raise SystemExit(f"soak: {mixed.errors} errors while measuring capacity")
     seconds = mixed.seconds
-    return Capacity(
+    found = Capacity(
         burst.rate, sent[0] / seconds, applied / seconds, burst.requests + sent[0], cores
     )
+    if PROBE_SECONDS > 0:
+        found.probes = sustained_probes(url, port, server, found.closed, found.events)
+        found.events += sum(p.run.events.requests + p.run.events.errors for p in found.probes)
+    return found
 
 
 @dataclass
@@ -702,24 +806,29 @@ def connections(rate: float, most: int) -> int:
     return max(1, min(most, int(rate)))
 
 
-def soak(port: int, capacity: float, first_event: int) -> Soak:
-    """Events at half `capacity` and reads beside them, bounded by SOAK_SECONDS."""
-    rate = capacity / 2
+def paced_mix(port: int, rate: float, first_event: int, seconds: float) -> Soak:
+    """Events at `rate` from id `first_event` and reads beside them, open loop, bounded by
+    `seconds`."""
     read_rate = rate * READ_RATIO
     events = Paced(
         lambda i: event_request(first_event + i),
         rate,
-        int(rate * SECONDS) + 1,
+        int(rate * seconds) + 1,
         concurrency=connections(rate, 32),
     )
     reads = Paced(
         read_request(first_event, rate / read_rate),
         read_rate,
-        int(read_rate * SECONDS) + 1,
+        int(read_rate * seconds) + 1,
         concurrency=connections(read_rate, 16),
     )
-    sent, read = run_paced("127.0.0.1", port, [events, reads], max_seconds=SECONDS)
+    sent, read = run_paced("127.0.0.1", port, [events, reads], max_seconds=seconds)
     return Soak(sent, read, rate, read_rate)
+
+
+def soak(port: int, capacity: float, first_event: int) -> Soak:
+    """Events at half `capacity` and reads beside them, bounded by SOAK_SECONDS."""
+    return paced_mix(port, capacity / 2, first_event, SECONDS)
 
 
 def caught_up(url: str) -> tuple[int, int]:
@@ -793,6 +902,12 @@ class Report:
             f"measured: posts alone {c.posts_only:,.0f}/s (a short burst); the soak's mix "
             f"in a closed loop for {CAPACITY_SECONDS:.0f} s: {c.acked:,.0f} events/s "
             f"acknowledged, {c.applied:,.0f}/s applied by the projection"
+            + (
+                f"; the greatest rate an open-loop probe of the mix sustained "
+                f"({c.rate / c.closed:.0%} of the closed loop's):"
+                if c.probes
+                else ""
+            )
             if c.events
             else "given (SOAK_CAPACITY)"
         )
@@ -800,6 +915,7 @@ class Report:
             f"soak: {run.events.seconds:.0f} s on PostgreSQL, {WORKERS} uvicorn worker(s), "
             "the runner in its own process, loopback",
             f"capacity {c.rate:,.0f} events/s, {measured}",
+            *(p.line() for p in c.probes),
             f"target {run.rate:,.0f} events/s and {run.read_rate:,.0f} reads/s",
             f"events: {run.events.requests:,} acknowledged at {run.events.rate:,.0f}/s, "
             f"p50 {run.events.percentile(50):.1f} ms, p99 {run.events.percentile(99):.1f} ms, "
@@ -824,7 +940,8 @@ class Report:
         run, c = self.run, self.capacity
         return (
             f"soak {run.events.seconds:.0f} s | {run.rate:,.0f} events/s (half of "
-            f"{c.rate:,.0f}; posts alone {c.posts_only:,.0f}) + {run.read_rate:,.0f} reads/s | "
+            f"{c.rate:,.0f} sustained open loop; closed loop {c.closed:,.0f}; posts alone "
+            f"{c.posts_only:,.0f}) + {run.read_rate:,.0f} reads/s | "
             f"sent {self.sent:,}, stored {self.stored:,} | errors {self.errors} | webhook p99 "
             f"{run.events.percentile(99):.1f} ms | read p99 {run.reads.percentile(99):.1f} ms | "
             f"RSS {sum(self.rss_start.values()):.0f} -> {sum(self.rss_end.values()):.0f} MiB, "
@@ -898,7 +1015,7 @@ def describe_timeline(
     lines = timeline_lines(found)
     if capacity.cpu:
         lines.append(
-            f"CPU per event (us; reads included) in the closed loop at {capacity.rate:,.0f}/s: "
+            f"CPU per event (us; reads included) in the closed loop at {capacity.closed:,.0f}/s: "
             f"{_per_event(capacity.cpu, capacity.acked)}"
         )
     if len(samples) >= 2:
