@@ -10,15 +10,31 @@ SOAK_CAPACITY_SECONDS (default 30) sends the soak's mix, events with SOAK_READ_R
 per event beside them, from 32 connections, while the runner applies and the feed follows;
 its capacity is the lesser of the events acknowledged per second and the events the
 projection applied per second over the same phase (a rate the webhook takes but the
-projection cannot follow is not sustained: the backlog grows for as long as it runs). The
-soak waits for the projection to catch up, then runs two open-loop streams side by side for
-SOAK_SECONDS (default 600): events at half that capacity and reads at SOAK_READ_RATIO reads
-per event (SOAK_CAPACITY gives the capacity instead). Both are bounded in count and time. It
+projection cannot follow is not sustained: the backlog grows for as long as it runs). That
+closed loop overstates what an open loop sustains: measured on the first events of a fresh
+store (checkouts: cheaper to apply than the subscription updates and invoices that follow)
+for 30 s, with 32 requests always waiting (the largest batches at every stage). So open-loop
+probes of the same mix follow, SOAK_PROBE_SECONDS each (default 60; 0: none), at 80%, 70%,
+... of the closed loop's rate, until one is sustained (acknowledged and applied within 3% of
+its rate, p99 at most 1 s, no error); the capacity is that probe's rate. The soak waits for
+the projection to catch up, then runs two open-loop streams side by side for SOAK_SECONDS
+(default 600): events at half that capacity and reads at SOAK_READ_RATIO reads per event
+(SOAK_CAPACITY gives the capacity instead). Both are bounded in count and time. It
 reports errors (must be 0), events sent and stored, the webhook and read p99, whether the
 projection caught up, and the server's RSS per process (the serving process, uvicorn's
 workers if more than one, the runner process) sampled twenty times, with the spread of the
 last half (flat: a plateau, not a climb), and the read caches' estimated bytes from
-/metrics; then one summary line for the README's reliability table. Exits non-zero on any
+/metrics. A timeline follows, one line per SOAK_INTERVAL seconds (10): the webhook's p50,
+p99 and max by when each request was due, events acknowledged and applied a second, the
+WAL's bytes a second and per event and its full-page images, PostgreSQL's checkpoints (begun,
+writing or syncing) and the buffers written by the checkpointer and by backends, the
+writer's transactions and events per transaction, autovacuum at work, the cores used by each
+process (serve, the runner, this client, PostgreSQL, anything else on the machine) and the
+kernel's CPU and I/O pressure: whether a slow interval is a checkpoint, a vacuum, a batch
+growing, or the cores taken. Then the CPU per event in the closed loop and in the soak, the
+rows written per table, and what the WAL of the soak's last SOAK_WAL_SECONDS (20; 0: skip)
+consists of, by relation (pg_walinspect, in a scratch database of its own); and one summary
+line for the README's reliability table. Exits non-zero on any
 error. Reproduce: `PYTHONPATH=. .venv/bin/python bench/soak.py` (SOAK_SECONDS=90 for a short
 run; SOAK_WORKERS=2 for two uvicorn workers, serve's default on two cores). A short run ends
 where the full one does in memory when its users get as many events: SOAK_SECONDS=300
@@ -366,17 +382,27 @@ class Timeline:
         row = conn.execute(_SAMPLE_SQL).fetchone()
         assert row is not None
         health = http.get(f"{self.url}/healthz").json()
+        counts = [int(v) for v in row[1:11]]
         return Sample(
-            at,
-            float(row[0]),
-            *(int(v) for v in row[1:11]),
-            float(row[11]),
-            float(row[12]),
-            row[13],
-            row[14],
-            int(health["head"] or 0),
-            int(health["projections"]["billing"]["position"]),
-            cpu_seconds(self.server),
+            at=at,
+            wall=float(row[0]),
+            wal=counts[0],
+            wal_records=counts[1],
+            wal_fpi=counts[2],
+            wal_bytes=counts[3],
+            wal_buffers_full=counts[4],
+            checkpoints_timed=counts[5],
+            checkpoints_req=counts[6],
+            buffers_checkpoint=counts[7],
+            buffers_clean=counts[8],
+            buffers_backend=counts[9],
+            checkpoint_write_ms=float(row[11]),
+            checkpoint_sync_ms=float(row[12]),
+            checkpointer=row[13],
+            autovacuum=row[14],
+            head=int(health["head"] or 0),
+            applied=int(health["projections"]["billing"]["position"]),
+            cpu=cpu_seconds(self.server),
         )
 
 
