@@ -104,6 +104,8 @@ SETTINGS = (
     "full_page_writes",
     "synchronous_commit",
     "commit_delay",
+    "autovacuum",  # off on some CI servers: then no vacuum or analyze runs beside the soak
+    "deadlock_timeout",
 )
 
 
