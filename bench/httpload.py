@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -16,6 +16,9 @@ class LoadResult:
     errors: int
     seconds: float
     latencies: list[float]
+    # When each latency's request was due (open loop) or sent (closed loop), on
+    # time.perf_counter's clock, so a timeline can bin them.
+    started: list[float] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -67,6 +70,7 @@ async def _worker(
             writer.write(request)
             status = await _read_response(reader)
             result.latencies.append(time.perf_counter() - started)
+            result.started.append(started)
             if status == 200:
                 result.requests += 1
             else:
@@ -140,6 +144,7 @@ async def _paced_worker(
             # Timed from when the request was due, not when it went out: a send held back
             # by busy connections is the service's delay too (no coordinated omission).
             result.latencies.append(time.perf_counter() - due)
+            result.started.append(due)
             if status == 200:
                 result.requests += 1
             else:

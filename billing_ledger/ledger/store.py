@@ -51,6 +51,7 @@ TABLE = "ledger_events"
 READ_LOCK_TIMEOUT = 2.0
 READ_CONNECTIONS = 8  # the most one process's read pool opens (PostgreSQL)
 APPEND_FUNCTION = "ledger_append"  # PostgreSQL: a batch's transaction (LedgerPostgresRecorder)
+APPEND_LOCK = "ledger_events.append"  # PostgreSQL: the appends' advisory lock, per schema
 CHAIN_AHEAD_STATE = "LC001"  # the append function's SQLSTATE for chain.CHAIN_AHEAD
 READ_IDLE_SECONDS = 60.0  # a read connection idle this long is closed, not used again
 log = logging.getLogger("billing_ledger.ledger")
@@ -488,12 +489,22 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
     The stock recorder sends one array of a composite type in text format, which escapes
     every byte of every 3 KB body (about 160 us per event in Python), and runs the
     transaction in pipeline mode, which here spent about 1 ms of CPU per transaction
-    polling the socket. Here the function takes the library's table lock (commit order =
-    position order), sends its NOTIFY, inserts, and chains in SQL what it inserted, so the
+    polling the socket. Here the function takes the appends' lock (commit order = position
+    order), sends the library's NOTIFY, inserts, and chains in SQL what it inserted, so the
     lock is held for the server's own work and the commit alone: no round trip to this
     process, no wait for its GIL, while it is held. (Three round trips held it before, eight
     before that.) Bodies are compressed with lz4 where the server has it (pglz cost
     PostgreSQL about twice the CPU of the rest of the insert).
+
+    The appends' lock is a transaction advisory lock of the schema's (APPEND_LOCK) with the
+    table in ROW EXCLUSIVE mode, not the library's EXCLUSIVE table lock: EXCLUSIVE conflicts
+    with the SHARE UPDATE EXCLUSIVE lock that VACUUM and ANALYZE hold, so every append waited
+    behind (auto)vacuum or (auto)analyze of the events table: an autovacuum for
+    deadlock_timeout (1 s by default) until the server cancelled it (leaving the table
+    unvacuumed and its statistics stale), one against wraparound, which is not cancelled,
+    for the whole vacuum. ROW EXCLUSIVE still conflicts with EXCLUSIVE, so an
+    append waits for, and is waited for by, a process taking the library's lock (an older
+    version during an upgrade, `Chain.upgrade`).
     """
 
     def __init__(
@@ -506,6 +517,7 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         self._call = (
             f"SELECT * FROM {self._function}(%b::text[], %b::bigint[], %b::text[], %b::bytea[])"
         )
+        self._append_key = DatabaseUrl("postgres", schema=datastore.schema).lock_key(APPEND_LOCK)
 
     def _create_table(self, curs: Cursor[DictRow]) -> None:
         super()._create_table(curs)
@@ -558,7 +570,16 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         statistics that lag a growing table, took `notification_id > head` for a large part
         of it and compiled the statement with JIT, about 3 ms a batch (seen in the soak)."""
         chain, events = self.chain.table, self._qualified
-        locks = "".join(f"  {_text(q, conn)};\n" for q in self.lock_table_statements)
+        # The library's statements but its table lock: its lock_timeout bounds these waits.
+        locks = "".join(
+            f"  {text};\n"
+            for text in (_text(q, conn) for q in self.lock_table_statements)
+            if not text.startswith("LOCK TABLE")
+        )
+        locks += (
+            f"  PERFORM pg_advisory_xact_lock({self._append_key});\n"
+            f"  LOCK TABLE {events} IN ROW EXCLUSIVE MODE;\n"
+        )
         link = link_sql(
             "head_hash",
             "stored.notification_id",

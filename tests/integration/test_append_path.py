@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +15,7 @@ from billing_ledger.ledger.errors import StorageError
 from billing_ledger.ledger.records import Incoming
 from billing_ledger.ledger.store import APPEND_FUNCTION, TABLE, EventStore
 from billing_ledger.ledger.verify import parse_event
-from tests.support.databases import open_store, postgres_url
+from tests.support.databases import PG_BASE, open_store, postgres_url
 from tests.support.signing import event_body, sign
 
 pytestmark = pytest.mark.postgres
@@ -114,6 +116,71 @@ def test_a_chain_already_past_the_new_positions_refuses_the_batch(store: EventSt
     with pytest.raises(ChainError, match="position 2 is already chained \\(chain head 50\\)"):
         store.append([signed("evt_second")])
     assert store.count() == 1
+
+
+class Appending:
+    """An append in a thread of its own, and whether its backend waits for a lock."""
+
+    def __init__(self, store: EventStore, event_id: str) -> None:
+        self.store = store
+        self.results: list[Any] = []
+        self.thread = threading.Thread(
+            target=lambda: self.results.extend(store.append([signed(event_id)]))
+        )
+        self.thread.start()
+
+    def waiting_for_a_lock(self, conn: psycopg.Connection[Any]) -> bool:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query LIKE %s",
+            (f"%{self.store.db.url.schema}%{APPEND_FUNCTION}%",),
+        ).fetchone()
+        return bool(row and row[0])
+
+    def settle(self, conn: psycopg.Connection[Any]) -> str:
+        """'done' once it returned, 'waiting' once its backend waits for a lock."""
+        deadline = time.monotonic() + 60  # a bound on a hung test, not a timing assertion
+        while time.monotonic() < deadline:
+            if not self.thread.is_alive():
+                return "done"
+            if self.waiting_for_a_lock(conn):
+                return "waiting"
+            self.thread.join(0.01)
+        raise AssertionError("the append neither finished nor waited for a lock")
+
+
+def test_an_append_does_not_wait_for_a_vacuum_or_analyze_of_the_events_table(
+    store: EventStore,
+) -> None:
+    store.append([signed("evt_first")])
+    with psycopg.connect(PG_BASE) as vacuum, psycopg.connect(PG_BASE, autocommit=True) as watch:
+        # The lock VACUUM and ANALYZE (and autovacuum) hold on the table while they run.
+        vacuum.execute(f"LOCK TABLE {store.db.table(TABLE)} IN SHARE UPDATE EXCLUSIVE MODE")
+        appending = Appending(store, "evt_second")
+        try:
+            assert appending.settle(watch) == "done"
+        finally:
+            vacuum.rollback()
+            appending.thread.join()
+    assert [r.position for r in appending.results] == [2]
+    assert store.chain.walk() is None
+
+
+def test_an_append_waits_for_a_process_holding_the_librarys_table_lock(
+    store: EventStore,
+) -> None:
+    # An older version's append, or Chain.upgrade: commit order stays position order.
+    store.append([signed("evt_first")])
+    with psycopg.connect(PG_BASE) as older, psycopg.connect(PG_BASE, autocommit=True) as watch:
+        older.execute(f"LOCK TABLE {store.db.table(TABLE)} IN EXCLUSIVE MODE")
+        appending = Appending(store, "evt_second")
+        try:
+            assert appending.settle(watch) == "waiting"
+        finally:
+            older.rollback()
+            appending.thread.join()
+    assert [r.position for r in appending.results] == [2]
+    assert store.chain.walk() is None
 
 
 def test_events_an_older_process_stored_unchained_are_chained_first_by_the_next_batch(
