@@ -5,7 +5,9 @@
 livemode, the Stripe-Signature header...) and the raw body exactly as received. The first
 event chains from 32 zero bytes. Hashes live in a side table keyed by position, written in
 the transaction that inserts the events, while that transaction holds the store's write
-lock (PostgreSQL: the recorder's EXCLUSIVE table lock; SQLite: the database's one writer),
+lock (PostgreSQL: the appends' advisory lock with the table in ROW EXCLUSIVE mode, which
+also waits for the EXCLUSIVE lock of an older process or `Chain.upgrade`; SQLite: the
+database's one writer),
 so the previous hash read there is the one committed just before: the chain stays a chain
 with any number of writers and processes. A transaction finding stored events with no hash
 before its own (a ledger written before the chain existed, or by an older process during an

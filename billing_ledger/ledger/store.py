@@ -649,7 +649,7 @@ END
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        """Insert and chain in one call holding the table lock; IntegrityError when any
+        """Insert and chain in one call holding the appends' lock; IntegrityError when any
         id/version is already stored (nothing of the batch is then)."""
         params = (
             [str(e.originator_id) for e in stored_events],
