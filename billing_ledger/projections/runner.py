@@ -30,7 +30,7 @@ from billing_ledger.ledger.records import Recorded
 from billing_ledger.ledger.store import TABLE, EventStore, StorageError
 from billing_ledger.projections.cards import CARD_EVENTS, CardFact, card_facts
 from billing_ledger.projections.leader import Leader
-from billing_ledger.projections.views import PositionMovedError, Skipped, Views
+from billing_ledger.projections.views import BatchRows, PositionMovedError, Skipped, Views
 
 log = logging.getLogger("billing_ledger.projections")
 
@@ -42,6 +42,10 @@ SETTLE_SECONDS = 0.05
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 30.0
 REASON_CHARS = 300  # of a skip's reason, as recorded and listed
+# Preparing a batch holds the GIL for tens of milliseconds, and each statement of the batch
+# committing meanwhile waits for it when it returns: up to the interpreter's switch interval
+# (5 ms) each, which made the commit the pipeline's longest stage. Let it in this often.
+YIELD_EVERY = 32
 # The event types whose bodies both normalise and the card facts read.
 _BOTH_READ = CARD_EVENTS & READERS.keys()
 
@@ -87,6 +91,7 @@ class _Prepared:
     positions: list[int] = field(default_factory=list)  # of each snapshot's event
     skipped: list[Skipped] = field(default_factory=list)
     cards: list[tuple[int, CardFact]] = field(default_factory=list)  # (position, fact)
+    rows: BatchRows | None = None  # the snapshots' rows, made before the commit
 
     def cards_in(self, after: int, position: int) -> list[CardFact]:
         """The card facts of the events in (after, position]."""
@@ -302,7 +307,8 @@ class Runner:
     def _apply_or_isolate(self, prepared: _Prepared, after: int) -> None:
         try:
             cards = [fact for _, fact in prepared.cards]
-            self._apply(prepared.snapshots, after, prepared.last, prepared.skipped, cards)
+            batch = prepared.snapshots
+            self._apply(batch, after, prepared.last, prepared.skipped, cards, prepared.rows)
         except PositionMovedError:
             raise
         except Exception as e:
@@ -327,9 +333,10 @@ class Runner:
         position: int,
         skipped: Sequence[Skipped],
         cards: Sequence[CardFact] = (),
+        rows: BatchRows | None = None,
     ) -> None:
         """One transaction: rows, card facts, skips and position; then log it."""
-        self.views.apply(snapshots, after, position, skipped, cards)
+        self.views.apply(snapshots, after, position, skipped, cards, rows)
         self.applied += len(snapshots)
         for skip in skipped:
             self._log_skip(skip)
@@ -380,7 +387,9 @@ class Runner:
 
     def _prepare(self, events: Sequence[Recorded], after: int) -> _Prepared:
         prepared = _Prepared([], after)
-        for event in events:
+        for index, event in enumerate(events):
+            if index % YIELD_EVERY == 0:
+                time.sleep(0)  # the GIL to the commit's thread, if its statement returned
             try:
                 snapshot, facts = self._read(event)
                 if facts:  # most events have none
@@ -393,6 +402,12 @@ class Runner:
                 prepared.snapshots.append(snapshot)
                 prepared.positions.append(event.position)
             prepared.last = event.position
+        # The rows too, here: the thread that commits the batch before waits on the database
+        # meanwhile, and the commit's own Python work was the pipeline's longest stage.
+        try:
+            prepared.rows = self.views.batch_rows(prepared.snapshots)
+        except Exception:  # a snapshot that cannot be written: the commit isolates it
+            prepared.rows = None
         return prepared
 
     def _read(self, event: Recorded) -> tuple[Snapshot | None, tuple[CardFact, ...]]:

@@ -129,6 +129,20 @@ class Skipped:
 
 
 @dataclass(frozen=True)
+class BatchRows:
+    """A batch's rows as `Views.apply` writes them: its snapshots' rows (as they are and as
+    stored), its links, whether no key needed escaping, the customers and users named."""
+
+    snapshots: Sequence[Snapshot]
+    rows: list[SnapshotRow]
+    stored: list[SnapshotRow]  # `rows` as the database holds them
+    links: list[LinkTuple]  # as the database holds them
+    plain: bool
+    customers: set[str | None]
+    users: set[str]
+
+
+@dataclass(frozen=True)
 class ViewRows:
     """Every row of the views, sorted: what replay compares."""
 
@@ -286,19 +300,20 @@ class Views:
         position: int,
         skipped: Sequence[Skipped] = (),
         cards: Sequence[CardFact] = (),
+        made: BatchRows | None = None,
     ) -> None:
         """Commit a batch's rows, its card facts, its skipped events and the position
-        (`after`, `position`] in one transaction."""
-        rows = [snapshot_row(s) for s in snapshots]
-        links = sorted({link_tuple(link) for s in snapshots for link in links_of(s)})
-        # Whether the batch's keys are as PostgreSQL holds them (almost always): one scan.
-        plain = self.db.dialect == "sqlite" or not _any_needs_escape(rows)
+        (`after`, `position`] in one transaction; `made`: `batch_rows(snapshots)`, when the
+        caller computed it already (the runner does, while the last batch commits)."""
+        if made is None or made.snapshots is not snapshots:
+            made = self.batch_rows(snapshots)
+        rows, plain = made.rows, made.plain
         with self.db.transaction() as cursor:
             if self.db.dialect == "postgres":
                 # Derived rows and their position commit together: a crash can only lose
                 # both, and the runner applies them again. No need to wait for the flush.
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
-            self._insert(cursor, rows, links, plain)
+            self._insert(cursor, made.stored, made.links)
             if cards:
                 self._insert_cards(cursor, [_card_row(c) for c in cards])
             tracked = self._tracked(cursor, lock=True)
@@ -315,9 +330,8 @@ class Views:
             self._rewrite_present(cursor, touched, snapshots, rows, plain=plain)
             self._rewrite_catalog(cursor, snapshots, position)
             self._track(cursor, Tracking(self.name, position))
-            customers = {row[2] for row in rows} | {link[1] for link in links}
-            customers |= set(disputes.values())
-            users = {link[0] for link in links}
+            customers = made.customers | set(disputes.values())
+            users = made.users
             if self.db.dialect == "postgres":  # delivered at commit, in commit order
                 cursor.execute(
                     _NOTIFY, (self.channel, announce.encode(after, position, customers, users))
@@ -327,6 +341,20 @@ class Views:
         if known is not None and known[0] == tracked and not _touches_catalog(snapshots):
             # The catalog read at `tracked` is still the catalog at `position`: no query.
             self._catalog = (position, known[1], known[2])
+
+    def batch_rows(self, snapshots: Sequence[Snapshot]) -> BatchRows:
+        """What `apply` writes for these snapshots, computed outside its transaction (pure:
+        the runner computes it while the batch before commits)."""
+        rows = [snapshot_row(s) for s in snapshots]
+        links = sorted({link_tuple(link) for s in snapshots for link in links_of(s)})
+        # Whether the batch's keys are as PostgreSQL holds them (almost always): one scan.
+        plain = self.db.dialect == "sqlite" or not _any_needs_escape(rows)
+        customers = {row[2] for row in rows} | {link[1] for link in links}
+        users = {link[0] for link in links}
+        stored = rows if plain else [_escaped(r) if _needs_escape(r) else r for r in rows]
+        if self.db.dialect == "postgres" and _any_needs_escape(links):
+            links = [_escaped(r) if _needs_escape(r) else r for r in links]
+        return BatchRows(snapshots, rows, stored, links, plain, customers, users)
 
     def _track(self, cursor: Any, tracking: Tracking) -> None:
         """Record the position in this transaction with the tracking recorder's own statement
@@ -590,19 +618,14 @@ class Views:
         """A key as read from the database, unescaped."""
         return value if self.db.dialect == "sqlite" else _unescape(value)
 
-    def _insert(
-        self, cursor: Any, rows: list[SnapshotRow], links: list[LinkTuple], plain: bool = False
-    ) -> None:
+    def _insert(self, cursor: Any, rows: list[SnapshotRow], links: list[LinkTuple]) -> None:
+        """The rows and links (as stored: `BatchRows.stored`, `BatchRows.links`)."""
         # Links, then snapshots, then tracking: the order reads and the swap lock them in
         # (PostgreSQL), so that no two of them can wait for each other.
         if self.db.dialect == "sqlite":
             cursor.executemany(self._sql.insert_links, links)
             cursor.executemany(self._sql.insert_snapshots, rows)
             return
-        if not plain:
-            rows = [_escaped(r) if _needs_escape(r) else r for r in rows]
-        if _any_needs_escape(links):
-            links = [_escaped(r) if _needs_escape(r) else r for r in links]
         _copy_insert(cursor, self.links, "_billing_links_in", links, _LINK_COLUMNS)
         _copy_insert(cursor, self.snapshots, "_billing_snapshots_in", rows, _SNAPSHOT_COLUMNS)
 

@@ -320,12 +320,10 @@ class CommitsWhileApplying(Views):
         self.more = more
         self.appended: int | None = None  # the head once the extra events are committed
 
-    def apply(
-        self, snapshots: Any, after: int, position: int, skipped: Any = (), cards: Any = ()
-    ) -> None:
+    def apply(self, snapshots: Any, after: int, position: int, *more: Any) -> None:
         if self.appended is None:
             self.appended = append(self.store, self.more)
-        super().apply(snapshots, after, position, skipped, cards)
+        super().apply(snapshots, after, position, *more)
 
 
 def _applied_with_more_during_the_first_batch(store: EventStore, **options: Any) -> int:
