@@ -56,7 +56,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import orjson
@@ -194,23 +194,37 @@ def rss_by_process(pid: int) -> dict[str, float]:
     return found
 
 
-class RssSampler:
-    """Samples the server's RSS, per process, SAMPLES times over the soak: a plateau or a
-    steady climb."""
+class Sampling:
+    """A thread running `_run` for the length of a `with` block (`stopping` set at its end)."""
 
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.samples: list[dict[str, float]] = []
+    name = "sampling"
+
+    def __init__(self) -> None:
         self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=self.name, daemon=True)
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stopping.set()
         self.thread.join()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class RssSampler(Sampling):
+    """Samples the server's RSS, per process, SAMPLES times over the soak: a plateau or a
+    steady climb."""
+
+    name = "rss-sampler"
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.samples: list[dict[str, float]] = []
+        super().__init__()
 
     def _run(self) -> None:
         while not self.stopping.wait(SECONDS / SAMPLES):
@@ -343,10 +357,12 @@ class Sample:
         return "sync" if self.checkpointer in _CHECKPOINTER_SYNC else "write"
 
 
-class Timeline:
+class Timeline(Sampling):
     """Samples PostgreSQL's checkpoint, WAL and autovacuum activity and the store's head and
     the projection's position every second, and each table's row counters every INTERVAL,
     while the soak runs."""
+
+    name = "timeline"
 
     def __init__(self, url: str, schema: str, server: int) -> None:
         self.url = url
@@ -354,16 +370,7 @@ class Timeline:
         self.server = server
         self.samples: list[Sample] = []
         self.tables: list[tuple[float, dict[str, tuple[int, ...]]]] = []
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="timeline", daemon=True)
-
-    def __enter__(self) -> Timeline:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        self.thread.join()
+        super().__init__()
 
     def _run(self) -> None:
         with psycopg.connect(PG, autocommit=True) as conn, httpx.Client(timeout=10) as http:

@@ -149,35 +149,27 @@ class Appending:
         raise AssertionError("the append neither finished nor waited for a lock")
 
 
-def test_an_append_does_not_wait_for_a_vacuum_or_analyze_of_the_events_table(
-    store: EventStore,
-) -> None:
-    store.append([signed("evt_first")])
-    with psycopg.connect(PG_BASE) as vacuum, psycopg.connect(PG_BASE, autocommit=True) as watch:
+@pytest.mark.parametrize(
+    ("mode", "append"),
+    [
         # The lock VACUUM and ANALYZE (and autovacuum) hold on the table while they run.
-        vacuum.execute(f"LOCK TABLE {store.db.table(TABLE)} IN SHARE UPDATE EXCLUSIVE MODE")
-        appending = Appending(store, "evt_second")
-        try:
-            assert appending.settle(watch) == "done"
-        finally:
-            vacuum.rollback()
-            appending.thread.join()
-    assert [r.position for r in appending.results] == [2]
-    assert store.chain.walk() is None
-
-
-def test_an_append_waits_for_a_process_holding_the_librarys_table_lock(
-    store: EventStore,
+        ("SHARE UPDATE EXCLUSIVE", "done"),
+        # An older version's append, or Chain.upgrade: commit order stays position order.
+        ("EXCLUSIVE", "waiting"),
+    ],
+    ids=["beside_a_vacuum_or_analyze_it_does_not_wait", "beside_the_librarys_lock_it_waits"],
+)
+def test_an_append_beside_a_lock_on_the_events_table(
+    store: EventStore, mode: str, append: str
 ) -> None:
-    # An older version's append, or Chain.upgrade: commit order stays position order.
     store.append([signed("evt_first")])
-    with psycopg.connect(PG_BASE) as older, psycopg.connect(PG_BASE, autocommit=True) as watch:
-        older.execute(f"LOCK TABLE {store.db.table(TABLE)} IN EXCLUSIVE MODE")
+    with psycopg.connect(PG_BASE) as other, psycopg.connect(PG_BASE, autocommit=True) as watch:
+        other.execute(f"LOCK TABLE {store.db.table(TABLE)} IN {mode} MODE")
         appending = Appending(store, "evt_second")
         try:
-            assert appending.settle(watch) == "waiting"
+            assert appending.settle(watch) == append
         finally:
-            older.rollback()
+            other.rollback()
             appending.thread.join()
     assert [r.position for r in appending.results] == [2]
     assert store.chain.walk() is None
