@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -128,3 +129,16 @@ def fresh_store(prefix: str) -> Iterator[EventStore]:
         store.db.close()
         with psycopg.connect(PG, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def server_role(pid: int, server: int) -> str:
+    """What a process of the server is: serve's own, the runner, or one of uvicorn's."""
+    if pid == server:
+        return "serve"
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "gone"
+    if b"project" in argv:
+        return "runner"
+    return "worker" if any(b"spawn_main" in a for a in argv) else "helper"

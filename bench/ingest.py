@@ -30,6 +30,7 @@ from types import ModuleType
 import httpx
 import psycopg
 
+from bench.common import server_role
 from bench.httpload import LoadResult, post_request, run_load
 from tests.support.server import Server, free_port
 from tests.support.signing import SECRET, event_body, sign
@@ -98,14 +99,9 @@ def _groups(root: int) -> dict[str, list[int]]:
     return {"server": sorted(tree), "PostgreSQL": postgres}
 
 
-def _role(pid: int) -> str:
-    """What a server process is: the projection runner (`project`) or HTTP (the rest)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
-    except OSError:
-        return "HTTP"
-    return "runner" if b"project" in argv else "HTTP"
+def _role(pid: int, root: int) -> str:
+    """What a server process is here: the projection runner, or HTTP (the rest)."""
+    return "runner" if server_role(pid, root) == "runner" else "HTTP"
 
 
 def _port_owners(pids: list[int]) -> dict[int, int]:
@@ -183,19 +179,16 @@ def measured(root: int, port: int, requests: list[bytes]) -> tuple[LoadResult, C
     mine = resource.getrusage(resource.RUSAGE_SELF)
     result = measure(port, requests)
     after = resource.getrusage(resource.RUSAGE_SELF)
-    postgres = set(groups["PostgreSQL"]) | {
-        p for p, (_, n) in _processes().items() if n == "postgres"
-    }
+    postgres = set(groups["PostgreSQL"]) | set(_groups(root)["PostgreSQL"])
     used = {pid: _cpu(pid) - before.get(pid, 0.0) for pid in set(server) | postgres}
     owners, backends = _port_owners(server), _backends()
-    parts = {"HTTP": 0.0, "runner": 0.0, "PostgreSQL for HTTP": 0.0}
-    parts |= {"PostgreSQL for the runner": 0.0, "PostgreSQL other": 0.0}
-    for pid in server:
-        parts[_role(pid)] += used[pid]
     serving = {"HTTP": "PostgreSQL for HTTP", "runner": "PostgreSQL for the runner"}
+    parts = dict.fromkeys(["HTTP", "runner", *serving.values(), "PostgreSQL other"], 0.0)
+    for pid in server:
+        parts[_role(pid, root)] += used[pid]
     for pid in postgres:
         owner = owners.get(backends.get(pid) or -1)
-        parts["PostgreSQL other" if owner is None else serving[_role(owner)]] += used[pid]
+        parts["PostgreSQL other" if owner is None else serving[_role(owner, root)]] += used[pid]
     client = after.ru_utime - mine.ru_utime + after.ru_stime - mine.ru_stime
     events = max(1, result.requests)
     per = {name: seconds / events for name, seconds in parts.items()}

@@ -62,7 +62,7 @@ import httpx
 import orjson
 import psycopg
 
-from bench.common import PG, envelope
+from bench.common import PG, envelope, server_role
 from bench.httpload import LoadResult, Paced, get_request, post_request, run_load, run_paced
 from tests.support.server import Server
 from tests.support.signing import SECRET, sign
@@ -164,19 +164,6 @@ def _vm_rss_mib(pid: int) -> float | None:
     return None
 
 
-def _role(pid: int, server: int) -> str:
-    """What a process of the server is: serve's own, the runner, or one of uvicorn's."""
-    if pid == server:
-        return "serve"
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return "gone"
-    if b"project" in argv:
-        return "runner"
-    return "worker" if any(b"spawn_main" in a for a in argv) else "helper"
-
-
 def rss_by_process(pid: int) -> dict[str, float]:
     """VmRSS in MiB of the server's process and each descendant, by role (workers numbered
     in pid order)."""
@@ -185,7 +172,7 @@ def rss_by_process(pid: int) -> dict[str, float]:
         mib = _vm_rss_mib(each)
         if mib is None:
             continue
-        role = _role(each, pid)
+        role = server_role(each, pid)
         name, n = role, 1
         while name in found:
             n += 1
@@ -308,7 +295,7 @@ def cpu_seconds(server: int) -> dict[str, float]:
     }
     ours = {server: "serve", os.getpid(): "client"}
     for pid in children(server):
-        ours[pid] = _role(pid, server)
+        ours[pid] = server_role(pid, server)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
